@@ -1,0 +1,50 @@
+// The one place where every lipkernels operator schema is declared.
+//
+// Kernels register against these schemas per device in csrc/cpu/<op>.cpp (CPU key) and
+// csrc/cuda/<op>.cu (CUDA key). Fake (meta) implementations and autograd formulas are registered
+// from Python in lipkernels/ops/<op>.py, so every op traces under torch.compile.
+//
+// The Python module `lipkernels._C` itself only carries non-op utilities (build information);
+// operators are reached through torch.ops.lipkernels.*.
+
+#include <torch/extension.h>
+
+#include <string>
+
+TORCH_LIBRARY(lipkernels, m) {
+  // Power iteration on a batch of matrices W (..., m, n) with persistent right vectors u (..., n).
+  // Repeats `iters` times: v = normalize(W u); u = normalize(W^T v); then sigma = v^T W u.
+  // Returns (sigma (...), u (..., n), v (..., m)); all iterations run in one kernel launch.
+  m.def("power_iteration(Tensor weight, Tensor u, int iters) -> (Tensor, Tensor, Tensor)");
+  // d sigma / d W = v u^T: grad_weight[..., r, c] = grad_sigma[...] * v[..., r] * u[..., c].
+  m.def("power_iteration_backward(Tensor grad_sigma, Tensor u, Tensor v) -> Tensor");
+
+  // The Fantastic Four bounds of a conv filter (C_out, C_in, k_h, k_w): power iteration on the four
+  // reshapes M_1..M_4 (DESIGN.md §3.1) with persistent right vectors, all in one launch.
+  // bounds[q] = sqrt(k_h k_w) * v_q^T M_q u_q. Returns (bounds (4,), [u_1..u_4], [v_1..v_4]).
+  m.def(
+      "conv_spectral_bounds(Tensor weight, Tensor[] vectors, int iters)"
+      " -> (Tensor, Tensor[], Tensor[])");
+  // grad_weight = sqrt(k_h k_w) * sum_q grad_bounds[q] * unreshape_q(v_q u_q^T).
+  m.def(
+      "conv_spectral_bounds_backward(Tensor grad_bounds, Tensor[] vectors, Tensor[] left_vectors,"
+      " int[] weight_shape) -> Tensor");
+}
+
+namespace {
+
+std::string compiled_backends() {
+#ifdef LIPKERNELS_WITH_CUDA
+  return "cpp,cuda";
+#else
+  return "cpp";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "lipkernels compiled extension: operators live in torch.ops.lipkernels";
+  module.def("compiled_backends", &compiled_backends,
+             "Comma-separated list of the C++ backends compiled into this build.");
+}

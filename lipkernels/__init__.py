@@ -1,0 +1,20 @@
+"""lipkernels: fused Triton and C++/CUDA kernels for 1-Lipschitz and orthogonal layers.
+
+Ops live in ``lipkernels.functional`` (re-exported here); their pure-PyTorch references in
+``lipkernels.reference``. ``use_backend`` / ``LIPKERNELS_BACKEND`` choose the implementation and
+``build_info()`` reports what was compiled and what can run.
+"""
+
+__version__ = "0.1.0"
+
+from ._backend import available_backends, build_info, use_backend  # noqa: E402
+from .functional import conv_spectral_bounds, fantastic_four, power_iteration  # noqa: E402
+
+__all__ = [
+    "available_backends",
+    "build_info",
+    "use_backend",
+    "power_iteration",
+    "conv_spectral_bounds",
+    "fantastic_four",
+]

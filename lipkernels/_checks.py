@@ -1,0 +1,58 @@
+"""Input validation shared by every public op.
+
+Shape, dtype and device checks are cheap metadata reads and always run. Checks that need tensor
+values (non-finite entries) would force a device-to-host sync, so they run only when the
+environment variable ``LIPKERNELS_CHECK=1`` was set at import; without it NaN or inf inputs give
+NaN outputs, never a finite wrong number (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+VALUE_CHECKS = os.environ.get("LIPKERNELS_CHECK", "0") == "1"
+
+
+def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_rank: int | None = None):
+    """`tensor` is a non-empty floating tensor of a supported dtype and of the given rank."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        supported = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{op}: {name} must have dtype {supported}; got {tensor.dtype}")
+    if rank is not None and tensor.dim() != rank:
+        raise ValueError(f"{op}: {name} must be {rank}-D; got shape {tuple(tensor.shape)}")
+    if min_rank is not None and tensor.dim() < min_rank:
+        raise ValueError(f"{op}: {name} must have at least {min_rank} dims; "
+                         f"got shape {tuple(tensor.shape)}")
+    if tensor.numel() == 0:
+        raise ValueError(f"{op}: {name} must not be empty; got shape {tuple(tensor.shape)}")
+    if VALUE_CHECKS and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{op}: {name} has NaN or inf entries (LIPKERNELS_CHECK=1)")
+
+
+def check_like(op: str, name: str, tensor: torch.Tensor, reference_name: str,
+               reference: torch.Tensor, shape: tuple[int, ...]):
+    """`tensor` has the given shape and the dtype and device of `reference`."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)} to match {reference_name} "
+                         f"{tuple(reference.shape)}; got {tuple(tensor.shape)}")
+    if tensor.device != reference.device:
+        raise ValueError(f"{op}: {name} is on {tensor.device} but {reference_name} is on "
+                         f"{reference.device}; both must be on the same device")
+    if tensor.dtype != reference.dtype:
+        raise TypeError(f"{op}: {name} has dtype {tensor.dtype} but {reference_name} has "
+                        f"{reference.dtype}; they must match")
+
+
+def check_iters(op: str, iters) -> int:
+    """`iters` is a Python int >= 1."""
+    if isinstance(iters, bool) or not isinstance(iters, int):
+        raise TypeError(f"{op}: iters must be an int; got {type(iters).__name__}")
+    if iters < 1:
+        raise ValueError(f"{op}: iters must be >= 1; got {iters}")
+    return iters

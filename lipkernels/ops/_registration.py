@@ -1,0 +1,66 @@
+"""The one mechanism that turns a kernel pair (forward, backward) into a traceable, differentiable op.
+
+C++ kernels are declared in csrc/ops.cpp and implemented per device key; Triton launchers become
+custom ops here. Both get the same fake (meta) functions and the same autograd formula, so every
+backend traces under torch.compile and is checked by torch.library.opcheck.
+
+Triton launchers are wrapped with ``torch.library.custom_op`` (an opaque op) rather than
+``torch.library.triton_op``: under the Triton interpreter, which is how CPU-only CI runs them,
+triton_op's functionalisation traces into the launcher and reads fake tensors' data, so neither
+opcheck nor torch.compile works; the opaque op behaves the same on a GPU and is testable here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .. import _backend
+
+
+def triton_op_name(op: str) -> str:
+    return f"lipkernels::{op}_triton"
+
+
+def define_triton_op(op: str, launcher: Callable, schema: str):
+    """Register `launcher` as the custom op lipkernels::<op>_triton with the given schema."""
+    return torch.library.custom_op(triton_op_name(op), launcher, mutates_args=(), schema=schema)
+
+
+def register_differentiable(forward: str, backward: str, *, forward_fake: Callable,
+                            backward_fake: Callable, setup_context: Callable,
+                            make_backward: Callable):
+    """Fake impls for `forward` and `backward` (qualified op names) and autograd for `forward`.
+
+    `make_backward(backward_op)` returns the autograd backward formula calling `backward_op`.
+    """
+    torch.library.register_fake(forward)(forward_fake)
+    torch.library.register_fake(backward)(backward_fake)
+    backward_op = _op(backward)
+    torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
+
+
+def _op(qualified_name: str):
+    namespace, name = qualified_name.split("::")
+    return getattr(getattr(torch.ops, namespace), name).default
+
+
+def kernel_ops(op: str, launchers, schemas: tuple[str, str], **autograd) -> dict[str, Callable]:
+    """Register every built kernel backend of `op`; return {backend: forward op}.
+
+    `launchers` is a zero-argument callable returning the Triton module's (forward, backward)
+    launchers, called only when Triton is importable. `schemas` are the (forward, backward) schemas
+    of the Triton ops, which mirror the C++ ones in csrc/ops.cpp.
+    """
+    ops: dict[str, Callable] = {}
+    if _backend.extension_loaded():
+        register_differentiable(f"lipkernels::{op}", f"lipkernels::{op}_backward", **autograd)
+        ops["cpp"] = ops["cuda"] = _op(f"lipkernels::{op}")
+    if _backend.triton_importable():
+        forward_launcher, backward_launcher = launchers()
+        define_triton_op(op, forward_launcher, schemas[0])
+        define_triton_op(f"{op}_backward", backward_launcher, schemas[1])
+        register_differentiable(triton_op_name(op), triton_op_name(f"{op}_backward"), **autograd)
+        ops["triton"] = _op(triton_op_name(op))
+    return ops

@@ -1,0 +1,9 @@
+"""Pure-PyTorch references of every op, faithful to the seed papers' code: the test oracle.
+
+Each function has the signature of its namesake in ``lipkernels.functional``.
+"""
+
+from .conv_spectral_bounds import conv_spectral_bounds, fantastic_four
+from .power_iteration import power_iteration
+
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four"]

@@ -1,0 +1,69 @@
+"""Pure-PyTorch Fantastic Four bounds (Singla & Feizi, ICLR 2021): the oracle for the kernels.
+
+For a conv filter W (C_out, C_in, k_h, k_w) the operator norm of the zero-padded convolution, at
+any input size, is at most sqrt(k_h k_w) times the spectral norm of each of four reshapes of W:
+    M_1 = W.transpose(1, 2).reshape(C_out k_h, C_in k_w)
+    M_2 = W.transpose(1, 3).reshape(C_out k_w, C_in k_h)
+    M_3 = W.reshape(C_out, C_in k_h k_w)
+    M_4 = W.transpose(0, 1).reshape(C_in, C_out k_h k_w)
+Each spectral norm comes from power iteration with a persistent right vector, as in the paper's
+code; the gradient w.r.t. W flows through sigma_q = v_q^T M_q u_q only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .power_iteration import power_iteration
+
+
+def bound_matrices(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The four reshapes M_1..M_4 of a (C_out, C_in, k_h, k_w) filter."""
+    c_out, c_in, k_h, k_w = weight.shape
+    return [
+        weight.transpose(1, 2).reshape(c_out * k_h, c_in * k_w),
+        weight.transpose(1, 3).reshape(c_out * k_w, c_in * k_h),
+        weight.reshape(c_out, c_in * k_h * k_w),
+        weight.transpose(0, 1).reshape(c_in, c_out * k_h * k_w),
+    ]
+
+
+def bound_matrix_shapes(weight_shape) -> list[tuple[int, int]]:
+    """(rows, cols) of M_1..M_4 for a filter of shape (C_out, C_in, k_h, k_w)."""
+    c_out, c_in, k_h, k_w = weight_shape
+    return [(c_out * k_h, c_in * k_w), (c_out * k_w, c_in * k_h),
+            (c_out, c_in * k_h * k_w), (c_in, c_out * k_h * k_w)]
+
+
+def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
+    """The four Fantastic Four bounds of `weight` and the updated right vectors.
+
+    `vectors` holds one right vector per reshape (lengths C_in k_w, C_in k_h, C_in k_h k_w,
+    C_out k_h k_w); None starts from random unit vectors. Returns (bounds (4,), vectors tuple).
+    """
+    if vectors is None:
+        vectors = initial_vectors(weight)
+    scale = math.sqrt(weight.shape[2] * weight.shape[3])
+    sigmas, new_vectors = [], []
+    for matrix, u in zip(bound_matrices(weight), vectors):
+        sigma, u, _ = power_iteration(matrix, u, iters)
+        sigmas.append(sigma)
+        new_vectors.append(u)
+    return scale * torch.stack(sigmas), tuple(new_vectors)
+
+
+def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
+    """The tightest of the four bounds (a 0-d tensor) and the updated vectors."""
+    bounds, vectors = conv_spectral_bounds(weight, iters, vectors)
+    return bounds.min(), vectors
+
+
+def initial_vectors(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Random unit right vectors for the four reshapes, on the filter's device and dtype."""
+    vectors = []
+    for _, cols in bound_matrix_shapes(weight.shape):
+        u = torch.randn(cols, device=weight.device, dtype=torch.float32)
+        vectors.append((u / u.norm()).to(weight.dtype))
+    return tuple(vectors)

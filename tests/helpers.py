@@ -1,0 +1,103 @@
+"""Shared test machinery: the backend/device grid and the accuracy rule.
+
+Accuracy rule (DESIGN.md §4, after flash-attention's): run the reference twice, in float64 (the
+"exact" answer) and in the kernel's own precision. The kernel's error against the exact answer
+must be at most twice the reference's own error in that precision, or within the precision's
+relative tolerance, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lipkernels
+
+# Relative tolerance per precision, as a fraction of the largest |exact| entry.
+RELATIVE_TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+
+# (device, backend) pairs of the compiled and Triton kernels. CUDA pairs carry the `gpu` mark.
+KERNEL_TARGETS = [
+    pytest.param("cpu", "cpp", id="cpu-cpp"),
+    pytest.param("cpu", "triton", id="cpu-triton"),
+    pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=pytest.mark.gpu),
+]
+
+# Every backend, the reference included, for tests of behaviour every backend must share.
+ALL_TARGETS = [pytest.param("cpu", "reference", id="cpu-reference"),
+               pytest.param("cuda", "reference", id="cuda-reference", marks=pytest.mark.gpu),
+               *KERNEL_TARGETS]
+
+# Precisions exercised per device: IEEE fp32/fp64 everywhere, half types where kernels use them.
+CPU_DTYPES = (torch.float64, torch.float32)
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def require_backend(device: str, backend: str):
+    """Skip (with the reason) when `backend` cannot run on `device` tensors here."""
+    if backend not in lipkernels.available_backends(device):
+        info = lipkernels.build_info()
+        pytest.skip(f"backend {backend} unavailable on {device}: {info['extension_error'] or info}")
+
+
+def dtypes_for(device: str):
+    return CPU_DTYPES if device == "cpu" else GPU_DTYPES
+
+
+def max_error(actual: torch.Tensor, exact: torch.Tensor) -> float:
+    return (actual.double() - exact.double()).abs().max().item()
+
+
+def assert_within_reference_error(actual, exact, same_precision, dtype, what: str):
+    """|actual - exact| <= max(2 |same_precision - exact|, tol(dtype) * max|exact|), elementwise max."""
+    actual, exact, same_precision = (torch.as_tensor(t) for t in (actual, exact, same_precision))
+    assert actual.shape == exact.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(exact.shape)}"
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {dtype}"
+    scale = max(exact.double().abs().max().item(), 1e-30)
+    allowed = max(2 * max_error(same_precision, exact), RELATIVE_TOLERANCE[dtype] * scale)
+    error = max_error(actual, exact)
+    assert error <= allowed, f"{what}: max error {error:.3e} > allowed {allowed:.3e}"
+
+
+def compare_with_reference(kernel_fn, reference_fn, inputs, dtype, names):
+    """Run `kernel_fn` on `inputs` cast to `dtype`; check every output against `reference_fn`.
+
+    `inputs` are float64 tensors (or lists of them, or ints); outputs are flattened in order and
+    compared one by one, named by `names`.
+    """
+    def cast(value, to):
+        if isinstance(value, torch.Tensor):
+            return value.to(to)
+        if isinstance(value, (list, tuple)):
+            return type(value)(cast(v, to) for v in value)
+        return value
+
+    actual = flatten(kernel_fn(*cast(inputs, dtype)))
+    exact = flatten(reference_fn(*cast(inputs, torch.float64)))
+    same_precision = flatten(reference_fn(*cast(inputs, dtype)))
+    assert len(actual) == len(exact) == len(names)
+    for name, a, e, s in zip(names, actual, exact, same_precision):
+        assert_within_reference_error(a, e, s, dtype, name)
+
+
+def flatten(outputs):
+    flat = []
+    for value in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+        flat.extend(flatten(value) if isinstance(value, (list, tuple)) else [value])
+    return flat
+
+
+def matrix_with_spectrum(singular_values, rows, cols, batch=(), dtype=torch.float64,
+                         device="cpu"):
+    """Random matrices (*batch, rows, cols) with the given leading singular values (rest 0)."""
+    k = len(singular_values)
+    left = torch.linalg.qr(torch.randn(*batch, rows, k, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(*batch, cols, k, dtype=torch.float64))[0]
+    s = torch.tensor(singular_values, dtype=torch.float64)
+    return ((left * s) @ right.transpose(-2, -1)).to(device=device, dtype=dtype)
