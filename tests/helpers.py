@@ -46,6 +46,17 @@ def require_backend(device: str, backend: str):
         pytest.skip(f"backend {backend} unavailable on {device}: {info['extension_error'] or info}")
 
 
+def interpreted(device: str, backend: str) -> bool:
+    """Triton on CPU tensors runs through the interpreter, thousands of times slower."""
+    return device == "cpu" and backend == "triton"
+
+
+def gradcheck(fn, inputs, device, backend, **tolerances):
+    """torch.autograd.gradcheck; under the Triton interpreter in fast mode (random projections,
+    two evaluations instead of two per input element)."""
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=interpreted(device, backend), **tolerances)
+
+
 def dtypes_for(device: str):
     return CPU_DTYPES if device == "cpu" else GPU_DTYPES
 
@@ -91,6 +102,21 @@ def flatten(outputs):
     for value in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
         flat.extend(flatten(value) if isinstance(value, (list, tuple)) else [value])
     return flat
+
+
+def filter_with_spectral_gap(shape, dtype=torch.float64, device="cpu"):
+    """A conv filter whose four Fantastic Four reshapes all have a large spectral gap.
+
+    Two separable components of norms 3 and 0.3 plus small noise: every reshape has one singular
+    value near 3 and the rest below ~0.4, so 40 power iterations converge past float64 rounding.
+    """
+    def separable():
+        parts = [torch.randn(n, dtype=torch.float64) for n in shape]
+        parts = [p / p.norm() for p in parts]
+        return torch.einsum("o,i,h,w->oihw", *parts)
+
+    weight = 3.0 * separable() + 0.3 * separable() + 0.01 * torch.randn(shape, dtype=torch.float64)
+    return weight.to(device=device, dtype=dtype)
 
 
 def matrix_with_spectrum(singular_values, rows, cols, batch=(), dtype=torch.float64,

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import lipkernels
 from lipkernels import reference
 from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
-from helpers import ALL_TARGETS, KERNEL_TARGETS, compare_with_reference, dtypes_for, require_backend
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, compare_with_reference, dtypes_for,
+                     filter_with_spectral_gap, gradcheck, require_backend)
 
 # (C_out, C_in, k_h, k_w): square and rectangular channel counts, k in {1, 2, 3, 5}, non-square
 # filters, and one filter whose reshapes are larger than a kernel tile.
@@ -92,8 +93,8 @@ def operator_norm_of_zero_padded_conv(weight, size):
 @pytest.mark.parametrize("shape", [(4, 3, 3, 3), (3, 4, 5, 5), (5, 5, 1, 3)])
 def test_bounds_converge_to_reshape_norms_and_bound_the_conv(device, backend, shape):
     require_backend(device, backend)
-    weight = torch.randn(shape, dtype=torch.float64)
-    bounds, _ = run(backend, lipkernels.conv_spectral_bounds, weight.to(device), 400,
+    weight = filter_with_spectral_gap(shape)
+    bounds, _ = run(backend, lipkernels.conv_spectral_bounds, weight.to(device), 40,
                     random_vectors(shape, device))
     scale = math.sqrt(shape[2] * shape[3])
     exact = torch.stack([scale * torch.linalg.matrix_norm(m, ord=2) for m in bound_matrices(weight)])
@@ -126,13 +127,12 @@ def test_default_vectors_are_random_unit_vectors(device, backend):
 @pytest.mark.parametrize("device,backend", ALL_TARGETS)
 def test_gradcheck_at_convergence(device, backend):
     require_backend(device, backend)
-    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    weight = filter_with_spectral_gap((3, 2, 3, 3), device=device).requires_grad_()
     vectors = random_vectors(weight.shape, device)
     with lipkernels.use_backend(backend):
         # Converged power iterations: v_q u_q^T is the true derivative of each sigma_max(M_q).
-        assert torch.autograd.gradcheck(
-            lambda w: lipkernels.conv_spectral_bounds(w, 300, vectors)[0], (weight,),
-            eps=1e-6, atol=1e-5)
+        assert gradcheck(lambda w: lipkernels.conv_spectral_bounds(w, 40, vectors)[0], (weight,),
+                         device, backend, eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("device,backend", ALL_TARGETS)
@@ -212,3 +212,14 @@ def _vectors(shape, drop=None, dtype=torch.float32, device="cpu", wrong_length=N
 def test_bad_input_is_rejected(weight, vectors, iters, error, message):
     with pytest.raises(error, match=message):
         lipkernels.conv_spectral_bounds(weight, iters, vectors)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (3, 5, 5, 5), (6, 6, 3, 1), (2, 7, 1, 1), (5, 4, 2, 2)])
+def test_every_reshape_bounds_the_zero_padded_conv(shape):
+    """The theorem behind the op, on generic filters: sqrt(k_h k_w) ||M_q|| >= ||conv||."""
+    weight = torch.randn(shape, dtype=torch.float64)
+    scale = math.sqrt(shape[2] * shape[3])
+    for size in (3, 6):
+        conv_norm = operator_norm_of_zero_padded_conv(weight, size).item()
+        for matrix in bound_matrices(weight):
+            assert scale * torch.linalg.matrix_norm(matrix, ord=2).item() >= conv_norm * (1 - 1e-12)

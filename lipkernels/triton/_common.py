@@ -1,0 +1,47 @@
+"""Launcher-side helpers shared by the Triton kernels of lipkernels.
+
+Kept free of @triton.jit code: the kernels themselves live in their op's module.
+"""
+
+import torch
+import triton
+from triton.runtime.jit import JITFunction
+
+# Largest tile a program streams at once, in elements, and the warps that load it. One program
+# owns a whole matrix, so its bandwidth comes from the bytes in flight, and the register file
+# bounds those: ptxas -v (sm_80, Triton 3.6 and 3.9) shows no spills at 4096 elements over 8
+# warps for every dtype and both index maps, and spills at 8192 with Triton 3.6.
+_TILE_ELEMENTS = 4096
+_MAX_WARPS = 8
+# Columns are the contiguous axis of a row-major matrix: 128 of them give coalesced loads.
+_MAX_BLOCK_N = 128
+# tl.arange needs a power of two; 16 keeps tiny blocks away from degenerate layouts.
+_MIN_BLOCK = 16
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype, also that of the running vectors: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for streaming a rows x cols matrix.
+
+    Small matrices get small tiles and fewer warps, so a batch of them packs several programs
+    per SM.
+    """
+    block_n = min(max(triton.next_power_of_2(cols), _MIN_BLOCK), _MAX_BLOCK_N)
+    block_m = min(max(triton.next_power_of_2(rows), _MIN_BLOCK), _TILE_ELEMENTS // block_n)
+    num_warps = max(1, _MAX_WARPS * block_m * block_n // _TILE_ELEMENTS)
+    return block_m, block_n, num_warps
+
+
+def launchable(kernel):
+    """`kernel` made traceable for torch.library.triton_op (torch.compile sees the launch).
+
+    Under TRITON_INTERPRET=1 the decorator yields an InterpretedFunction, which wrap_triton of
+    older torch releases rejects; it is launched directly, as eager wrap_triton would do anyway.
+    """
+    if isinstance(kernel, JITFunction):
+        return torch.library.wrap_triton(kernel)
+    return kernel

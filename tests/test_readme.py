@@ -1,0 +1,29 @@
+"""The README's example of using lipkernels from another library runs and does what it says."""
+
+import pathlib
+import re
+
+import torch
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def example_namespace():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (example,) = [block for block in blocks if "class FantasticFourConv2d" in block]
+    namespace = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_fantastic_four_conv_is_one_lipschitz_and_updates_its_vectors():
+    layer = example_namespace()["FantasticFourConv2d"](6, 6, 3, padding=1, bias=False)
+    before = [layer.u0.clone(), layer.u1.clone()]
+    x = torch.randn(8, 6, 10, 10)
+    y = layer(x)
+    assert not torch.equal(layer.u0, before[0]) or not torch.equal(layer.u1, before[1])
+    # The normalised filter's zero-padded conv has norm at most 1 (up to power-iteration slack).
+    ratios = y.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    assert ratios.max().item() <= 1.0 + 1e-3
+    y.sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
