@@ -35,7 +35,8 @@ def _make_backward(backward_op):
         saved = ctx.saved_tensors
         grad_weight = backward_op(grad_bounds.contiguous(), list(saved[:4]), list(saved[4:]),
                                   ctx.weight_shape)
-        return grad_weight, None, None
+        # One None per input leaf: the vectors list gets a list of Nones (they are constants).
+        return grad_weight, [None] * len(grad_vectors), None
 
     return backward
 
