@@ -97,6 +97,22 @@ def compare_with_reference(kernel_fn, reference_fn, inputs, dtype, names):
         assert_within_reference_error(a, e, s, dtype, name)
 
 
+def assert_rounded_once(kernel_fn, reference_fn, inputs, dtype, names):
+    """Half-precision kernels accumulate in float32: their outputs are within one unit in the
+    last place (of the largest entry) of the float64 reference run on the same rounded inputs."""
+    rounded = [t.to(dtype) if isinstance(t, torch.Tensor) else
+               [v.to(dtype) for v in t] if isinstance(t, list) else t for t in inputs]
+    exact_inputs = [t.double() if isinstance(t, torch.Tensor) else
+                    [v.double() for v in t] if isinstance(t, list) else t for t in rounded]
+    actual = flatten(kernel_fn(*rounded))
+    exact = flatten(reference_fn(*exact_inputs))
+    ulp = torch.finfo(dtype).eps
+    for name, a, e in zip(names, actual, exact):
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}, expected {dtype}"
+        error = max_error(a, e)
+        assert error <= ulp * e.abs().max().item(), f"{name}: error {error:.3e} over one ulp"
+
+
 def flatten(outputs):
     flat = []
     for value in outputs if isinstance(outputs, (list, tuple)) else [outputs]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import lipkernels
 from lipkernels import reference
 from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
-from helpers import (ALL_TARGETS, KERNEL_TARGETS, compare_with_reference, dtypes_for,
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_rounded_once, compare_with_reference, dtypes_for,
                      filter_with_spectral_gap, gradcheck, require_backend)
 
 # (C_out, C_in, k_h, k_w): square and rectangular channel counts, k in {1, 2, 3, 5}, non-square
@@ -223,3 +223,13 @@ def test_every_reshape_bounds_the_zero_padded_conv(shape):
         conv_norm = operator_norm_of_zero_padded_conv(weight, size).item()
         for matrix in bound_matrices(weight):
             assert scale * torch.linalg.matrix_norm(matrix, ord=2).item() >= conv_norm * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_accumulate_in_float32(device, backend, dtype):
+    require_backend(device, backend)
+    weight = torch.randn(8, 6, 3, 3, dtype=torch.float64, device=device)
+    names = ["bounds"] + [f"u{q}" for q in range(1, 5)] + [f"v{q}" for q in range(1, 5)]
+    assert_rounded_once(kernel_with_left_vectors(backend), reference_with_left_vectors,
+                        (weight, random_vectors(weight.shape, device), 4), dtype, names)

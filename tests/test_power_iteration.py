@@ -5,7 +5,7 @@ import torch
 
 import lipkernels
 from lipkernels import reference
-from helpers import (ALL_TARGETS, KERNEL_TARGETS, compare_with_reference, dtypes_for, gradcheck,
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_rounded_once, compare_with_reference, dtypes_for, gradcheck,
                      matrix_with_spectrum, require_backend)
 
 # (batch, m, n): unbatched, batched, tall, wide, odd and non-power-of-two, degenerate rows/cols,
@@ -173,3 +173,14 @@ def test_unavailable_backend_is_an_error():
     with pytest.raises(ValueError, match="use_backend"):
         with lipkernels.use_backend("fast"):
             pass
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_accumulate_in_float32(device, backend, dtype):
+    require_backend(device, backend)
+    weight, u = random_problem((2,), 24, 40, device)
+    assert_rounded_once(
+        lambda w, v: run(backend, lipkernels.power_iteration, w, v, 4),
+        lambda w, v: reference.power_iteration(w, v, 4),
+        (weight, u), dtype, ["sigma", "u", "v"])

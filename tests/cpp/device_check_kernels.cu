@@ -14,12 +14,17 @@ __global__ void use_shared_math(k::F4Shape shape, const acc_t* grad_bounds, cons
     return;
   }
   const k::F4Coord c = shape.unravel(e);
-  acc_t x = k::f4_grad(shape, grad_bounds, u, v, c);
+  acc_t coef[k::F4Shape::kMatrices];
+  k::f4_grad_coefficients(shape, grad_bounds, coef);
+  k::F4Index ix[k::F4Shape::kMatrices];
   for (int q = 0; q < k::F4Shape::kMatrices; ++q) {
-    const k::F4Index ix = shape.index(q, c);
+    ix[q] = shape.index(q, c);
+  }
+  acc_t x = k::f4_grad(coef, u, v, ix);
+  for (int q = 0; q < k::F4Shape::kMatrices; ++q) {
     const k::F4Coord s = shape.strides(q, q % 2 == 1);
-    x += static_cast<acc_t>(ix.row + ix.col + shape.offset(q, c) + s.o + shape.rows(q) +
-                            shape.cols(q) + shape.has_filter_layout(q, false));
+    x += static_cast<acc_t>(shape.offset(q, c) + s.o + shape.rows(q) + shape.cols(q) +
+                            shape.has_filter_layout(q, false));
   }
   x += k::normalizing_scale(x) + k::clamped_norm(x) + k::sigma_grad(x, x, x) +
        shape.bound_scale<acc_t>();

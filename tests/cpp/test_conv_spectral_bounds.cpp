@@ -103,7 +103,11 @@ void test_shape(const F4Shape& s) {
       want += grad_bounds[q] * v[q][ix.row] * u[q][ix.col];
     }
     want *= std::sqrt(static_cast<double>(s.kernel_h * s.kernel_w));
-    const double got = lipkernels::kernels::f4_grad(s, grad_bounds, u_ptr, v_ptr, c);
+    double coef[4];
+    lipkernels::kernels::f4_grad_coefficients(s, grad_bounds, coef);
+    F4Index ix[4];
+    for (int q = 0; q < 4; ++q) ix[q] = s.index(q, c);
+    const double got = lipkernels::kernels::f4_grad(coef, u_ptr, v_ptr, ix);
     CHECK(std::fabs(got - want) <= 1e-12 * (1 + std::fabs(want)));
   }
   CHECK(s.bound_scale<double>() == std::sqrt(static_cast<double>(s.kernel_h * s.kernel_w)));
