@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# GPU validation (DESIGN.md §6), for a bare GPU machine: torch with CUDA, Triton, nvcc, ninja,
+# pytest and pytest-benchmark installed, no network (nothing is downloaded). From anywhere:
+#
+#     OUT=/some/dir bash benchmarks/gpu_check.sh        # OUT defaults to benchmarks/results
+#
+# Steps, each logged to $OUT/gpu_check-<step>.log (the console gets each log's tail):
+#   env           nvidia-smi, nvcc, ninja, torch and its CUDA
+#   build         the extension with its CUDA kernels for sm_90 (pip editable install, no index;
+#                 if pip cannot install here, an in-place setup.py build instead)
+#   build-info    lipkernels.build_info() (also $OUT/gpu_check-build_info.json); fails unless the
+#                 cuda and triton backends are usable on CUDA tensors
+#   tests-gpu     pytest -m gpu tests/
+#   tests-rest    pytest -m "not gpu" tests/    (with tests-gpu: the whole suite)
+#   bench-pytest  a slice of `pytest benchmarks/ --benchmark-only` on the GPU (that path works)
+#   bench         python -m lipkernels.bench --device cuda --full: results JSON + Markdown in $OUT
+# Every step runs even when an earlier one failed, so one call gives the whole picture; the exit
+# status is 1 when any step failed, and $OUT/gpu_check-summary.txt lists them all.
+#
+# Time: planned for about 9 minutes on an H100 (GPU_CHECK_BUDGET_S, default 540 s). Each step has
+# a cap; the benchmark gets what is left and stops starting measurements 75 s before its cap, so
+# its results are still written (a cut-short run says so in its Markdown).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$REPO/benchmarks/results}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+cd "$REPO" || exit 1
+
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
+# An in-place build is importable from the checkout; with the editable install this is a no-op.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PY OUT LIPKERNELS_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export TQDM_MININTERVAL=10  # the progress bar goes to a log file: few redraws
+
+SUMMARY="$OUT/gpu_check-summary.txt"
+: >"$SUMMARY"
+FAILED=0
+
+# run_step NAME CAP COMMAND...: run COMMAND for at most CAP seconds (less when the budget is
+# nearly spent), log its output, print the log's tail and record the outcome.
+run_step() {
+  local name=$1 cap=$2
+  shift 2
+  local log="$OUT/gpu_check-$name.log" left=$((BUDGET_S - SECONDS)) start=$SECONDS status rc
+  ((cap > left)) && cap=$left
+  if ((cap < 5)); then
+    status="SKIPPED (time budget spent)"
+    echo "$status" >"$log"
+  else
+    echo "== $name (at most ${cap}s): $*"
+    echo "\$ $*" >"$log"
+    timeout --kill-after=15 "$cap" "$@" >>"$log" 2>&1
+    rc=$?
+    case $rc in
+      0) status="ok" ;;
+      124 | 137) status="TIMEOUT after ${cap}s" ;;
+      *) status="FAILED (exit $rc)" ;;
+    esac
+    tail -n 25 "$log" | sed 's/^/   /'
+  fi
+  [[ $status == ok ]] || FAILED=1
+  printf '%-13s %-28s %4ds  %s\n' "$name" "$status" $((SECONDS - start)) "$log" | tee -a "$SUMMARY"
+}
+
+# The step functions run through `bash -c NAME` (export -f), so that `timeout` can cap them.
+# shellcheck disable=SC2317
+env_report() {  # reports everything, fails when anything is missing
+  local rc=0
+  nvidia-smi || rc=1
+  nvcc --version || rc=1
+  echo "ninja $(ninja --version)" || rc=1
+  "$PY" -c '
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| torch CUDA", torch.version.cuda)
+assert torch.cuda.is_available(), "torch sees no CUDA device"
+print(torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())' || rc=1
+  return "$rc"
+}
+
+# shellcheck disable=SC2317
+build() {
+  "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . && return 0
+  echo "== pip could not install the package; building in place with setup.py instead"
+  "$PY" setup.py build_ext --inplace
+}
+
+# shellcheck disable=SC2317
+build_info() {
+  "$PY" -c '
+import json, sys, lipkernels
+info = lipkernels.build_info()
+text = json.dumps(info, indent=1)
+print(text)
+open(sys.argv[1], "w").write(text + "\n")
+missing = [b for b in ("cuda", "triton") if b not in info["usable"].get("cuda", [])]
+sys.exit(f"not usable on CUDA tensors: {missing}" if missing else 0)' "$OUT/gpu_check-build_info.json"
+}
+export -f env_report build build_info
+
+echo "gpu_check: repo $REPO, results and logs in $OUT, python $PY, budget ${BUDGET_S}s"
+run_step env 60 bash -c env_report
+run_step build 270 bash -c build
+run_step build-info 60 bash -c build_info
+run_step tests-gpu 150 "$PY" -m pytest -m gpu tests/ -q -ra -p no:cacheprovider \
+  --junitxml="$OUT/gpu_check-tests-gpu.xml"
+run_step tests-rest 120 "$PY" -m pytest -m "not gpu" tests/ -q -ra -p no:cacheprovider \
+  --junitxml="$OUT/gpu_check-tests-rest.xml"
+run_step bench-pytest 60 "$PY" -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
+  --bench-device cuda -k "C64-C64-k3-T50 and not compile" \
+  --benchmark-json="$OUT/gpu_check-bench-pytest.json"
+bench_cap=$((BUDGET_S - SECONDS - 5))
+run_step bench "$bench_cap" "$PY" -m lipkernels.bench --device cuda --full --out "$OUT" \
+  --time-limit $((bench_cap > 80 ? bench_cap - 75 : 1))
+grep -h "time-limit reached" "$OUT/gpu_check-bench.log" | sed 's/^/bench         /' >>"$SUMMARY"
+
+echo "== summary ($SECONDS s; also in $SUMMARY)"
+cat "$SUMMARY"
+exit $FAILED

@@ -1,0 +1,765 @@
+"""The benchmark harness of DESIGN.md §5, shared by ``python -m lipkernels.bench`` and the
+pytest-benchmark suites ``benchmarks/bench_*.py``.
+
+Both front ends take everything from here, so they give the same rows: the grid (``tasks``), the
+providers (``select_providers``), the inputs, warm-up and round count (``Measurement``), the clock
+(``clock``), the row (``Measurement.row``) and the results files (``write_results``). The only
+thing a front end does itself is the loop of timed rounds: the CLI runs ``Measurement.time_rounds``,
+pytest-benchmark runs its own loop with ``clock(device)`` as its timer (start = clock(); call;
+end = clock(), exactly what ``time_rounds`` does).
+
+Row, as DESIGN.md §5: {"op", "provider", "shape", "dtype", "mode", "median_ms", "peak_mem_mb",
+"ortho_err"}. For these spectral-norm ops ``ortho_err`` is the relative error of the returned
+sigma / bound against the exact value from ``torch.linalg.svdvals`` (float64, same data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import lipkernels
+from lipkernels import reference
+from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
+
+# ----------------------------------------------------------------------------------------------
+# The grid
+
+# Square filters of the SOC LipConvNet (notes/seed-methods.md §1): 32..512 channels in the stride-1
+# layers, 128..2048 after the pixel-unshuffle of the strided ones, plus 16 for small nets.
+SEED_CHANNELS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+# The default (reduced) grid: one small, one mid, one large filter, so that the default CLI run
+# finishes in a few minutes on a 2-core CPU (a 1024-channel 3x3 reference call at 50 iterations
+# alone takes seconds there).
+DEFAULT_CHANNELS = (16, 64, 256)
+KERNEL_SIZES = (1, 3)  # 3x3 stride-1 layers; 1x1 in the last block and for SOCLinear
+ITERS = (1, 50)  # one iteration per training step with persistent vectors; 50 at initialisation
+MODES = ("fwd", "fwd+bwd")  # fwd+bwd: the bound / sigma, then its gradient w.r.t. the weight
+DTYPE = torch.float32
+
+SUITES = {
+    "power_iteration": ("power_iteration",),
+    "conv_spectral_bounds": ("conv_spectral_bounds", "fantastic_four"),
+}
+
+# Batches of small matrices beside the F4 reshapes: the per-frequency 16x16 blocks of a 16-channel
+# conv on a 16x16 grid (Sedghi / Cayley style), and BCOP's 2k-1 = 5 square 128-channel matrices.
+SMALL_BATCHES = ((256, 16, 16), (5, 128, 128))
+
+
+def _seeded_normal(key: str, shape) -> torch.Tensor:
+    """Random data that depends only on `key`: every provider, mode and run sees the same values."""
+    generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """A seeded square conv filter (C, C, k, k): the data of the conv suite."""
+
+    channels: int
+    k: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.channels, self.channels, self.k, self.k)
+
+    @property
+    def label(self) -> str:
+        return f"C{self.channels}-C{self.channels}-k{self.k}"
+
+    def weight(self) -> torch.Tensor:
+        return _seeded_normal(self.label, self.shape) / math.sqrt(self.channels * self.k ** 2)
+
+    def inputs(self):
+        """(weight, the four right vectors), float32 on the CPU."""
+        vectors = tuple(_unit_rows(_seeded_normal(f"{self.label}/u{q}", (cols,)))
+                        for q, (_, cols) in enumerate(bound_matrix_shapes(self.shape)))
+        return self.weight(), vectors
+
+    def exact_sigmas(self) -> torch.Tensor:
+        return _exact_filter_sigmas(self)
+
+
+@functools.cache
+def _exact_filter_sigmas(data: Filter) -> torch.Tensor:
+    """sigma_max of M_1..M_4, float64, once per filter (shared by both suites)."""
+    return torch.stack([torch.linalg.svdvals(m)[0]
+                        for m in bound_matrices(data.weight().double())])
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrices:
+    """A batch of matrices for power_iteration: the F4 reshapes `reshapes` (0-based indices of
+    M_1..M_4, all of one shape) of a seed filter, or seeded random matrices when `source` is
+    None."""
+
+    batch: int
+    rows: int
+    cols: int
+    source: Filter | None = None
+    reshapes: tuple[int, ...] = ()
+
+    @classmethod
+    def f4(cls, source: Filter, reshapes: tuple[int, ...]) -> Matrices:
+        shapes = {bound_matrix_shapes(source.shape)[q] for q in reshapes}
+        (rows, cols), = shapes  # the batched op needs one matrix shape
+        return cls(len(reshapes), rows, cols, source, reshapes)
+
+    @property
+    def label(self) -> str:
+        return f"B{self.batch}-M{self.rows}-N{self.cols}"
+
+    def _matrices(self, dtype) -> torch.Tensor:
+        if self.source is None:
+            return (_seeded_normal(self.label, (self.batch, self.rows, self.cols))
+                    / math.sqrt(self.cols)).to(dtype)
+        reshaped = bound_matrices(self.source.weight().to(dtype))
+        return torch.stack([reshaped[q] for q in self.reshapes])
+
+    def inputs(self):
+        """(matrices (B, m, n), right vectors (B, n)), float32 on the CPU."""
+        u = _unit_rows(_seeded_normal(f"{self.label}/u", (self.batch, self.cols)))
+        return self._matrices(torch.float32), u
+
+    def exact_sigmas(self) -> torch.Tensor:
+        return _exact_matrix_sigmas(self)
+
+
+@functools.cache
+def _exact_matrix_sigmas(data: Matrices) -> torch.Tensor:
+    if data.source is not None:
+        return data.source.exact_sigmas()[list(data.reshapes)]
+    return torch.linalg.svdvals(data._matrices(torch.float64))[..., 0]
+
+
+def _bound_scale(data: Filter) -> float:
+    return math.sqrt(data.k * data.k)  # sqrt(k_h k_w) of the Fantastic Four bound
+
+
+@dataclasses.dataclass(frozen=True)
+class _OpSpec:
+    suite: str
+    # (implementation, weight, state, iters) -> the differentiable estimate (sigma or bound(s))
+    estimate: Callable
+    # data -> the exact values the estimate approximates, float64
+    exact: Callable
+
+
+OPS = {
+    "power_iteration": _OpSpec(
+        "power_iteration",
+        lambda fn, weight, u, iters: fn(weight, u, iters)[0],
+        lambda data: data.exact_sigmas()),
+    "conv_spectral_bounds": _OpSpec(
+        "conv_spectral_bounds",
+        lambda fn, weight, vectors, iters: fn(weight, iters, vectors)[0],
+        lambda data: _bound_scale(data) * data.exact_sigmas()),
+    "fantastic_four": _OpSpec(
+        "conv_spectral_bounds",
+        lambda fn, weight, vectors, iters: fn(weight, iters, vectors)[0],
+        lambda data: _bound_scale(data) * data.exact_sigmas().min()),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    data: Filter | Matrices
+    iters: int
+    mode: str
+    dtype: torch.dtype = DTYPE
+
+    @property
+    def shape(self) -> str:
+        return f"{self.data.label}-T{self.iters}"
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def _suite_data(suite: str, full: bool) -> list[Filter | Matrices]:
+    filters = [Filter(c, k) for c in (SEED_CHANNELS if full else DEFAULT_CHANNELS)
+               for k in KERNEL_SIZES]
+    if suite == "conv_spectral_bounds":
+        return filters
+    # power_iteration: each seed filter's F4 reshapes, batched by shape (M_1, M_2 and M_3, M_4 of
+    # a 3x3 filter; all four of a 1x1 one), then the small batches.
+    matrices = []
+    for f in filters:
+        groups = ((0, 1), (2, 3)) if f.k > 1 else ((0, 1, 2, 3),)
+        matrices += [Matrices.f4(f, group) for group in groups]
+    return matrices + [Matrices(*shape) for shape in SMALL_BATCHES]
+
+
+def cases(suite: str, full: bool) -> list[Case]:
+    return [Case(op, data, iters, mode) for op in SUITES[suite] for data in _suite_data(suite, full)
+            for iters in ITERS for mode in MODES]
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers
+
+class Provider:
+    """One implementation of the ops. `implementation(op)` is None where it has none."""
+
+    name: str
+
+    def implementation(self, op: str) -> Callable | None:
+        raise NotImplementedError
+
+    def covers(self, case: Case, full: bool) -> bool:
+        return self.implementation(case.op) is not None
+
+    def context(self):
+        return contextlib.nullcontext()
+
+
+class Reference(Provider):
+    name = "reference"
+
+    def implementation(self, op):
+        return getattr(reference, op)
+
+
+# Which cases reference-compile runs on. Inductor unrolls the reference's Python loop: compiling
+# fantastic_four on a 64-channel 3x3 filter took ~10 s at 1 iteration and ~1 min at 50 on a busy
+# 2-core CPU, per graph (shape family, iteration count and grad mode). So: 1 iteration on a
+# representative shape per op by default, on every shape with --full, plus the CPU target case at
+# 50 iterations (forward) with --full.
+_COMPILE_DEFAULT = {("power_iteration", "B2-M192-N192"), ("conv_spectral_bounds", "C64-C64-k3"),
+                    ("fantastic_four", "C64-C64-k3")}
+_COMPILE_FULL_T50 = {("fantastic_four", "C64-C64-k3", "fwd")}
+
+
+class CompiledReference(Provider):
+    """torch.compile of the reference. dynamic=True, so that one compiled graph serves a whole
+    column of shapes (one compile per op, iteration count, mode and kernel size) instead of one per
+    shape; its compile time falls in the untimed first call."""
+
+    name = "reference-compile"
+
+    def implementation(self, op):
+        return _compiled_reference(op)
+
+    def covers(self, case, full):
+        key = (case.op, case.data.label)
+        if case.iters == 1:
+            return full or key in _COMPILE_DEFAULT
+        return full and (*key, case.mode) in _COMPILE_FULL_T50
+
+
+@functools.cache
+def _compiled_reference(op: str):
+    # One compiled function per op sees every shape, iteration count, kernel size and grad mode;
+    # dynamo's default of 8 graphs per function would silently fall back to eager past that.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(getattr(reference, op), dynamic=True)
+
+
+class Backend(Provider):
+    """A lipkernels backend (cpp, triton, cuda) through the public functional API."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def implementation(self, op):
+        return getattr(lipkernels, op)
+
+    def context(self):
+        return lipkernels.use_backend(self.name)
+
+
+class Peer(Provider):
+    """Another Lipschitz library's implementation, where it has one and where it is installed.
+    `adapters` maps an op to a factory called once per measurement, so that a stateful peer starts
+    fresh in each."""
+
+    def __init__(self, name: str, module: str, adapters: dict[str, Callable[[], Callable]]):
+        self.name, self.module, self._adapters = name, module, adapters
+
+    def installed(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:  # the parent package (e.g. `deel`) is missing
+            return False
+
+    def implementation(self, op):
+        factory = self._adapters.get(op)
+        return factory() if factory else None
+
+
+def _deel_torchlip_power_iteration():
+    """deel-torchlip 1.0.5 `spectral_normalization(kernel, u (1, n), eps, maxiter)`, which takes
+    one matrix: a loop over the batch. eps=0 so that it runs exactly `iters` iterations (it stops
+    early once u moves less than eps)."""
+    from deel.torchlip.normalizers import spectral_normalization
+
+    def run(weight, u, iters):
+        return torch.stack([spectral_normalization(w, u=u_row[None], eps=0.0, maxiter=iters)[2]
+                            for w, u_row in zip(weight, u, strict=True)])
+
+    return run
+
+
+def _orthogonium_power_iteration():
+    """orthogonium 0.0.4 `BatchedPowerIteration(shape)(X, n_iters)`, which returns X / (sigma + eps)
+    and keeps its vectors in the module: sigma is read back from the norms. The module is built in
+    the untimed first call, from its own random start (seeded here)."""
+    from orthogonium.reparametrizers import BatchedPowerIteration
+
+    module = None
+
+    def run(weight, u, iters):
+        nonlocal module
+        if module is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                module = BatchedPowerIteration(tuple(weight.shape)).to(weight.device, weight.dtype)
+        normalized = module(weight, n_iters=iters)
+        return weight.flatten(-2).norm(dim=-1) / normalized.flatten(-2).norm(dim=-1) - module.eps
+
+    return run
+
+
+PEERS = (
+    Peer("orthogonium", "orthogonium.reparametrizers",
+         {"power_iteration": _orthogonium_power_iteration}),
+    Peer("deel-torchlip", "deel.torchlip.normalizers",
+         {"power_iteration": _deel_torchlip_power_iteration}),
+)
+
+KERNEL_BACKENDS = ("cpp", "triton", "cuda")
+PROVIDER_NAMES = ("reference", "reference-compile", *KERNEL_BACKENDS, *(p.name for p in PEERS))
+
+
+def select_providers(device: str, requested: list[str] | None = None):
+    """(providers to run, {provider: why it does not run}) for `device`.
+
+    Default: reference, reference-compile (on its subset of cases), every lipkernels backend
+    usable on the device except Triton on the CPU (the interpreter is orders of magnitude slow), and
+    the installed peers. A requested provider that cannot run is an error naming the reason.
+    """
+    usable = lipkernels.available_backends(device)
+    reasons = {}
+    for name in KERNEL_BACKENDS:
+        if name not in usable:
+            reasons[name] = (f"not usable on {device} (lipkernels.available_backends({device!r}) = "
+                             f"{usable}; see lipkernels.build_info())")
+        elif name == "triton" and device == "cpu":
+            reasons[name] = ("runs on CPU tensors only through the Triton interpreter, far too "
+                             "slow to time; ask for it with --providers triton")
+    for peer in PEERS:
+        if not peer.installed():
+            reasons[peer.name] = "not installed"
+    if requested:
+        unknown = [name for name in requested if name not in PROVIDER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}; choose from {list(PROVIDER_NAMES)}")
+        # Asked for by name, Triton on the CPU runs wherever the interpreter makes it usable.
+        blocked = {name: reasons[name] for name in requested
+                   if name in reasons and not (name == "triton" and "triton" in usable)}
+        if blocked:
+            raise ValueError("cannot run " + "; ".join(f"{n}: {r}" for n, r in blocked.items()))
+        names = [name for name in PROVIDER_NAMES if name in requested]
+        reasons = {name: reasons.get(name, "not requested") for name in PROVIDER_NAMES
+                   if name not in names}
+    else:
+        names = [name for name in PROVIDER_NAMES if name not in reasons]
+    known = {p.name: p for p in (Reference(), CompiledReference(), *PEERS)}
+    return [known.get(name) or Backend(name) for name in names], reasons
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks: (case, provider) pairs in run order
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    case: Case
+    provider: Provider
+
+    @property
+    def suite(self) -> str:
+        return OPS[self.case.op].suite
+
+    @property
+    def id(self) -> str:
+        case = self.case
+        return f"{case.op}-{case.shape}-{case.mode}-{self.provider.name}"
+
+    @property
+    def group(self) -> str:
+        """The rows a speed-up compares: one op, shape, dtype and mode."""
+        case = self.case
+        return f"{case.op}-{case.shape}-{case.dtype_name}-{case.mode}"
+
+
+def tasks(suite: str, providers: list[Provider], full: bool) -> list[Task]:
+    return [Task(case, provider) for case in cases(suite, full) for provider in providers
+            if provider.covers(case, full)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How long one measurement's timed rounds may take, and the bounds on their number."""
+
+    seconds: float
+    min_rounds: int
+    max_rounds: int
+
+
+# The GPU budget keeps the full grid (~800 measurements) within the few minutes that
+# benchmarks/gpu_check.sh has for it; slow cases still get min_rounds rounds.
+BUDGETS = {"cpu": Budget(0.25, 3, 200), "cuda": Budget(0.05, 10, 1000)}
+# Timed warm-up after the untimed first call, as a fraction of the budget: it also estimates the
+# time of one call, from which the number of rounds follows.
+WARMUP_FRACTION = 0.2
+WARMUP_MIN_CALLS = 1
+
+
+class _CudaEventClock:
+    """A clock on the GPU's timeline: each reading records a CUDA event on the current stream and
+    waits for it, and the difference of two consecutive readings is the event-measured time
+    between them (accumulated in float64, so it stays exact however long the run). This makes
+    CUDA-event timing usable as pytest-benchmark's `timer`. Two events alternate, so no event is
+    created between the call and its end mark."""
+
+    __name__ = "cuda_event_clock"  # how pytest-benchmark names its timer
+
+    def __init__(self):
+        self._events = None
+        self._latest = 0
+        self._seconds = 0.0
+
+    def __call__(self) -> float:
+        if self._events is None:
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            self._events[0].record()
+        previous = self._events[self._latest]
+        self._latest ^= 1
+        current = self._events[self._latest]
+        current.record()
+        current.synchronize()
+        self._seconds += previous.elapsed_time(current) / 1e3
+        return self._seconds
+
+
+@functools.cache
+def clock(device: str) -> Callable[[], float]:
+    """Seconds, for timing one call as clock() - clock(): wall clock on the CPU, CUDA events on a
+    GPU. One instance per device, so that pytest-benchmark calibrates it once."""
+    return _CudaEventClock() if device == "cuda" else time.perf_counter
+
+
+# Consecutive tasks share their data (one case, every provider and mode); generating a 2048-channel
+# 3x3 filter takes a noticeable part of a second.
+@functools.lru_cache(maxsize=2)
+def _cpu_inputs(data: Filter | Matrices):
+    return data.inputs()
+
+
+class Measurement:
+    """One task on one device, as a context manager: seeded inputs on the device, the provider's
+    context (its backend selection) held for the whole measurement, an untimed first call (JIT,
+    autotuning and torch.compile happen there), then a timed warm-up that sets `rounds`.
+
+    `target()` is one timed call: the op, plus in fwd+bwd mode the gradient of the estimate's sum
+    w.r.t. the weight; it returns the estimate (sigma or bound(s)).
+    """
+
+    def __init__(self, task: Task, device: str, budget: Budget | None = None):
+        self.task, self.device = task, device
+        self.budget = budget or BUDGETS[device]
+        self.clock = clock(device)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        case, spec = self.task.case, OPS[self.task.case.op]
+        weight, state = _cpu_inputs(case.data)
+        # copy=True: the cached CPU tensors must not pick up this task's requires_grad.
+        weight = weight.to(self.device, case.dtype, copy=True)
+        state = (state.to(self.device, case.dtype, copy=True) if isinstance(state, torch.Tensor)
+                 else tuple(u.to(self.device, case.dtype, copy=True) for u in state))
+        backward = case.mode == "fwd+bwd"
+        weight.requires_grad_(backward)
+        implementation = self.task.provider.implementation(case.op)
+
+        def target():
+            estimate = spec.estimate(implementation, weight, state, case.iters)
+            if backward:
+                torch.autograd.grad(estimate.sum(), weight)
+            return estimate
+
+        self.target = target
+        self._stack.enter_context(self.task.provider.context())
+        try:
+            self._first_estimate = target().detach()
+            warmup = self._time(lambda spent, calls: spent < WARMUP_FRACTION * self.budget.seconds
+                                or calls < WARMUP_MIN_CALLS)
+            per_call = statistics.median(warmup)
+            self.rounds = max(self.budget.min_rounds,
+                              min(self.budget.max_rounds, int(self.budget.seconds / per_call)))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._stack.__exit__(*exc_info)
+
+    def _time(self, more: Callable[[float, int], bool]) -> list[float]:
+        """Seconds of timed calls, for as long as more(seconds spent, calls made) holds."""
+        times, spent = [], 0.0
+        while more(spent, len(times)):
+            start = self.clock()
+            self.target()
+            times.append(self.clock() - start)
+            spent += times[-1]
+        return times
+
+    def time_rounds(self) -> list[float]:
+        """Milliseconds of each of `rounds` timed calls (the CLI's loop; pytest-benchmark runs the
+        same loop with the same clock)."""
+        return [1e3 * t for t in self._time(lambda spent, calls: calls < self.rounds)]
+
+    def _peak_memory_mb(self) -> float | None:
+        """CUDA memory allocated at the peak of one call beyond what was resident before it (the
+        inputs), in MB. None on the CPU: its allocator keeps no peak statistics, and the process's
+        RSS high-water mark is neither per call nor reset-able."""
+        if self.device != "cuda":
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        self.target()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+    def _ortho_err(self) -> float:
+        """max |estimate - exact| / exact of the first call's sigma / bound(s)."""
+        exact = OPS[self.task.case.op].exact(self.task.case.data)
+        estimate = self._first_estimate.double().cpu()
+        return ((estimate - exact).abs() / exact).max().item()
+
+    def row(self, median_ms: float) -> dict:
+        case = self.task.case
+        return {"op": case.op, "provider": self.task.provider.name, "shape": case.shape,
+                "dtype": case.dtype_name, "mode": case.mode, "median_ms": median_ms,
+                "peak_mem_mb": self._peak_memory_mb(), "ortho_err": self._ortho_err()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Results files
+
+TIMING_NOTE = {
+    "cpu": ("wall clock (time.perf_counter) around each call; median of the timed rounds (at least "
+            "{b.min_rounds}, at most {b.max_rounds}, about {b.seconds} s of them) after an untimed "
+            "first call and a timed warm-up"),
+    "cuda": ("CUDA events around each call (recorded on the current stream, synchronised after the "
+             "call); median of the timed rounds (at least {b.min_rounds}, at most {b.max_rounds}, "
+             "about {b.seconds} s of them) after an untimed first call and a timed warm-up"),
+}
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|\bcpu\b", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def device_slug(device: str) -> str:
+    name = device_name(device).split(",")[0]
+    return _slug(name) if device == "cuda" else "cpu-" + _slug(name)
+
+
+REPO_ROOT = Path(lipkernels.__file__).resolve().parents[1]
+
+
+def default_results_dir() -> Path:
+    """benchmarks/results/ of the source checkout lipkernels runs from, else of the working
+    directory."""
+    checkout = REPO_ROOT / "benchmarks"
+    return (checkout if checkout.is_dir() else Path("benchmarks")) / "results"
+
+
+def _commit() -> str | None:
+    """HEAD of the checkout, with "+dirty" when the working tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def environment(device: str) -> dict:
+    """The header of a results file (DESIGN.md §5)."""
+    info = lipkernels.build_info()
+    return {"device": device_name(device), "torch": torch.__version__, "triton": info["triton"],
+            "cuda": torch.version.cuda,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": _commit()}
+
+
+def write_results(out_dir, suite: str, device: str, full: bool, rows: list[dict],
+                  not_run: dict[str, str], failures: list[dict] = (), skipped_for_time: int = 0,
+                  budget: Budget | None = None) -> tuple[Path, Path]:
+    """Write <device-slug>-<YYYYMMDD>-<suite>.json and the Markdown table beside it."""
+    env = environment(device)
+    report = {**env, "rows": rows, "suite": suite, "device_type": device,
+              "grid": "full" if full else "default",
+              "timing": TIMING_NOTE[device].format(b=budget or BUDGETS[device]),
+              "not_run": not_run, "failures": list(failures), "skipped_for_time": skipped_for_time,
+              "build_info": lipkernels.build_info(),
+              # Timings on a CPU shared with other work are slower and noisier; this says how busy.
+              "load_average": ([round(x, 2) for x in os.getloadavg()]
+                               if device == "cpu" and hasattr(os, "getloadavg") else None),
+              "cpu_count": os.cpu_count()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{device_slug(device)}-{env['date'][:10].replace('-', '')}-{suite}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def speedups(rows: list[dict]) -> list[float | None]:
+    """reference median / row median for each row, from the reference row of the same op, shape,
+    dtype and mode in the same list (one run): None where there is none."""
+    def key(row):
+        return row["op"], row["shape"], row["dtype"], row["mode"]
+
+    ref = {key(r): r["median_ms"] for r in rows if r["provider"] == "reference"}
+    return [ref[key(r)] / r["median_ms"] if key(r) in ref else None for r in rows]
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, with the speed-up over the reference of the same run."""
+    lines = ["| op | shape | dtype | mode | provider | median ms | speed-up vs reference | "
+             "peak MB | ortho_err |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+    for r, speedup in zip(rows, speedups(rows), strict=True):
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | "
+                     f"{r['median_ms']:.4g} | {_fmt(speedup, '.2f')} | "
+                     f"{_fmt(r['peak_mem_mb'], '.3g')} | {r['ortho_err']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> str:
+    """Per provider, op and iteration count: the smallest, geometric-mean and largest speed-up."""
+    groups: dict[tuple, list] = {}
+    for r, speedup in zip(rows, speedups(rows), strict=True):
+        if speedup is not None and r["provider"] != "reference":
+            iters = r["shape"].rsplit("-T", 1)[1]
+            groups.setdefault((r["provider"], r["op"], iters), []).append((speedup, r))
+    lines = ["| provider | op | iters | rows | min speed-up (at) | geomean | max speed-up |",
+             "|---|---|---:|---:|---|---:|---:|"]
+    for (provider, op, iters), items in groups.items():
+        low, at = min(items, key=lambda item: item[0])
+        geomean = math.exp(statistics.fmean(math.log(s) for s, _ in items))
+        lines.append(f"| {provider} | {op} | {iters} | {len(items)} | {low:.2f} "
+                     f"({at['shape']}, {at['mode']}) | {geomean:.2f} | "
+                     f"{max(s for s, _ in items):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: dict) -> str:
+    rows = report["rows"]
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    gpu = report["device_type"] == "cuda"
+    lines = [
+        f"# lipkernels benchmarks: {report['suite']} on {report['device']}",
+        "",
+        f"- date {report['date']}, commit `{report['commit']}`, torch {report['torch']}, "
+        f"triton {report['triton']}, CUDA {report['cuda']}",
+        f"- grid: {report['grid']} ({'all seed shapes' if report['grid'] == 'full' else 'reduced'}"
+        "; `python -m lipkernels.bench --full` runs the whole grid)",
+        f"- providers: {', '.join(providers)}",
+        "- not run: " + ("; ".join(f"{name}: {why}" for name, why in report["not_run"].items())
+                         or "none"),
+        f"- median_ms: {report['timing']}",
+        "- speed-up vs reference: the reference row's median over this row's median, same op, "
+        "shape, dtype and mode, this run only",
+        "- peak MB: " + ("CUDA memory allocated at the peak of one call beyond the tensors already "
+                         "resident (the inputs), from torch.cuda.max_memory_allocated" if gpu else
+                         "not measured on the CPU (null): torch's CPU allocator keeps no peak "
+                         "statistics and the process RSS high-water mark is not per call"),
+        "- ortho_err: for these spectral-norm ops, the relative error |estimate - exact| / exact "
+        "of the returned sigma (power_iteration, max over the batch) or bound(s) "
+        "(conv_spectral_bounds: max over the four; fantastic_four: the min bound) against the "
+        "exact value "
+        "sqrt(k_h k_w) sigma_max from torch.linalg.svdvals in float64 of the same data. Every "
+        "provider starts from the same seeded random vectors (but orthogonium, whose module draws "
+        "its own), so 1-iteration rows show the error of one iteration, equal across providers up "
+        "to rounding",
+        "- shapes: `C{C_out}-C{C_in}-k{k}-T{iters}` a conv filter; `B{batch}-M{m}-N{n}-T{iters}` "
+        "a batch of m x n matrices: for power_iteration the F4 reshapes of the same seeded filters "
+        "(B2-M{3C}-N{3C}: M_1, M_2 and B2-M{C}-N{9C}: M_3, M_4 of a 3x3 filter; B4-M{C}-N{C}: all "
+        "four of a 1x1 filter), B256-M16-N16 and B5-M128-N128 seeded random; mode fwd+bwd adds the "
+        "gradient of the estimate's sum w.r.t. the weight",
+    ]
+    if "reference-compile" in providers:
+        lines.append(
+            "- reference-compile: `torch.compile(reference, dynamic=True)`, compile time excluded "
+            "(untimed first call); only on 1-iteration cases (a representative shape per op in the "
+            "default grid, all shapes with --full) plus fantastic_four C64-C64-k3-T50 fwd with "
+            "--full, because inductor unrolls the 50-iteration loop and takes about a minute per "
+            "graph to compile it on a 2-core CPU")
+    if report["load_average"] is not None:
+        lines.append(f"- CPU load average (1, 5, 15 min) when written: {report['load_average']} "
+                     f"on {report['cpu_count']} cores (above the core count, other processes "
+                     "competed for the cores: timings slower and noisier)")
+    if report["skipped_for_time"]:
+        lines.append(f"- **truncated**: {report['skipped_for_time']} measurements not run "
+                     "(--time-limit reached)")
+    if report["failures"]:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {f['op']} {f['shape']} {f['mode']} {f['provider']}: {f['error']}"
+                  for f in report["failures"]]
+    lines += ["", "## Speed-up summary", "", summary(rows), "## Rows", "", table(rows)]
+    return "\n".join(lines)
