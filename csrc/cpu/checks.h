@@ -1,0 +1,147 @@
+// Argument validation of the spectral-norm ops, shared by the CPU and CUDA implementations.
+//
+// torch.ops.lipkernels.* can be called directly, bypassing the Python layer's checks, so each C++
+// op validates its own inputs with messages that name the op, the argument and the expectation.
+// The CPU backend is always compiled, so the checks live beside it and the CUDA backend includes
+// them from here. Only metadata is inspected: value checks (non-finite weights) would cost a
+// device sync and stay out of the hot path (DESIGN.md section 4).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/conv_spectral_bounds.cuh"
+
+namespace lipkernels {
+
+inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                  dtype == at::kBFloat16,
+              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype);
+}
+
+// `t` must live on the same device and have the same dtype as the reference argument.
+inline void check_matches(const char* op, const std::string& name, const at::Tensor& t,
+                          const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
+              ref_name, " (", ref.device(), "), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
+              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_iters(const char* op, int64_t iters) {
+  TORCH_CHECK(iters >= 1, op, ": iters must be >= 1, got ", iters);
+}
+
+// A batch of `count` row-major m x n matrices.
+struct MatrixBatch {
+  std::vector<int64_t> batch_shape;
+  int64_t count, m, n;
+};
+
+// power_iteration(weight (..., m, n), u (..., n), iters).
+inline MatrixBatch check_power_iteration_args(const at::Tensor& weight, const at::Tensor& u,
+                                              int64_t iters) {
+  constexpr const char* op = "power_iteration";
+  TORCH_CHECK(weight.dim() >= 2, op, ": weight must have shape (..., m, n), got ", weight.sizes());
+  check_float_dtype(op, "weight", weight);
+  check_matches(op, "u", u, "weight", weight);
+  check_iters(op, iters);
+  const int64_t m = weight.size(-2), n = weight.size(-1);
+  TORCH_CHECK(m >= 1 && n >= 1, op, ": weight (..., m, n) must have m >= 1 and n >= 1, got ",
+              weight.sizes());
+  std::vector<int64_t> expected_u(weight.sizes().begin(), weight.sizes().end() - 1);
+  expected_u.back() = n;
+  TORCH_CHECK(u.sizes() == c10::IntArrayRef(expected_u), op, ": u must have shape ",
+              c10::IntArrayRef(expected_u), " (the batch dims of weight ", weight.sizes(),
+              " followed by n), got ", u.sizes());
+  expected_u.pop_back();
+  const int64_t count = c10::multiply_integers(expected_u);
+  return {std::move(expected_u), count, m, n};
+}
+
+// power_iteration_backward(grad_sigma (...), u (..., n), v (..., m)).
+inline MatrixBatch check_power_iteration_backward_args(const at::Tensor& grad_sigma,
+                                                       const at::Tensor& u, const at::Tensor& v) {
+  constexpr const char* op = "power_iteration_backward";
+  check_float_dtype(op, "u", u);
+  check_matches(op, "v", v, "u", u);
+  check_matches(op, "grad_sigma", grad_sigma, "u", u);
+  TORCH_CHECK(u.dim() >= 1 && v.dim() == u.dim(), op,
+              ": u (..., n) and v (..., m) must have the same number (>= 1) of dims, got u ",
+              u.sizes(), " and v ", v.sizes());
+  const int64_t m = v.size(-1), n = u.size(-1);
+  TORCH_CHECK(m >= 1 && n >= 1, op, ": u (..., n) and v (..., m) must be non-empty, got u ",
+              u.sizes(), " and v ", v.sizes());
+  const c10::IntArrayRef batch = u.sizes().slice(0, u.dim() - 1);
+  TORCH_CHECK(v.sizes().slice(0, v.dim() - 1) == batch, op,
+              ": v must have the batch dims of u ", batch, ", got v ", v.sizes());
+  TORCH_CHECK(grad_sigma.sizes() == batch, op, ": grad_sigma must have the batch shape ", batch,
+              " of u, got ", grad_sigma.sizes());
+  return {batch.vec(), c10::multiply_integers(batch), m, n};
+}
+
+// conv_spectral_bounds(weight (O, I, H, W), vectors [u_1..u_4], iters).
+inline kernels::F4Shape check_conv_spectral_bounds_args(const at::Tensor& weight,
+                                                        at::TensorList vectors, int64_t iters) {
+  constexpr const char* op = "conv_spectral_bounds";
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must have shape (C_out, C_in, k_h, k_w), got ",
+              weight.sizes());
+  TORCH_CHECK(weight.numel() > 0, op, ": weight must be non-empty, got ", weight.sizes());
+  check_float_dtype(op, "weight", weight);
+  check_iters(op, iters);
+  const kernels::F4Shape shape{weight.size(0), weight.size(1), weight.size(2), weight.size(3)};
+  TORCH_CHECK(vectors.size() == kernels::F4Shape::kMatrices, op,
+              ": vectors must hold 4 right vectors, got ", vectors.size());
+  for (int q = 0; q < kernels::F4Shape::kMatrices; ++q) {
+    check_matches(op, "vectors[" + std::to_string(q) + "]", vectors[q], "weight", weight);
+    TORCH_CHECK(vectors[q].dim() == 1 && vectors[q].size(0) == shape.cols(q), op, ": vectors[", q,
+                "] must have shape [", shape.cols(q), "] (the columns of M_", q + 1,
+                " for weight ", weight.sizes(), "), got ", vectors[q].sizes());
+  }
+  return shape;
+}
+
+// conv_spectral_bounds_backward(grad_bounds (4,), vectors [u_q], left_vectors [v_q], weight_shape).
+inline kernels::F4Shape check_conv_spectral_bounds_backward_args(const at::Tensor& grad_bounds,
+                                                                 at::TensorList vectors,
+                                                                 at::TensorList left_vectors,
+                                                                 c10::IntArrayRef weight_shape) {
+  constexpr const char* op = "conv_spectral_bounds_backward";
+  TORCH_CHECK(weight_shape.size() == 4 &&
+                  std::all_of(weight_shape.begin(), weight_shape.end(),
+                              [](int64_t size) { return size >= 1; }),
+              op, ": weight_shape must be [C_out, C_in, k_h, k_w] with every size >= 1, got ",
+              weight_shape);
+  check_float_dtype(op, "grad_bounds", grad_bounds);
+  TORCH_CHECK(grad_bounds.sizes() == c10::IntArrayRef{kernels::F4Shape::kMatrices}, op,
+              ": grad_bounds must have shape [4], got ", grad_bounds.sizes());
+  const kernels::F4Shape shape{weight_shape[0], weight_shape[1], weight_shape[2],
+                               weight_shape[3]};
+  TORCH_CHECK(vectors.size() == kernels::F4Shape::kMatrices &&
+                  left_vectors.size() == kernels::F4Shape::kMatrices,
+              op, ": vectors and left_vectors must hold 4 vectors each, got ", vectors.size(),
+              " and ", left_vectors.size());
+  for (int q = 0; q < kernels::F4Shape::kMatrices; ++q) {
+    check_matches(op, "vectors[" + std::to_string(q) + "]", vectors[q], "grad_bounds",
+                  grad_bounds);
+    check_matches(op, "left_vectors[" + std::to_string(q) + "]", left_vectors[q], "grad_bounds",
+                  grad_bounds);
+    TORCH_CHECK(vectors[q].dim() == 1 && vectors[q].size(0) == shape.cols(q), op, ": vectors[", q,
+                "] must have shape [", shape.cols(q), "] (the columns of M_", q + 1,
+                " for weight_shape ", weight_shape, "), got ", vectors[q].sizes());
+    TORCH_CHECK(left_vectors[q].dim() == 1 && left_vectors[q].size(0) == shape.rows(q), op,
+                ": left_vectors[", q, "] must have shape [", shape.rows(q), "] (the rows of M_",
+                q + 1, " for weight_shape ", weight_shape, "), got ", left_vectors[q].sizes());
+  }
+  return shape;
+}
+
+}  // namespace lipkernels

@@ -1,0 +1,13 @@
+// Portability macros for the framework-free math in csrc/kernels.
+//
+// Everything under csrc/kernels is plain C++17 with no PyTorch dependency, so that one definition
+// serves the CPU kernels (g++), the CUDA kernels (nvcc, host and device passes) and the C++ unit
+// tests in tests/cpp (built by CMake without torch).
+#pragma once
+
+#if defined(__CUDACC__)
+// Callable from host code and from CUDA device code.
+#define LIPKERNELS_HOST_DEVICE __host__ __device__
+#else
+#define LIPKERNELS_HOST_DEVICE
+#endif
