@@ -138,18 +138,26 @@ def use_backend(name: str):
         _selection.backend = previous
 
 
-def resolve(op: str, device_type: str) -> str:
-    """The backend that runs `op` on `device_type` tensors under the current selection."""
+def resolve(op: str, device_type: str, kernels) -> str:
+    """The backend that runs `op` on `device_type` tensors under the current selection.
+
+    `kernels` names the kernel backends `op` has in this build (its registered ops); the
+    reference is always there.
+    """
     wanted = _selection.backend
     if wanted != "auto":
         reason = _unavailable_reason(wanted, device_type)
+        if reason is None and wanted != "reference" and wanted not in kernels:
+            reason = f"{op} has no {wanted} kernel in this build"
         if reason is not None:
             raise RuntimeError(f"lipkernels.{op}: backend {wanted!r} is not available: {reason}")
         return wanted
     if device_type == "cpu":
-        return "cpp" if _unavailable_reason("cpp", "cpu") is None else "reference"
+        usable = "cpp" in kernels and _unavailable_reason("cpp", "cpu") is None
+        return "cpp" if usable else "reference"
     for backend in _GPU_PREFERENCE:
-        if backend in GPU_VALIDATED.get(op, ()) and _unavailable_reason(backend, device_type) is None:
+        if (backend in GPU_VALIDATED.get(op, ()) and backend in kernels
+                and _unavailable_reason(backend, device_type) is None):
             return backend
     return "reference"
 

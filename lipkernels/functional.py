@@ -36,7 +36,7 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
     check_tensor(op, "weight", weight, min_rank=2)
     check_like(op, "u", u, "weight", weight, (*weight.shape[:-2], weight.shape[-1]))
     check_iters(op, iters)
-    backend = _backend.resolve(op, weight.device.type)
+    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS)
     if backend == "reference":
         return reference.power_iteration(weight, u, iters)
     return _POWER_ITERATION_KERNELS[backend](weight.contiguous(), u.contiguous(), iters)
@@ -76,7 +76,7 @@ def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
         raise ValueError(f"{op}: vectors must hold 4 tensors (one per reshape); got {len(vectors)}")
     for index, (u, (_, cols)) in enumerate(zip(vectors, bound_matrix_shapes(weight.shape))):
         check_like(op, f"vectors[{index}]", u, "weight", weight, (cols,))
-    backend = _backend.resolve(op, weight.device.type)
+    backend = _backend.resolve(op, weight.device.type, _CONV_SPECTRAL_BOUNDS_KERNELS)
     if backend == "reference":
         return reference.conv_spectral_bounds(weight, iters, vectors)
     bounds, new_vectors, _ = _CONV_SPECTRAL_BOUNDS_KERNELS[backend](
