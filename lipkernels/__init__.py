@@ -8,7 +8,13 @@ Ops live in ``lipkernels.functional`` (re-exported here); their pure-PyTorch ref
 __version__ = "0.1.0"
 
 from ._backend import available_backends, build_info, use_backend  # noqa: E402
-from .functional import conv_spectral_bounds, fantastic_four, power_iteration  # noqa: E402
+from .functional import (  # noqa: E402
+    conv_spectral_bounds,
+    fantastic_four,
+    power_iteration,
+    skew,
+    soc_exp,
+)
 
 __all__ = [
     "available_backends",
@@ -17,4 +23,6 @@ __all__ = [
     "power_iteration",
     "conv_spectral_bounds",
     "fantastic_four",
+    "skew",
+    "soc_exp",
 ]

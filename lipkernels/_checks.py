@@ -51,8 +51,26 @@ def check_like(op: str, name: str, tensor: torch.Tensor, reference_name: str,
 
 def check_iters(op: str, iters) -> int:
     """`iters` is a Python int >= 1."""
-    if isinstance(iters, bool) or not isinstance(iters, int):
-        raise TypeError(f"{op}: iters must be an int; got {type(iters).__name__}")
-    if iters < 1:
-        raise ValueError(f"{op}: iters must be >= 1; got {iters}")
-    return iters
+    return check_count(op, "iters", iters)
+
+
+def check_count(op: str, name: str, value) -> int:
+    """`value` (an iteration or term count) is a Python int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{op}: {name} must be >= 1; got {value}")
+    return value
+
+
+def check_square_filter(op: str, name: str, weight: torch.Tensor):
+    """`weight` is a (C, C, k, k) filter with k odd: square in channels and in space, so that it
+    and its flip-transpose act on the same C channels with the same "same" padding k // 2."""
+    check_tensor(op, name, weight, rank=4)
+    c_out, c_in, k_h, k_w = weight.shape
+    if c_out != c_in:
+        raise ValueError(f"{op}: {name} must be square in channels (C, C, k, k); "
+                         f"got shape {tuple(weight.shape)}")
+    if k_h != k_w or k_h % 2 == 0:
+        raise ValueError(f"{op}: {name} must have a square kernel of odd size k; "
+                         f"got shape {tuple(weight.shape)}")

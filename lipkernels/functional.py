@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import check_iters, check_like, check_tensor
+from ._checks import check_count, check_iters, check_like, check_square_filter, check_tensor
 from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
 from .ops.power_iteration import KERNELS as _POWER_ITERATION_KERNELS
+from .ops.soc_exp import KERNELS as _SOC_EXP_KERNELS
 from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
+from .reference.soc_exp import GRAD_MODES
 
 
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
@@ -90,4 +92,56 @@ def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
     return bounds.min(), vectors
 
 
-__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four"]
+def skew(weight: torch.Tensor) -> torch.Tensor:
+    """The skew-symmetric part of a square filter, as SOC parametrises it.
+
+    Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021. For W (C, C, k, k), k odd,
+        skew(W) = (W - flipT(W)) / 2,   flipT(W) = W.transpose(0, 1).flip(2, 3).
+    conv(., flipT(W)) with zero "same" padding k // 2 is the adjoint of conv(., W), so the
+    Jacobian of conv(., skew(W)) is skew-symmetric and its exponential (`soc_exp`) orthogonal.
+    Differentiable by autograd (it is linear in W).
+    """
+    check_square_filter("skew", "weight", weight)
+    return reference.skew(weight)
+
+
+def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exact") -> torch.Tensor:
+    """Truncated exponential of a convolution: the skew-orthogonal convolution of SOC.
+
+    Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021; fast gradient from Singla, Singla
+    & Feizi, "Improved techniques for deterministic l2 robustness", NeurIPS 2022.
+        y = sum_{i=0}^{terms-1} S^{*i}(x) / i!
+    where S^{*i} is i successive zero-padded "same" convs (padding k // 2) with S. For skew S
+    (`skew`) the series converges to exp(A) x with A the skew-symmetric Jacobian of
+    conv(., S), an orthogonal map; the truncation error is at most
+    e^{||A||} ||A||^terms / terms! * ||x||.
+
+    Args:
+        x: (B, C, H, W) input.
+        S: (C, C, k, k) filter, k odd, same dtype and device as `x` (usually skew(W) / sigma).
+        terms: number of series terms including the identity (>= 1): terms=6 means powers 0..5.
+        grad_mode: "exact" differentiates the truncated series: grad_x = the same series with
+            flipT(S) applied to the output gradient, grad_S exact. "fast" (NeurIPS 2022) saves
+            one activation instead of terms - 1: the same output and the same exact grad_x, and
+            an approximate grad_S, the weight gradient of the second Horner iterates
+            z_2 = P(S) x, g_2 = P(flipT(S)) g, P(S) = sum_{j=0}^{terms-2} S^j / (j+1)!, whose
+            relative error is O(||S||^2) (see `lipkernels.reference.soc_exp.FastSOCExp`).
+
+    Returns:
+        y (B, C, H, W) in `x`'s dtype; terms=1 returns x itself.
+    """
+    op = "soc_exp"
+    check_tensor(op, "x", x, rank=4)
+    check_square_filter(op, "S", S)
+    check_like(op, "S", S, "x", x, (x.shape[1], x.shape[1], *S.shape[2:]))
+    check_count(op, "terms", terms)
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"{op}: grad_mode must be one of {', '.join(GRAD_MODES)}; "
+                         f"got {grad_mode!r}")
+    backend = _backend.resolve(op, x.device.type, _SOC_EXP_KERNELS)
+    if backend == "reference":
+        return reference.soc_exp(x, S, terms, grad_mode)
+    return _SOC_EXP_KERNELS[backend](x.contiguous(), S.contiguous(), terms, grad_mode)
+
+
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "skew", "soc_exp"]

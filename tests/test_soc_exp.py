@@ -1,0 +1,214 @@
+"""skew / flip_transpose / soc_exp: skew-symmetric and orthogonal explicit Jacobians, the adjoint,
+the exact and fast gradients, dispatch and bad input. Reference backend only in this slice."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lipkernels
+from lipkernels import reference
+from lipkernels.reference import flip_transpose
+
+
+def conv(x, weight):
+    return F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+
+
+def explicit_jacobian(fn, channels, size, dtype=torch.float64):
+    """Matrix of the linear map `fn` on (channels, size, size) inputs, built from the identity
+    basis: row r of the result is fn(e_r) flattened, i.e. the transposed Jacobian."""
+    n = channels * size * size
+    basis = torch.eye(n, dtype=dtype).reshape(n, channels, size, size)
+    return fn(basis).reshape(n, -1)
+
+
+def skew_filter(channels, k, operator_norm):
+    """skew(W) of a random W, scaled so that conv(., S) on a 5x5 input has the given norm."""
+    S = lipkernels.skew(torch.randn(channels, channels, k, k, dtype=torch.float64))
+    norm = torch.linalg.matrix_norm(explicit_jacobian(lambda b: conv(b, S), channels, 5), ord=2)
+    return S * (operator_norm / norm)
+
+
+def series_gradients(x, S, terms, grad_mode, upstream):
+    x, S = x.detach().requires_grad_(), S.detach().requires_grad_()
+    (lipkernels.soc_exp(x, S, terms, grad_mode) * upstream).sum().backward()
+    return x.grad, S.grad
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_skew_filter_gives_skew_symmetric_jacobian(k):
+    S = lipkernels.skew(torch.randn(3, 3, k, k, dtype=torch.float64))
+    jacobian = explicit_jacobian(lambda b: conv(b, S), 3, 5)
+    torch.testing.assert_close(jacobian, -jacobian.T, rtol=0, atol=1e-14)
+    assert jacobian.abs().max() > 0.1
+    torch.testing.assert_close(flip_transpose(S), -S, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_flip_transpose_is_the_adjoint(k):
+    weight = torch.randn(5, 3, k, k, dtype=torch.float64)
+    x, y = torch.randn(2, 3, 6, 7, dtype=torch.float64), torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    torch.testing.assert_close((conv(x, weight) * y).sum(), (x * conv(y, flip_transpose(weight))).sum(),
+                               rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_many_terms_give_an_orthogonal_jacobian(k, grad_mode):
+    S = skew_filter(3, k, operator_norm=1.0)
+    # Truncation error <= e * 1^20 / 20! ~ 1e-18: the singular values are 1 to rounding.
+    jacobian = explicit_jacobian(lambda b: lipkernels.soc_exp(b, S, 20, grad_mode), 3, 5)
+    singular_values = torch.linalg.svdvals(jacobian)
+    assert (singular_values - 1).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_one_term_is_the_identity_and_two_add_one_conv(grad_mode):
+    x, S = torch.randn(2, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    assert torch.equal(lipkernels.soc_exp(x, S, 1, grad_mode), x)
+    torch.testing.assert_close(lipkernels.soc_exp(x, S, 2, grad_mode), x + conv(x, S))
+
+
+@pytest.mark.parametrize("terms", [3, 6])
+def test_series_matches_explicit_powers(terms):
+    x, S = torch.randn(2, 3, 5, 6, dtype=torch.float64), torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    expected, power = x.clone(), x
+    for i in range(1, terms):
+        power = conv(power, S)
+        expected = expected + power / math.factorial(i)
+    for grad_mode in ("exact", "fast"):
+        torch.testing.assert_close(lipkernels.soc_exp(x, S, terms, grad_mode), expected,
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("terms", [2, 6, 15])
+def test_fast_forward_equals_exact_forward(dtype, terms):
+    x, S = torch.randn(2, 6, 7, 7, dtype=dtype), 0.3 * torch.randn(6, 6, 3, 3, dtype=dtype)
+    exact = lipkernels.soc_exp(x, S, terms, "exact")
+    torch.testing.assert_close(lipkernels.soc_exp(x, S, terms, "fast"), exact,
+                               rtol=100 * torch.finfo(dtype).eps, atol=100 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+@pytest.mark.parametrize("skew_part", [True, False])
+def test_grad_x_is_the_transposed_series(grad_mode, skew_part):
+    """Both modes: grad_x = soc_exp(g, flipT(S), terms), for skew and for general S (the fast
+    backward applies flipT(S), not the paper's -S, so it needs no skew-symmetry)."""
+    S = torch.randn(4, 4, 3, 3, dtype=torch.float64) * 0.3
+    S = lipkernels.skew(S) if skew_part else S
+    x, g = torch.randn(2, 4, 6, 5, dtype=torch.float64), torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    grad_x, _ = series_gradients(x, S, 6, grad_mode, g)
+    torch.testing.assert_close(grad_x, lipkernels.soc_exp(g, flip_transpose(S), 6),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("terms", [1, 2, 4])
+def test_exact_gradcheck(k, terms):
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    S = (0.5 * torch.randn(2, 2, k, k, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, S: lipkernels.soc_exp(x, S, terms), (x, S))
+
+
+def test_fast_gradcheck_for_x():
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+    S = 0.5 * torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: lipkernels.soc_exp(x, S, 5, "fast"), (x,))
+
+
+def weight_gradient(u, g, k):
+    return torch.nn.grad.conv2d_weight(u, (u.shape[1], u.shape[1], k, k), g, padding=k // 2)
+
+
+@pytest.mark.parametrize("terms", [3, 4, 6])
+def test_fast_grad_S_differs_from_exact_by_the_documented_terms(terms):
+    """grad_S(fast) - grad_S(exact) = sum_{a,b<n} c_ab W(S^b x, (S^T)^a g) with
+    c_ab = 1/((a+1)!(b+1)!) - [a+b <= n-1]/(a+b+1)!, n = terms - 1 (see FastSOCExp), for any S."""
+    n, k = terms - 1, 3
+    S = torch.randn(3, 3, k, k, dtype=torch.float64) * 0.4
+    x, g = torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    _, exact = series_gradients(x, S, terms, "exact", g)
+    _, fast = series_gradients(x, S, terms, "fast", g)
+    powers_x, powers_g = [x], [g]
+    for _ in range(n - 1):
+        powers_x.append(conv(powers_x[-1], S))
+        powers_g.append(conv(powers_g[-1], flip_transpose(S)))
+    predicted = torch.zeros_like(S)
+    for a in range(n):
+        for b in range(n):
+            coupled = 1 / math.factorial(a + b + 1) if a + b <= n - 1 else 0.0
+            coefficient = 1 / (math.factorial(a + 1) * math.factorial(b + 1)) - coupled
+            predicted += coefficient * weight_gradient(powers_x[b], powers_g[a], k)
+    assert predicted.abs().max() > 1e-3
+    torch.testing.assert_close(fast - exact, predicted, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_grad_S_error_is_second_order_in_S():
+    """The first differing term is W(S x, S^T g) / 12, so the relative error of grad_S is about
+    ||S||^2 / 12 times a shape factor: below ||S||^2 for a conv norm of 0.05, and it drops about
+    4x when S halves."""
+    x, g = torch.randn(2, 4, 6, 6, dtype=torch.float64), torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    S = skew_filter(4, 3, operator_norm=1.0)
+    errors = []
+    for scale in (0.05, 0.025):
+        _, exact = series_gradients(x, scale * S, 6, "exact", g)
+        _, fast = series_gradients(x, scale * S, 6, "fast", g)
+        errors.append(((fast - exact).norm() / exact.norm()).item())
+    assert errors[0] < 0.05 ** 2
+    assert 3.5 < errors[0] / errors[1] < 4.5
+
+
+def test_explicit_kernel_backend_is_missing():
+    x, S = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3)
+    with lipkernels.use_backend("cpp"), pytest.raises(RuntimeError, match="soc_exp has no cpp kernel"):
+        lipkernels.soc_exp(x, S, 3)
+    with lipkernels.use_backend("auto"):
+        torch.testing.assert_close(lipkernels.soc_exp(x, S, 3), reference.soc_exp(x, S, 3))
+
+
+def _x(**kwargs):
+    return torch.randn(1, 3, 4, 4, **kwargs)
+
+
+def _S(shape=(3, 3, 3, 3), **kwargs):
+    return torch.randn(shape, **kwargs)
+
+
+ODD_KERNEL = "S must have a square kernel of odd size"
+
+
+@pytest.mark.parametrize(
+    "x,S,terms,grad_mode,error,message",
+    [
+        (torch.randn(2, 3, 4), _S(), 3, "exact", ValueError, "x must be 4-D"),
+        (_x(), _S((3, 3, 4, 4)), 3, "exact", ValueError, ODD_KERNEL),
+        (_x(), _S((3, 3, 3, 1)), 3, "exact", ValueError, ODD_KERNEL),
+        (_x(), _S((4, 3, 3, 3)), 3, "exact", ValueError, "S must be square in channels"),
+        (_x(), _S((4, 4, 3, 3)), 3, "exact", ValueError, r"S must have shape \(3, 3, 3, 3\) to match x"),
+        (_x(), _S(), 0, "exact", ValueError, "terms must be >= 1"),
+        (_x(), _S(), 2.0, "exact", TypeError, "terms must be an int"),
+        (_x(), _S(), 3, "approx", ValueError, "grad_mode must be one of exact, fast"),
+        (_x(), _S(dtype=torch.float64), 3, "exact", TypeError, "S has dtype"),
+        (_x(), _S(device="meta"), 3, "exact", ValueError, "same device"),
+        (_x().int(), _S(), 3, "exact", TypeError, "x must have dtype"),
+    ],
+)
+def test_bad_input_is_rejected(x, S, terms, grad_mode, error, message):
+    with pytest.raises(error, match=message):
+        lipkernels.soc_exp(x, S, terms, grad_mode)
+
+
+@pytest.mark.parametrize(
+    "weight,message",
+    [
+        (torch.randn(3, 3, 3), "weight must be 4-D"),
+        (torch.randn(3, 4, 3, 3), "weight must be square in channels"),
+        (torch.randn(3, 3, 2, 2), "weight must have a square kernel of odd size"),
+    ],
+)
+def test_bad_skew_input_is_rejected(weight, message):
+    with pytest.raises(ValueError, match=message):
+        lipkernels.skew(weight)
