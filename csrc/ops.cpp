@@ -29,6 +29,18 @@ TORCH_LIBRARY(lipkernels, m) {
   m.def(
       "conv_spectral_bounds_backward(Tensor grad_bounds, Tensor[] vectors, Tensor[] left_vectors,"
       " int[] weight_shape) -> Tensor");
+
+  // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (DESIGN.md §3.2), all terms in one call,
+  // grad_mode "exact" or "fast". Returns (y, saved): saved is what the backward needs beyond x
+  // and S, the second Horner iterate z_2 in fast mode (terms > 1) and a 0-element tensor
+  // otherwise, so no per-term activation outlives the forward.
+  m.def("soc_exp(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor)");
+  // Returns (grad_x, grad_S) for the output gradient grad_y. `start` is the tensor the weight
+  // gradients begin from: x in exact mode (whose powers S^j x are recomputed), z_2 in fast mode;
+  // unused when terms == 1.
+  m.def(
+      "soc_exp_backward(Tensor grad_y, Tensor S, Tensor start, int terms, str grad_mode)"
+      " -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -1,5 +1,6 @@
 """skew / flip_transpose / soc_exp: skew-symmetric and orthogonal explicit Jacobians, the adjoint,
-the exact and fast gradients, dispatch and bad input. Reference backend only in this slice."""
+the exact and fast gradients, every kernel backend against the reference (forward, backward,
+gradcheck, opcheck, torch.compile), dispatch and bad input."""
 
 import math
 
@@ -8,8 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import lipkernels
-from lipkernels import reference
+from lipkernels import _backend, reference
+from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
+from lipkernels.reference.soc_exp import FastSOCExp
+from helpers import KERNEL_TARGETS, compare_with_reference, require_backend
 
 
 def conv(x, weight):
@@ -161,12 +165,142 @@ def test_fast_grad_S_error_is_second_order_in_S():
     assert 3.5 < errors[0] / errors[1] < 4.5
 
 
-def test_explicit_kernel_backend_is_missing():
+def require_kernel(device, backend):
+    """Skip unless soc_exp has a `backend` kernel usable on `device` tensors here."""
+    require_backend(device, backend)
+    if backend not in KERNELS:
+        pytest.skip(f"soc_exp has no {backend} kernel in this build")
+
+
+def run(backend, fn, *args):
+    with lipkernels.use_backend(backend):
+        return fn(*args)
+
+
+def kernel_problem(device, channels=6, size=(5, 7), k=3, batch=2):
+    """Random x, upstream gradient and a filter small enough for the series to converge fast."""
+    x = torch.randn(batch, channels, *size, dtype=torch.float64, device=device)
+    g = torch.randn_like(x)
+    S = 0.3 * torch.randn(channels, channels, k, k, dtype=torch.float64, device=device)
+    return x, S, g
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("terms", [1, 2, 6, 15])
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_kernel_forward_matches_reference(device, backend, k, terms, grad_mode):
+    require_kernel(device, backend)
+    x, S, _ = kernel_problem(device, k=k)
+    for dtype in (torch.float64, torch.float32):
+        compare_with_reference(lambda x, S: run(backend, lipkernels.soc_exp, x, S, terms, grad_mode),
+                               lambda x, S: reference.soc_exp(x, S, terms), (x, S), dtype, ["y"])
+
+
+def gradients(fn, terms, grad_mode):
+    """(x, S, g) -> (grad_x, grad_S) of <fn(x, S, terms, grad_mode), g>."""
+    def grad(x, S, g):
+        x, S = x.detach().requires_grad_(), S.detach().requires_grad_()
+        return torch.autograd.grad((fn(x, S, terms, grad_mode) * g).sum(), (x, S), allow_unused=True,
+                                   materialize_grads=True)
+    return grad
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("terms", [1, 2, 6, 15])
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_kernel_backward_matches_reference(device, backend, k, terms, grad_mode):
+    """Exact mode against autograd through the reference series, fast mode against FastSOCExp."""
+    require_kernel(device, backend)
+    x, S, g = kernel_problem(device, k=k)
+    expected = reference.soc_exp if grad_mode == "exact" or terms == 1 else (
+        lambda x, S, terms, grad_mode: FastSOCExp.apply(x, S, terms))
+    for dtype in (torch.float64, torch.float32):
+        compare_with_reference(gradients(lambda *a: run(backend, lipkernels.soc_exp, *a), terms, grad_mode),
+                               gradients(expected, terms, grad_mode), (x, S, g), dtype,
+                               ["grad_x", "grad_S"])
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("terms", [1, 2, 4])
+def test_kernel_exact_gradcheck(device, backend, terms):
+    require_kernel(device, backend)
+    x, S, _ = kernel_problem(device, channels=2, size=(4, 3), batch=1)
+    x, S = x.requires_grad_(), S.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, S: run(backend, lipkernels.soc_exp, x, S, terms), (x, S))
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("terms,grad_mode", [(1, "exact"), (4, "exact"), (1, "fast"), (2, "fast"),
+                                             (4, "fast")])
+def test_opcheck(device, backend, terms, grad_mode):
+    require_kernel(device, backend)
+    x, S, g = (t.float() for t in kernel_problem(device))
+    op = torch.ops.lipkernels.soc_exp
+    torch.library.opcheck(op, (x.requires_grad_(), S.requires_grad_(), terms, grad_mode))
+    saved = op(x.detach(), S.detach(), terms, grad_mode)[1]
+    start = saved if grad_mode == "fast" and terms > 1 else x.detach()
+    torch.library.opcheck(torch.ops.lipkernels.soc_exp_backward,
+                          (g, S.detach(), start, terms, grad_mode))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_torch_compile_fullgraph(backend, grad_mode):
+    require_backend("cpu", backend)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    S = (0.3 * torch.randn(4, 4, 3, 3)).requires_grad_()
+
+    def loss(x, S):
+        with lipkernels.use_backend(backend):
+            return lipkernels.soc_exp(x, S, 6, grad_mode).square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    expected = loss(x, S)
+    expected_grads = torch.autograd.grad(expected, (x, S))
+    actual = compiled(x, S)
+    actual_grads = torch.autograd.grad(actual, (x, S))
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(actual_grads, expected_grads)
+
+
+def test_explicit_cpp_backend_runs_the_kernel():
+    require_kernel("cpu", "cpp")
     x, S = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 3, 3)
+    for choice in ("cpp", "auto"):
+        with lipkernels.use_backend(choice):
+            assert _backend.resolve("soc_exp", "cpu", KERNELS) == "cpp"
+            torch.testing.assert_close(lipkernels.soc_exp(x, S, 3), reference.soc_exp(x, S, 3))
+
+
+def test_explicit_kernel_backend_is_missing():
+    """An op without a kernel for the chosen backend raises, naming it; auto takes the reference."""
     with lipkernels.use_backend("cpp"), pytest.raises(RuntimeError, match="soc_exp has no cpp kernel"):
-        lipkernels.soc_exp(x, S, 3)
+        _backend.resolve("soc_exp", "cpu", {})
     with lipkernels.use_backend("auto"):
-        torch.testing.assert_close(lipkernels.soc_exp(x, S, 3), reference.soc_exp(x, S, 3))
+        assert _backend.resolve("soc_exp", "cpu", {}) == "reference"
+
+
+def test_kernel_op_rejects_bad_input():
+    """The C++ op checks its own arguments: torch.ops.lipkernels.* bypasses the Python checks."""
+    require_kernel("cpu", "cpp")
+    x, S = torch.randn(1, 3, 4, 4), torch.randn(3, 3, 3, 3)
+    op, backward = torch.ops.lipkernels.soc_exp, torch.ops.lipkernels.soc_exp_backward
+    cases = [
+        (op, (x[0], S, 3, "exact"), r"soc_exp: x must have shape \(B, C, H, W\)"),
+        (op, (x, S[:, :, :2, :2], 3, "exact"), "soc_exp: S must have shape .* and k odd"),
+        (op, (x, S[:2], 3, "exact"), "soc_exp: S must have shape"),
+        (op, (x, S.double(), 3, "exact"), "soc_exp: S must have the dtype of x"),
+        (op, (x.int(), S.int(), 3, "exact"), "soc_exp: x must be float32"),
+        (op, (x, S, 0, "exact"), "soc_exp: terms must be >= 1"),
+        (op, (x, S, 3, "approx"), "soc_exp: grad_mode must be"),
+        (backward, (x, S, x[:, :2], 3, "exact"), "soc_exp_backward: start must have the shape of grad_y"),
+        (backward, (x, S, x.double(), 3, "fast"), "soc_exp_backward: start must have the dtype of grad_y"),
+    ]
+    for fn, args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            fn(*args)
 
 
 def _x(**kwargs):

@@ -1,4 +1,4 @@
-// Argument validation of the spectral-norm ops, shared by the CPU and CUDA implementations.
+// Argument validation of the spectral-norm and SOC ops, shared by the CPU and CUDA implementations.
 //
 // torch.ops.lipkernels.* can be called directly, bypassing the Python layer's checks, so each C++
 // op validates its own inputs with messages that name the op, the argument and the expectation.
@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/accumulate.h>
+#include <c10/util/string_view.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -38,6 +39,44 @@ inline void check_matches(const char* op, const std::string& name, const at::Ten
 
 inline void check_iters(const char* op, int64_t iters) {
   TORCH_CHECK(iters >= 1, op, ": iters must be >= 1, got ", iters);
+}
+
+// soc_exp's gradient modes (lipkernels.reference.soc_exp.GRAD_MODES).
+enum class SocGradMode { kExact, kFast };
+
+// soc_exp(x (B, C, H, W), S (C, C, k, k), terms, grad_mode): the checks shared by the forward and
+// the backward op (`op` names the one called, `x_name` its (B, C, H, W) argument).
+inline SocGradMode check_soc_exp_args(const char* op, const char* x_name, const at::Tensor& x,
+                                      const at::Tensor& S, int64_t terms,
+                                      c10::string_view grad_mode) {
+  TORCH_CHECK(x.dim() == 4, op, ": ", x_name, " must have shape (B, C, H, W), got ", x.sizes());
+  check_float_dtype(op, x_name, x);
+  check_matches(op, "S", S, x_name, x);
+  const int64_t channels = x.size(1);
+  TORCH_CHECK(S.dim() == 4 && S.size(0) == channels && S.size(1) == channels &&
+                  S.size(2) == S.size(3) && S.size(2) % 2 == 1,
+              op, ": S must have shape (C, C, k, k) with C = ", channels,
+              " (the channels of ", x_name, ") and k odd, got ", S.sizes());
+  TORCH_CHECK(terms >= 1, op, ": terms must be >= 1, got ", terms);
+  TORCH_CHECK(grad_mode == "exact" || grad_mode == "fast", op,
+              ": grad_mode must be \"exact\" or \"fast\", got \"", grad_mode, "\"");
+  return grad_mode == "exact" ? SocGradMode::kExact : SocGradMode::kFast;
+}
+
+// soc_exp_backward(grad_y, S, start, terms, grad_mode): grad_y has the shape of x; `start`, the
+// tensor the weight gradients begin from (x in exact mode, z_2 in fast mode), too unless
+// terms == 1, where the backward needs neither.
+inline SocGradMode check_soc_exp_backward_args(const at::Tensor& grad_y, const at::Tensor& S,
+                                               const at::Tensor& start, int64_t terms,
+                                               c10::string_view grad_mode) {
+  constexpr const char* op = "soc_exp_backward";
+  const SocGradMode mode = check_soc_exp_args(op, "grad_y", grad_y, S, terms, grad_mode);
+  if (terms > 1) {
+    check_matches(op, "start", start, "grad_y", grad_y);
+    TORCH_CHECK(start.sizes() == grad_y.sizes(), op,
+                ": start must have the shape of grad_y ", grad_y.sizes(), ", got ", start.sizes());
+  }
+  return mode;
 }
 
 // A batch of `count` row-major m x n matrices.

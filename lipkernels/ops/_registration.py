@@ -46,18 +46,24 @@ def _op(qualified_name: str):
     return getattr(getattr(torch.ops, namespace), name).default
 
 
-def kernel_ops(op: str, launchers, schemas: tuple[str, str], **autograd) -> dict[str, Callable]:
+def kernel_ops(op: str, launchers: Callable | None = None, schemas: tuple[str, str] | None = None,
+               **autograd) -> dict[str, Callable]:
     """Register every built kernel backend of `op`; return {backend: forward op}.
 
     `launchers` is a zero-argument callable returning the Triton module's (forward, backward)
     launchers, called only when Triton is importable. `schemas` are the (forward, backward) schemas
-    of the Triton ops, which mirror the C++ ones in csrc/ops.cpp.
+    of the Triton ops, which mirror the C++ ones in csrc/ops.cpp. An op without Triton kernels
+    passes neither.
     """
     ops: dict[str, Callable] = {}
     if _backend.extension_loaded():
         register_differentiable(f"lipkernels::{op}", f"lipkernels::{op}_backward", **autograd)
-        ops["cpp"] = ops["cuda"] = _op(f"lipkernels::{op}")
-    if _backend.triton_importable():
+        # The C++ op serves as the cpp backend where it has a CPU kernel and as the cuda backend
+        # where it has a CUDA kernel (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu).
+        for backend, key in (("cpp", "CPU"), ("cuda", "CUDA")):
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"lipkernels::{op}", key):
+                ops[backend] = _op(f"lipkernels::{op}")
+    if launchers is not None and _backend.triton_importable():
         forward_launcher, backward_launcher = launchers()
         define_triton_op(op, forward_launcher, schemas[0])
         define_triton_op(f"{op}_backward", backward_launcher, schemas[1])

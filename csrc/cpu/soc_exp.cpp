@@ -1,0 +1,122 @@
+// CPU kernels of soc_exp and soc_exp_backward: the whole SOC series in one op call.
+//
+// Math (DESIGN.md §3.2; lipkernels/reference/soc_exp.py), n = terms - 1, conv the zero-padded
+// same conv, S^T the conv with flipT(S) (its adjoint), Wg(a, b) the weight gradient of conv(a, .)
+// against the output gradient b:
+//   forward, Horner:  z = x; for i = n..2: z = x + conv(z, S) / i   (ends at z_2)
+//                     y = x + conv(z_2, S) = sum_{i=0}^{n} S^i x / i!
+//   backward, the adjoint Horner loop on g = grad_y:
+//                     u_{n-1} = g;  u_j = g + S^T u_{j+1} / (j + 2)   (u_0 = g_2)
+//                     grad_x = g + S^T u_0 = sum_{m=0}^{n} (S^T)^m g / m!
+//   exact grad_S = sum_{j=0}^{n-1} Wg(S^j x, u_j) / (j+1)!. Differentiating S^i x gives
+//     sum_{i=1}^{n} 1/i! sum_{j<i} Wg(S^j x, (S^T)^{i-1-j} g) = sum_j Wg(S^j x, h_j) with
+//     h_j = sum_{m=0}^{n-1-j} (S^T)^m g / (m+j+1)!, which obeys h_{n-1} = g / n!,
+//     h_j = g / (j+1)! + S^T h_{j+1}; so h_j = u_j / (j+1)!, the Horner iterates rescaled.
+//   fast grad_S = Wg(z_2, g_2) (FastSOCExp, NeurIPS 2022), g_2 = u_0.
+//
+// Memory: the forward keeps only z_2 (fast mode) and nothing per term. The exact backward
+// recomputes the powers S^j x (n - 1 convs, the price of not saving them), then walks the
+// adjoint loop from j = n-1 down to 0 and accumulates one weight gradient per j, freeing S^j x
+// once used. One Wg call on the powers and iterates stacked along the batch would give the same
+// sum, but it needs all u_j alive at once plus a batch-n-times-larger Wg workspace; one j at a
+// time holds at most the powers and two iterates.
+//
+// The 1/i of each Horner step is folded into the (small) filter, so every step is one conv
+// plus one in-place add of x (or g) into the conv's fresh output.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "cpu/checks.h"
+
+namespace lipkernels {
+namespace cpu {
+namespace {
+
+at::Tensor conv(const at::Tensor& input, const at::Tensor& weight) {
+  return at::conv2d(input, weight, /*bias=*/{}, /*stride=*/1, /*padding=*/weight.size(-1) / 2);
+}
+
+// Wg(input, grad_output): the gradient w.r.t. `weight` of conv(input, weight).
+at::Tensor weight_gradient(const at::Tensor& input, const at::Tensor& grad_output,
+                           const at::Tensor& weight) {
+  const int64_t padding = weight.size(-1) / 2;
+  return std::get<1>(at::convolution_backward(
+      grad_output, input, weight, /*bias_sizes=*/c10::nullopt, /*stride=*/{1, 1},
+      /*padding=*/{padding, padding}, /*dilation=*/{1, 1}, /*transposed=*/false,
+      /*output_padding=*/{0, 0}, /*groups=*/1, /*output_mask=*/{false, true, false}));
+}
+
+std::tuple<at::Tensor, at::Tensor> soc_exp_cpu(const at::Tensor& input, const at::Tensor& S,
+                                               int64_t terms, c10::string_view grad_mode) {
+  const SocGradMode mode = check_soc_exp_args("soc_exp", "x", input, S, terms, grad_mode);
+  // Contiguous in, contiguous out, whatever the layout of x (as the fake impl promises).
+  const at::Tensor x = input.contiguous();
+  const int64_t n = terms - 1;
+  const at::Tensor nothing = x.new_empty({0});
+  if (n == 0) {
+    return {x.clone(), nothing};  // custom ops must not return their inputs
+  }
+  at::Tensor z = x;
+  for (int64_t i = n; i >= 2; --i) {
+    z = conv(z, S / static_cast<double>(i)).add_(x);
+  }
+  at::Tensor y = conv(z, S).add_(x);
+  if (mode == SocGradMode::kExact) {
+    return {y, nothing};
+  }
+  return {y, n == 1 ? x.clone() : z};  // z_2 is x itself when n == 1
+}
+
+std::tuple<at::Tensor, at::Tensor> soc_exp_backward_cpu(const at::Tensor& grad_output,
+                                                        const at::Tensor& S,
+                                                        const at::Tensor& start, int64_t terms,
+                                                        c10::string_view grad_mode) {
+  const SocGradMode mode = check_soc_exp_backward_args(grad_output, S, start, terms, grad_mode);
+  const at::Tensor grad_y = grad_output.contiguous();
+  const int64_t n = terms - 1;
+  if (n == 0) {
+    return {grad_y.clone(), at::zeros(S.sizes(), S.options())};
+  }
+  const at::Tensor adjoint = S.transpose(0, 1).flip({2, 3}).contiguous();
+  // The weight gradients of all terms are summed in float for half types, whose terms span
+  // orders of magnitude (1/(j+1)! down to 1/n!).
+  at::Tensor grad_S = at::zeros(S.sizes(), S.options().dtype(at::toOpMathType(S.scalar_type())));
+  std::vector<at::Tensor> powers;  // S^j x, j = 0..n-1 (exact mode)
+  std::vector<double> inverse_factorial(n + 1, 1.0);  // 1/(j+1)! at index j
+  if (mode == SocGradMode::kExact) {
+    powers.reserve(n);
+    powers.push_back(start);
+    for (int64_t j = 1; j < n; ++j) {
+      powers.push_back(conv(powers.back(), S));
+      inverse_factorial[j] = inverse_factorial[j - 1] / static_cast<double>(j + 1);
+    }
+  }
+  at::Tensor u = grad_y;
+  for (int64_t j = n - 1; j >= 0; --j) {
+    if (j < n - 1) {
+      u = conv(u, adjoint / static_cast<double>(j + 2)).add_(grad_y);
+    }
+    if (mode == SocGradMode::kExact) {
+      grad_S.add_(weight_gradient(powers[j], u, S), inverse_factorial[j]);
+      powers[j].reset();
+    }
+  }
+  if (mode == SocGradMode::kFast) {
+    grad_S.add_(weight_gradient(start, u, S));
+  }
+  return {conv(u, adjoint).add_(grad_y), grad_S.to(S.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lipkernels, CPU, m) {
+  m.impl("soc_exp", &soc_exp_cpu);
+  m.impl("soc_exp_backward", &soc_exp_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace lipkernels
