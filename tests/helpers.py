@@ -57,6 +57,17 @@ def gradcheck(fn, inputs, device, backend, **tolerances):
     return torch.autograd.gradcheck(fn, inputs, fast_mode=interpreted(device, backend), **tolerances)
 
 
+def assert_compiled_matches_eager(loss, *inputs):
+    """torch.compile(fullgraph=True) of `loss` gives the eager value and gradients w.r.t. inputs."""
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    expected = loss(*inputs)
+    expected_grads = torch.autograd.grad(expected, inputs)
+    actual = compiled(*inputs)
+    actual_grads = torch.autograd.grad(actual, inputs)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(actual_grads, expected_grads)
+
+
 def dtypes_for(device: str):
     return CPU_DTYPES if device == "cpu" else GPU_DTYPES
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import lipkernels
 from lipkernels import reference
 from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
-from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_rounded_once, compare_with_reference, dtypes_for,
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
+                     assert_rounded_once, compare_with_reference, dtypes_for,
                      filter_with_spectral_gap, gradcheck, require_backend)
 
 # (C_out, C_in, k_h, k_w): square and rectangular channel counts, k in {1, 2, 3, 5}, non-square
@@ -177,13 +178,7 @@ def test_torch_compile_fullgraph(backend):
         with lipkernels.use_backend(backend):
             return lipkernels.fantastic_four(w, 3, vectors)[0]
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    expected = loss(weight)
-    (expected_grad,) = torch.autograd.grad(expected, weight)
-    actual = compiled(weight)
-    (actual_grad,) = torch.autograd.grad(actual, weight)
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(actual_grad, expected_grad)
+    assert_compiled_matches_eager(loss, weight)
 
 
 def _vectors(shape, drop=None, dtype=torch.float32, device="cpu", wrong_length=None):

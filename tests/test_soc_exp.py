@@ -13,7 +13,7 @@ from lipkernels import _backend, reference
 from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
 from lipkernels.reference.soc_exp import FastSOCExp
-from helpers import KERNEL_TARGETS, compare_with_reference, require_backend
+from helpers import KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference, require_backend
 
 
 def conv(x, weight):
@@ -256,13 +256,7 @@ def test_torch_compile_fullgraph(backend, grad_mode):
         with lipkernels.use_backend(backend):
             return lipkernels.soc_exp(x, S, 6, grad_mode).square().sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    expected = loss(x, S)
-    expected_grads = torch.autograd.grad(expected, (x, S))
-    actual = compiled(x, S)
-    actual_grads = torch.autograd.grad(actual, (x, S))
-    torch.testing.assert_close(actual, expected)
-    torch.testing.assert_close(actual_grads, expected_grads)
+    assert_compiled_matches_eager(loss, x, S)
 
 
 def test_explicit_cpp_backend_runs_the_kernel():
