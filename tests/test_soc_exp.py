@@ -13,7 +13,8 @@ from lipkernels import _backend, reference
 from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
 from lipkernels.reference.soc_exp import FastSOCExp
-from helpers import KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference, require_backend
+from helpers import (KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference,
+                     require_backend)
 
 
 def conv(x, weight):
