@@ -9,8 +9,9 @@ pytest-benchmark runs its own loop with ``clock(device)`` as its timer (start = 
 end = clock(), exactly what ``time_rounds`` does).
 
 Row, as DESIGN.md §5: {"op", "provider", "shape", "dtype", "mode", "median_ms", "peak_mem_mb",
-"ortho_err"}. For these spectral-norm ops ``ortho_err`` is the relative error of the returned
-sigma / bound against the exact value from ``torch.linalg.svdvals`` (float64, same data).
+"ortho_err"}. For the spectral-norm ops ``ortho_err`` is the relative error of the returned
+sigma / bound against the exact value from ``torch.linalg.svdvals`` (float64, same data); for
+``soc_exp`` it is max over the batch of | ||y_b|| / ||x_b|| - 1 |.
 """
 
 from __future__ import annotations
@@ -56,7 +57,19 @@ DTYPE = torch.float32
 SUITES = {
     "power_iteration": ("power_iteration",),
     "conv_spectral_bounds": ("conv_spectral_bounds", "fantastic_four"),
+    "soc_exp": ("soc_exp",),
 }
+
+# soc_exp: the activations (channels, height = width) of the SOC LipConvNet's stride-1 layers, 3x3
+# filters; the default grid keeps the first and the third layer at batch 128 (about a minute on a
+# 2-core CPU). Terms: 6 in training, 15 at evaluation. Modes: fwd, fwd+bwd with the exact
+# gradient, and fwd+bwd with the NeurIPS 2022 fast gradient, whose rows carry the suffix "-fast" in
+# their shape (DESIGN.md §5 keeps the mode strings to fwd, bwd, fwd+bwd and eval).
+SOC_ACTIVATIONS = ((32, 32), (64, 16), (128, 8), (256, 4), (512, 2))
+DEFAULT_SOC_ACTIVATIONS = ((32, 32), (128, 8))
+SOC_BATCHES, DEFAULT_SOC_BATCHES = (128, 256), (128,)
+SOC_TERMS = (6, 15)
+SOC_MODES = (("fwd", "exact"), ("fwd+bwd", "exact"), ("fwd+bwd", "fast"))  # (mode, grad_mode)
 
 # Batches of small matrices beside the F4 reshapes: the per-frequency 16x16 blocks of a 16-channel
 # conv on a 16x16 grid (Sedghi / Cayley style), and BCOP's 2k-1 = 5 square 128-channel matrices.
@@ -153,53 +166,112 @@ def _exact_matrix_sigmas(data: Matrices) -> torch.Tensor:
     return torch.linalg.svdvals(data._matrices(torch.float64))[..., 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Activations:
+    """Seeded inputs of soc_exp: activations x (batch, C, size, size), random normal, and the skew
+    filter S = skew(W) / (fantastic_four(skew(W), 50) / 3) of the seeded 3x3 filter W of `Filter`,
+    so that S's Fantastic Four bound without its sqrt(k k) factor is 1, as SOCConv2d scales it."""
+
+    batch: int
+    channels: int
+    size: int
+
+    @property
+    def filter(self) -> Filter:
+        return Filter(self.channels, 3)
+
+    @property
+    def label(self) -> str:
+        return f"B{self.batch}-C{self.channels}-H{self.size}-W{self.size}-k{self.filter.k}"
+
+    def inputs(self):
+        """((x, S), the fixed random weights of the fwd+bwd loss sum(y * weights)), float32."""
+        shape = (self.batch, self.channels, self.size, self.size)
+        return ((_seeded_normal(self.label, shape), _soc_filter(self.filter)),
+                _seeded_normal(f"{self.label}/dy", shape))
+
+
+@functools.cache
+def _soc_filter(data: Filter) -> torch.Tensor:
+    weight, vectors = data.inputs()
+    skew = reference.skew(weight)
+    bound = lipkernels.fantastic_four(skew, 50, vectors)[0]
+    return (skew / (bound / _bound_scale(data))).contiguous()
+
+
 def _bound_scale(data: Filter) -> float:
     return math.sqrt(data.k * data.k)  # sqrt(k_h k_w) of the Fantastic Four bound
+
+
+def _relative_error(exact: Callable) -> Callable:
+    """ortho_err of a spectral-norm op: max |estimate - exact| / exact, exact(data) in float64."""
+    def error(estimate, data):
+        return ((estimate - exact(data)).abs() / exact(data)).max().item()
+
+    return error
+
+
+def _norm_ratio_error(y, data) -> float:
+    """ortho_err of soc_exp: max over the batch of | ||y_b|| / ||x_b|| - 1 |."""
+    x = _cpu_inputs(data)[0][0].double()
+    return (y.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1) - 1).abs().max().item()
 
 
 @dataclasses.dataclass(frozen=True)
 class _OpSpec:
     suite: str
-    # (implementation, weight, state, iters) -> the differentiable estimate (sigma or bound(s))
+    # (implementation, input(s), state, case) -> the differentiable output (sigma, bound(s), y)
     estimate: Callable
-    # data -> the exact values the estimate approximates, float64
-    exact: Callable
+    # (first call's output in float64 on the CPU, data) -> the row's ortho_err
+    error: Callable
+    # (output, state) -> the loss whose gradient w.r.t. the input(s) fwd+bwd computes
+    loss: Callable = lambda output, state: output.sum()
 
 
 OPS = {
     "power_iteration": _OpSpec(
         "power_iteration",
-        lambda fn, weight, u, iters: fn(weight, u, iters)[0],
-        lambda data: data.exact_sigmas()),
+        lambda fn, weight, u, case: fn(weight, u, case.iters)[0],
+        _relative_error(lambda data: data.exact_sigmas())),
     "conv_spectral_bounds": _OpSpec(
         "conv_spectral_bounds",
-        lambda fn, weight, vectors, iters: fn(weight, iters, vectors)[0],
-        lambda data: _bound_scale(data) * data.exact_sigmas()),
+        lambda fn, weight, vectors, case: fn(weight, case.iters, vectors)[0],
+        _relative_error(lambda data: _bound_scale(data) * data.exact_sigmas())),
     "fantastic_four": _OpSpec(
         "conv_spectral_bounds",
-        lambda fn, weight, vectors, iters: fn(weight, iters, vectors)[0],
-        lambda data: _bound_scale(data) * data.exact_sigmas().min()),
+        lambda fn, weight, vectors, case: fn(weight, case.iters, vectors)[0],
+        _relative_error(lambda data: _bound_scale(data) * data.exact_sigmas().min())),
+    "soc_exp": _OpSpec(
+        "soc_exp",
+        lambda fn, x_and_s, dy, case: fn(*x_and_s, case.iters, case.grad_mode),
+        _norm_ratio_error,
+        lambda y, dy: (y * dy).sum()),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     op: str
-    data: Filter | Matrices
-    iters: int
+    data: Filter | Matrices | Activations
+    iters: int  # iterations, or soc_exp's terms
     mode: str
+    grad_mode: str = "exact"  # soc_exp's "fast" gradient: shape suffix "-fast"
     dtype: torch.dtype = DTYPE
 
     @property
     def shape(self) -> str:
-        return f"{self.data.label}-T{self.iters}"
+        return f"{self.data.label}-T{self.iters}" + ("-fast" if self.grad_mode == "fast" else "")
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
 
-def _suite_data(suite: str, full: bool) -> list[Filter | Matrices]:
+def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations]:
+    if suite == "soc_exp":
+        return [Activations(batch, channels, size)
+                for batch in (SOC_BATCHES if full else DEFAULT_SOC_BATCHES)
+                for channels, size in (SOC_ACTIVATIONS if full else DEFAULT_SOC_ACTIVATIONS)]
     filters = [Filter(c, k) for c in (SEED_CHANNELS if full else DEFAULT_CHANNELS)
                for k in KERNEL_SIZES]
     if suite == "conv_spectral_bounds":
@@ -214,8 +286,11 @@ def _suite_data(suite: str, full: bool) -> list[Filter | Matrices]:
 
 
 def cases(suite: str, full: bool) -> list[Case]:
-    return [Case(op, data, iters, mode) for op in SUITES[suite] for data in _suite_data(suite, full)
-            for iters in ITERS for mode in MODES]
+    variants = ([(terms, mode, grad_mode) for terms in SOC_TERMS for mode, grad_mode in SOC_MODES]
+                if suite == "soc_exp" else [(iters, mode, "exact") for iters in ITERS
+                                            for mode in MODES])
+    return [Case(op, data, *variant) for op in SUITES[suite] for data in _suite_data(suite, full)
+            for variant in variants]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,6 +326,8 @@ class Reference(Provider):
 _COMPILE_DEFAULT = {("power_iteration", "B2-M192-N192"), ("conv_spectral_bounds", "C64-C64-k3"),
                     ("fantastic_four", "C64-C64-k3")}
 _COMPILE_FULL_T50 = {("fantastic_four", "C64-C64-k3", "fwd")}
+# soc_exp (6 and 15 terms, every mode): with --full, on the first LipConvNet layer at batch 128.
+_COMPILE_FULL_ALL_ITERS = {("soc_exp", "B128-C32-H32-W32-k3")}
 
 
 class CompiledReference(Provider):
@@ -265,6 +342,8 @@ class CompiledReference(Provider):
 
     def covers(self, case, full):
         key = (case.op, case.data.label)
+        if case.op == "soc_exp":
+            return full and key in _COMPILE_FULL_ALL_ITERS
         if case.iters == 1:
             return full or key in _COMPILE_DEFAULT
         return full and (*key, case.mode) in _COMPILE_FULL_T50
@@ -478,8 +557,16 @@ def clock(device: str) -> Callable[[], float]:
 # Consecutive tasks share their data (one case, every provider and mode); generating a 2048-channel
 # 3x3 filter takes a noticeable part of a second.
 @functools.lru_cache(maxsize=2)
-def _cpu_inputs(data: Filter | Matrices):
+def _cpu_inputs(data: Filter | Matrices | Activations):
     return data.inputs()
+
+
+def _to(tensors, device: str, dtype: torch.dtype):
+    """A tensor or tuple of tensors on `device`; copy=True, so that the cached CPU tensors do not
+    pick up a task's requires_grad."""
+    if isinstance(tensors, torch.Tensor):
+        return tensors.to(device, dtype, copy=True)
+    return tuple(t.to(device, dtype, copy=True) for t in tensors)
 
 
 class Measurement:
@@ -487,8 +574,9 @@ class Measurement:
     context (its backend selection) held for the whole measurement, an untimed first call (JIT,
     autotuning and torch.compile happen there), then a timed warm-up that sets `rounds`.
 
-    `target()` is one timed call: the op, plus in fwd+bwd mode the gradient of the estimate's sum
-    w.r.t. the weight; it returns the estimate (sigma or bound(s)).
+    `target()` is one timed call: the op, plus in fwd+bwd mode the gradient of the op's loss
+    (`_OpSpec.loss`: the estimate's sum; soc_exp: sum(y * fixed weights)) w.r.t. its input(s) (the
+    weight; soc_exp: x and S); it returns the op's output (sigma, bound(s), y).
     """
 
     def __init__(self, task: Task, device: str, budget: Budget | None = None):
@@ -499,19 +587,16 @@ class Measurement:
 
     def __enter__(self):
         case, spec = self.task.case, OPS[self.task.case.op]
-        weight, state = _cpu_inputs(case.data)
-        # copy=True: the cached CPU tensors must not pick up this task's requires_grad.
-        weight = weight.to(self.device, case.dtype, copy=True)
-        state = (state.to(self.device, case.dtype, copy=True) if isinstance(state, torch.Tensor)
-                 else tuple(u.to(self.device, case.dtype, copy=True) for u in state))
+        weight, state = (_to(t, self.device, case.dtype) for t in _cpu_inputs(case.data))
         backward = case.mode == "fwd+bwd"
-        weight.requires_grad_(backward)
+        for tensor in (weight,) if isinstance(weight, torch.Tensor) else weight:
+            tensor.requires_grad_(backward)
         implementation = self.task.provider.implementation(case.op)
 
         def target():
-            estimate = spec.estimate(implementation, weight, state, case.iters)
+            estimate = spec.estimate(implementation, weight, state, case)
             if backward:
-                torch.autograd.grad(estimate.sum(), weight)
+                torch.autograd.grad(spec.loss(estimate, state), weight)
             return estimate
 
         self.target = target
@@ -560,10 +645,9 @@ class Measurement:
         return (torch.cuda.max_memory_allocated() - before) / 2**20
 
     def _ortho_err(self) -> float:
-        """max |estimate - exact| / exact of the first call's sigma / bound(s)."""
-        exact = OPS[self.task.case.op].exact(self.task.case.data)
-        estimate = self._first_estimate.double().cpu()
-        return ((estimate - exact).abs() / exact).max().item()
+        """The op's error measure (`_OpSpec.error`) of the first call's output."""
+        case = self.task.case
+        return OPS[case.op].error(self._first_estimate.double().cpu(), case.data)
 
     def row(self, median_ms: float) -> dict:
         case = self.task.case
@@ -691,21 +775,68 @@ def table(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    """Per provider, op and iteration count: the smallest, geometric-mean and largest speed-up."""
+    """Per provider, op, iteration count (soc_exp: terms, with "-fast" for the fast gradient) and
+    mode: the smallest, geometric-mean and largest speed-up."""
     groups: dict[tuple, list] = {}
     for r, speedup in zip(rows, speedups(rows), strict=True):
         if speedup is not None and r["provider"] != "reference":
             iters = r["shape"].rsplit("-T", 1)[1]
-            groups.setdefault((r["provider"], r["op"], iters), []).append((speedup, r))
-    lines = ["| provider | op | iters | rows | min speed-up (at) | geomean | max speed-up |",
-             "|---|---|---:|---:|---|---:|---:|"]
-    for (provider, op, iters), items in groups.items():
+            groups.setdefault((r["provider"], r["op"], iters, r["mode"]), []).append((speedup, r))
+    lines = ["| provider | op | iters | mode | rows | min speed-up (at) | geomean | max speed-up |",
+             "|---|---|---:|---|---:|---|---:|---:|"]
+    for (provider, op, iters, mode), items in groups.items():
         low, at = min(items, key=lambda item: item[0])
         geomean = math.exp(statistics.fmean(math.log(s) for s, _ in items))
-        lines.append(f"| {provider} | {op} | {iters} | {len(items)} | {low:.2f} "
-                     f"({at['shape']}, {at['mode']}) | {geomean:.2f} | "
+        lines.append(f"| {provider} | {op} | {iters} | {mode} | {len(items)} | {low:.2f} "
+                     f"({at['shape']}) | {geomean:.2f} | "
                      f"{max(s for s, _ in items):.2f} |")
     return "\n".join(lines) + "\n"
+
+
+# Per suite, the Markdown header's lines on its shapes and ortho_err, and on reference-compile.
+_SPECTRAL_NOTES = ((
+    "- ortho_err: for these spectral-norm ops, the relative error |estimate - exact| / exact "
+    "of the returned sigma (power_iteration, max over the batch) or bound(s) "
+    "(conv_spectral_bounds: max over the four; fantastic_four: the min bound) against the "
+    "exact value "
+    "sqrt(k_h k_w) sigma_max from torch.linalg.svdvals in float64 of the same data. Every "
+    "provider starts from the same seeded random vectors (but orthogonium, whose module draws "
+    "its own), so 1-iteration rows show the error of one iteration, equal across providers up "
+    "to rounding",
+    "- shapes: `C{C_out}-C{C_in}-k{k}-T{iters}` a conv filter; `B{batch}-M{m}-N{n}-T{iters}` "
+    "a batch of m x n matrices: for power_iteration the F4 reshapes of the same seeded filters "
+    "(B2-M{3C}-N{3C}: M_1, M_2 and B2-M{C}-N{9C}: M_3, M_4 of a 3x3 filter; B4-M{C}-N{C}: all "
+    "four of a 1x1 filter), B256-M16-N16 and B5-M128-N128 seeded random; mode fwd+bwd adds the "
+    "gradient of the estimate's sum w.r.t. the weight"),
+    "- reference-compile: `torch.compile(reference, dynamic=True)`, compile time excluded "
+    "(untimed first call); only on 1-iteration cases (a representative shape per op in the "
+    "default grid, all shapes with --full) plus fantastic_four C64-C64-k3-T50 fwd with "
+    "--full, because inductor unrolls the 50-iteration loop and takes about a minute per "
+    "graph to compile it on a 2-core CPU",
+)
+SUITE_NOTES = {
+    "power_iteration": _SPECTRAL_NOTES,
+    "conv_spectral_bounds": _SPECTRAL_NOTES,
+    "soc_exp": ((
+        "- shapes: `B{batch}-C{C}-H{H}-W{W}-k3-T{terms}` x of that shape (seeded standard normal) "
+        "and S = skew(W) / (fantastic_four(skew(W), 50 iterations) / 3) for a seeded 3x3 filter "
+        "W, so S's Fantastic Four bound without the sqrt(k k) factor is 1 (as SOCConv2d scales "
+        "it); the LipConvNet stride-1 activations 32@32x32, 64@16x16, 128@8x8, 256@4x4, 512@2x2 "
+        "(--full, batch 128 and 256; default: 32@32x32 and 128@8x8 at batch 128), 6 (training) "
+        "and 15 (evaluation) terms. Mode fwd: y = soc_exp(x, S, terms); fwd+bwd: y and the "
+        "gradients w.r.t. x and S of sum(y * fixed seeded random weights), exact gradient "
+        "(grad_mode=\"exact\"); shapes ending in `-fast`: the same fwd+bwd with the NeurIPS 2022 "
+        "fast gradient (grad_mode=\"fast\"), marked in the shape because DESIGN.md §5 fixes the "
+        "mode strings (its forward is the exact mode's, so it has no fwd row)",
+        "- ortho_err: max over the batch of | ||y_b|| / ||x_b|| - 1 | of the first call's output "
+        "(float64 norms): the series' truncation error plus rounding, since exp of a "
+        "skew-symmetric operator preserves norms"),
+        "- reference-compile: `torch.compile(reference, dynamic=True)`, compile time excluded "
+        "(untimed first call); only with --full and only on B128-C32-H32-W32-k3 (every term "
+        "count and mode), because inductor unrolls the term loop and each graph takes long to "
+        "compile on a 2-core CPU",
+    ),
+}
 
 
 def markdown(report: dict) -> str:
@@ -729,27 +860,11 @@ def markdown(report: dict) -> str:
                          "resident (the inputs), from torch.cuda.max_memory_allocated" if gpu else
                          "not measured on the CPU (null): torch's CPU allocator keeps no peak "
                          "statistics and the process RSS high-water mark is not per call"),
-        "- ortho_err: for these spectral-norm ops, the relative error |estimate - exact| / exact "
-        "of the returned sigma (power_iteration, max over the batch) or bound(s) "
-        "(conv_spectral_bounds: max over the four; fantastic_four: the min bound) against the "
-        "exact value "
-        "sqrt(k_h k_w) sigma_max from torch.linalg.svdvals in float64 of the same data. Every "
-        "provider starts from the same seeded random vectors (but orthogonium, whose module draws "
-        "its own), so 1-iteration rows show the error of one iteration, equal across providers up "
-        "to rounding",
-        "- shapes: `C{C_out}-C{C_in}-k{k}-T{iters}` a conv filter; `B{batch}-M{m}-N{n}-T{iters}` "
-        "a batch of m x n matrices: for power_iteration the F4 reshapes of the same seeded filters "
-        "(B2-M{3C}-N{3C}: M_1, M_2 and B2-M{C}-N{9C}: M_3, M_4 of a 3x3 filter; B4-M{C}-N{C}: all "
-        "four of a 1x1 filter), B256-M16-N16 and B5-M128-N128 seeded random; mode fwd+bwd adds the "
-        "gradient of the estimate's sum w.r.t. the weight",
+        *SUITE_NOTES[report["suite"]][0],
     ]
-    if "reference-compile" in providers:
-        lines.append(
-            "- reference-compile: `torch.compile(reference, dynamic=True)`, compile time excluded "
-            "(untimed first call); only on 1-iteration cases (a representative shape per op in the "
-            "default grid, all shapes with --full) plus fantastic_four C64-C64-k3-T50 fwd with "
-            "--full, because inductor unrolls the 50-iteration loop and takes about a minute per "
-            "graph to compile it on a 2-core CPU")
+    if "reference-compile" in providers or report["suite"] == "soc_exp":
+        # soc_exp runs reference-compile only with --full: the line says why it is absent.
+        lines.append(SUITE_NOTES[report["suite"]][1])
     if report["load_average"] is not None:
         lines.append(f"- CPU load average (1, 5, 15 min) when written: {report['load_average']} "
                      f"on {report['cpu_count']} cores (above the core count, other processes "
