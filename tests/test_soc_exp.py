@@ -178,6 +178,14 @@ def run(backend, fn, *args):
         return fn(*args)
 
 
+def kernel_cases(test):
+    """Every kernel target x kernel size x term count x gradient mode."""
+    for name, values in (("grad_mode", ["exact", "fast"]), ("terms", [1, 2, 6, 15]),
+                         ("k", [1, 3, 5]), ("device,backend", KERNEL_TARGETS)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 def kernel_problem(device, channels=6, size=(5, 7), k=3, batch=2):
     """Random x, upstream gradient and a filter small enough for the series to converge fast."""
     x = torch.randn(batch, channels, *size, dtype=torch.float64, device=device)
@@ -186,10 +194,7 @@ def kernel_problem(device, channels=6, size=(5, 7), k=3, batch=2):
     return x, S, g
 
 
-@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
-@pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("terms", [1, 2, 6, 15])
-@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+@kernel_cases
 def test_kernel_forward_matches_reference(device, backend, k, terms, grad_mode):
     require_kernel(device, backend)
     x, S, _ = kernel_problem(device, k=k)
@@ -207,10 +212,7 @@ def gradients(fn, terms, grad_mode):
     return grad
 
 
-@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
-@pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("terms", [1, 2, 6, 15])
-@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+@kernel_cases
 def test_kernel_backward_matches_reference(device, backend, k, terms, grad_mode):
     """Exact mode against autograd through the reference series, fast mode against FastSOCExp."""
     require_kernel(device, backend)
