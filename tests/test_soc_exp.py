@@ -14,7 +14,7 @@ from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
 from lipkernels.reference.soc_exp import FastSOCExp
 from helpers import (KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference,
-                     require_backend)
+                     gradcheck, require_backend)
 
 
 def conv(x, weight):
@@ -226,12 +226,45 @@ def test_kernel_backward_matches_reference(device, backend, k, terms, grad_mode)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_half_precision_matches_reference(device, backend, dtype, grad_mode):
+    """Half-precision inputs, float accumulation: forward and gradients within twice the error
+    of the reference run in the same precision (which rounds every term)."""
+    require_kernel(device, backend)
+    x, S, g = kernel_problem(device)
+    kernel = lambda *a: run(backend, lipkernels.soc_exp, *a)  # noqa: E731
+    compare_with_reference(lambda x, S: kernel(x, S, 6, grad_mode),
+                           lambda x, S: reference.soc_exp(x, S, 6, grad_mode), (x, S), dtype, ["y"])
+    compare_with_reference(gradients(kernel, 6, grad_mode), gradients(reference.soc_exp, 6, grad_mode),
+                           (x, S, g), dtype, ["grad_x", "grad_S"])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch):
+    """Small images are packed several per program (the last group partial): the zero padding
+    must stop at each image's border inside a group."""
+    require_kernel(device, "triton")
+    from lipkernels.triton import soc_exp as triton_soc_exp
+
+    monkeypatch.setattr(triton_soc_exp, "_MIN_PROGRAMS", 2)
+    x, S, g = kernel_problem(device, channels=3, size=(2, 3), batch=7)
+    assert triton_soc_exp._group_size(7, 6) == 3
+    compare_with_reference(gradients(lambda *a: run("triton", lipkernels.soc_exp, *a), 6, grad_mode),
+                           gradients(reference.soc_exp, 6, grad_mode), (x, S, g), torch.float64,
+                           ["grad_x", "grad_S"])
+    compare_with_reference(lambda x, S: run("triton", lipkernels.soc_exp, x, S, 6, grad_mode),
+                           lambda x, S: reference.soc_exp(x, S, 6), (x, S), torch.float64, ["y"])
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("terms", [1, 2, 4])
 def test_kernel_exact_gradcheck(device, backend, terms):
     require_kernel(device, backend)
     x, S, _ = kernel_problem(device, channels=2, size=(4, 3), batch=1)
     x, S = x.requires_grad_(), S.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, S: run(backend, lipkernels.soc_exp, x, S, terms), (x, S))
+    assert gradcheck(lambda x, S: run(backend, lipkernels.soc_exp, x, S, terms), (x, S), device, backend)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
@@ -248,7 +281,7 @@ def test_opcheck(device, backend, terms, grad_mode):
                           (g, S.detach(), start, terms, grad_mode))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("grad_mode", ["exact", "fast"])
 def test_torch_compile_fullgraph(backend, grad_mode):
     require_backend("cpu", backend)

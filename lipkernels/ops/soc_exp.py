@@ -4,7 +4,7 @@ Forward: (y, saved) = soc_exp(x, S, terms, grad_mode), the whole series in one o
 is the second Horner iterate z_2 in fast mode (terms > 1) and a 0-element tensor otherwise, so
 that no per-term activation is kept for the backward. Backward: (grad_x, grad_S) from
 soc_exp_backward, which starts the weight gradients from x (exact mode, recomputing its powers)
-or from z_2 (fast mode). Only the C++ CPU kernel exists so far; the reference runs elsewhere.
+or from z_2 (fast mode). Kernels: C++ (csrc/cpu, csrc/cuda) and Triton (lipkernels/triton).
 """
 
 from __future__ import annotations
@@ -56,11 +56,20 @@ def _output_only(op):
     return soc_exp
 
 
+def _triton_launchers():
+    from ..triton import soc_exp as kernels
+
+    return kernels.soc_exp, kernels.soc_exp_backward
+
+
 # {backend: forward callable} for every kernel backend built here (the reference is not an op).
 KERNELS: dict[str, Callable] = {
     backend: _output_only(op)
     for backend, op in kernel_ops(
         "soc_exp",
+        _triton_launchers,
+        ("(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor)",
+         "(Tensor grad_y, Tensor S, Tensor start, int terms, str grad_mode) -> (Tensor, Tensor)"),
         forward_fake=_forward_fake,
         backward_fake=_backward_fake,
         setup_context=_setup_context,

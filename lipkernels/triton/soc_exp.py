@@ -1,0 +1,337 @@
+"""Triton skew-orthogonal convolution series: every term of a direction in one launch.
+
+Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021; the fast gradient from Singla, Singla
+& Feizi, "Improved techniques for deterministic l2 robustness", NeurIPS 2022. The math is that of
+csrc/cpu/soc_exp.cpp (n = terms - 1, conv the zero-padded "same" conv, S^T = conv with flipT(S),
+Wg(a, b) the weight gradient of conv(a, .) against the output gradient b):
+    forward    z = x; for i = n..2: z = x + conv(z, S) / i;  y = x + conv(z_2, S)
+    backward   u_{n-1} = g;  u_j = g + S^T u_{j+1} / (j + 2);  grad_x = g + S^T u_0
+               exact grad_S = sum_{j=0}^{n-1} Wg(S^j x, u_j) / (j+1)!
+               fast  grad_S = Wg(z_2, u_0)
+
+Why one program owns whole images: term i + 1 of the series needs term i at every neighbouring
+pixel and channel, and programs cannot wait for each other. A program that holds all channels
+and pixels of its images needs no other program's data, so it runs the whole loop with a CTA
+barrier (tl.debug_barrier, which also orders the program's global memory) between terms. Each
+LipConvNet activation is at most 32K values an image, so the working set stays in L2. Images
+with few pixels are grouped, several per program, so the pixel axis of the matrix products stays
+wide; pixels of different images in a group never mix (the padding masks are per image).
+
+A term is a set of (channel block x pixel block) output tiles; a tile accumulates, over input
+channel blocks and the k x k taps, tl.dot(filter tap tile, shifted input tile), with the
+shifted input masked to zero outside its image (the zero padding). Terms live in a scratch
+tensor of the accumulation dtype (float32, float64 for float64) so the series is rounded to the
+input dtype once. The weight gradient tile (output channels x input channels, one tap) is
+tl.dot(u tile, shifted power tile^T) summed over the program's pixels and added to a float
+buffer with tl.atomic_add: programs never wait for each other, and the order of the additions
+(hence the last bits of grad_S) varies from run to run.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import accumulation_dtype, launchable
+
+# The pixel axis of a tile: 64 keeps the (channels x pixels) accumulator and the two operand
+# tiles within the register file at 4 warps; images are grouped up to this many pixels.
+_BLOCK_PIXELS = 64
+# tl.dot needs every dimension >= 16.
+_MIN_BLOCK = 16
+_MAX_BLOCK_CHANNELS = 32
+# Programs a launch should have before images are grouped: about the SM count of an H100, so a
+# batch of large images fills the GPU one image per program.
+_MIN_PROGRAMS = 128
+
+
+@triton.jit
+def _pixel_coordinates(p, HW, W):
+    """(image, row, column) of group pixel index p = image * H * W + row * W + column."""
+    image = p // HW
+    pixel = p % HW
+    return image, pixel // W, pixel % W
+
+
+@triton.jit
+def _shifted_tile(src_ptr, channels, image, row, column, pixel_mask, dy, dx, C, H, W, HW,
+                  acc_ty: tl.constexpr):
+    """src[image, channel, row + dy, column + dx] as a (channels x pixels) tile, 0 outside the
+    image (zero "same" padding) and for masked channels or pixels."""
+    shifted_row = row + dy
+    shifted_column = column + dx
+    valid = pixel_mask & (shifted_row >= 0) & (shifted_row < H) & (shifted_column >= 0) \
+        & (shifted_column < W)
+    offsets = (image * C)[None, :] * HW + channels[:, None] * HW \
+        + (shifted_row * W + shifted_column)[None, :]
+    mask = (channels < C)[:, None] & valid[None, :]
+    return tl.load(src_ptr + offsets, mask=mask, other=0.0).to(acc_ty)
+
+
+@triton.jit
+def _conv_tile(src_ptr, w_ptr, out_channels, p, P, C, H, W, HW,
+               KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+               BLOCK_P: tl.constexpr, acc_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """conv(src, w)[out_channels, p] for a tile of output channels and group pixels p:
+    sum over input channels ci and taps (ty, tx) of w[co, ci, ty, tx] src[ci, p + (ty - k/2,
+    tx - k/2)]."""
+    image, row, column = _pixel_coordinates(p, HW, W)
+    pixel_mask = p < P
+    acc = tl.zeros((BLOCK_CO, BLOCK_P), acc_ty)
+    for ci0 in range(0, C, BLOCK_CI):
+        in_channels = ci0 + tl.arange(0, BLOCK_CI)
+        w_mask = (out_channels < C)[:, None] & (in_channels < C)[None, :]
+        w_offsets = (out_channels[:, None] * C + in_channels[None, :]) * (KSIZE * KSIZE)
+        for tap in range(KSIZE * KSIZE):
+            taps = tl.load(w_ptr + w_offsets + tap, mask=w_mask, other=0.0).to(acc_ty)
+            src = _shifted_tile(src_ptr, in_channels, image, row, column, pixel_mask,
+                                tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2,
+                                C, H, W, HW, acc_ty)
+            acc += tl.dot(taps, src, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _series_step(src_ptr, dst_ptr, add_ptr, copy_ptr, copy, w_ptr, scale, P, C, H, W, HW,
+                 ADD: tl.constexpr, COPY: tl.constexpr, KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr,
+                 BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr, acc_ty: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """dst = scale * conv(src, w) (+ add if ADD) over the program's images; with COPY, where
+    the scalar `copy` is true, the result is also stored to copy_ptr. Ends with a barrier: the next step reads dst
+    at other pixels and channels."""
+    for co0 in range(0, C, BLOCK_CO):
+        out_channels = co0 + tl.arange(0, BLOCK_CO)
+        for p0 in range(0, P, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            out = scale * _conv_tile(src_ptr, w_ptr, out_channels, p, P, C, H, W, HW,
+                                     KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+            image, row, column = _pixel_coordinates(p, HW, W)
+            offsets = (image * C)[None, :] * HW + out_channels[:, None] * HW \
+                + (row * W + column)[None, :]
+            mask = (out_channels < C)[:, None] & (p < P)[None, :]
+            if ADD:
+                out += tl.load(add_ptr + offsets, mask=mask, other=0.0).to(acc_ty)
+            tl.store(dst_ptr + offsets, out.to(dst_ptr.dtype.element_ty), mask=mask)
+            if COPY:
+                if copy:
+                    tl.store(copy_ptr + offsets, out.to(copy_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _copy(src_ptr, dst_ptr, count, BLOCK: tl.constexpr):
+    """dst[:count] = src[:count] (cast to dst's dtype), then a barrier."""
+    for start in range(0, count, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        values = tl.load(src_ptr + offsets, mask=offsets < count)
+        tl.store(dst_ptr + offsets, values.to(dst_ptr.dtype.element_ty), mask=offsets < count)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _add_weight_gradient(src_ptr, u_ptr, grad_ptr, coefficient, P, C, H, W, HW,
+                         KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+                         BLOCK_P: tl.constexpr, acc_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """grad[co, ci, ty, tx] += coefficient * sum_p u[co, p] src[ci, p + (ty - k/2, tx - k/2)]
+    over the program's pixels: Wg(src, u), the weight gradient of conv(src, .) against u."""
+    for co0 in range(0, C, BLOCK_CO):
+        out_channels = co0 + tl.arange(0, BLOCK_CO)
+        for ci0 in range(0, C, BLOCK_CI):
+            in_channels = ci0 + tl.arange(0, BLOCK_CI)
+            grad_mask = (out_channels < C)[:, None] & (in_channels < C)[None, :]
+            grad_offsets = (out_channels[:, None] * C + in_channels[None, :]) * (KSIZE * KSIZE)
+            for tap in range(KSIZE * KSIZE):
+                acc = tl.zeros((BLOCK_CO, BLOCK_CI), acc_ty)
+                for p0 in range(0, P, BLOCK_P):
+                    p = p0 + tl.arange(0, BLOCK_P)
+                    image, row, column = _pixel_coordinates(p, HW, W)
+                    pixel_mask = p < P
+                    u = _shifted_tile(u_ptr, out_channels, image, row, column, pixel_mask, 0, 0,
+                                      C, H, W, HW, acc_ty)
+                    src = _shifted_tile(src_ptr, in_channels, image, row, column, pixel_mask,
+                                        tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2,
+                                        C, H, W, HW, acc_ty)
+                    acc += tl.dot(u, tl.trans(src), input_precision=PRECISION)
+                tl.atomic_add(grad_ptr + grad_offsets + tap, coefficient * acc, mask=grad_mask)
+    # The caller overwrites src or u next.
+    tl.debug_barrier()
+
+
+@triton.jit
+def _program_images(B, C, H, W, GROUP: tl.constexpr):
+    """This program's share of the batch: images GROUP * pid onwards (fewer in the last group).
+
+    Returns (H * W, P = pixels of the group, element offset of its first image, elements of one
+    activation-sized scratch slot)."""
+    HW = H * W
+    first = tl.program_id(0) * GROUP
+    P = tl.minimum(GROUP, B - first) * HW
+    return HW, P, first.to(tl.int64) * C * HW, B.to(tl.int64) * C * HW
+
+
+@triton.jit
+def _soc_exp_kernel(x_ptr, w_ptr, y_ptr, z2_ptr, scratch_ptr, n, B, C, H, W,
+                    GROUP: tl.constexpr, SAVE_Z2: tl.constexpr, KSIZE: tl.constexpr,
+                    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """Forward series (n = terms - 1 >= 1) of GROUP images per program, Horner order:
+        z = x; for i = n..2: z = x + conv(z, S) / i  (z_2 also stored when SAVE_Z2);
+        y = x + conv(z_2, S) = sum_{i=0}^{n} S^{*i} x / i!.
+    scratch: two activation-sized buffers (ping-pong) of the accumulation dtype.
+    """
+    acc_ty = scratch_ptr.dtype.element_ty
+    HW, P, base, slot = _program_images(B, C, H, W, GROUP)
+    x_ptr += base
+    y_ptr += base
+    z2_ptr += base
+    scratch_ptr += base
+    _copy(x_ptr, scratch_ptr, P * C, BLOCK_CO * BLOCK_P)
+    for step in range(0, n - 1):
+        i = n - step
+        _series_step(scratch_ptr + (step % 2) * slot, scratch_ptr + ((step + 1) % 2) * slot,
+                     x_ptr, z2_ptr, i == 2, w_ptr, 1.0 / i.to(acc_ty),
+                     P, C, H, W, HW, True, SAVE_Z2, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+    _series_step(scratch_ptr + ((n - 1) % 2) * slot, y_ptr, x_ptr, y_ptr, False, w_ptr, 1.0,
+                 P, C, H, W, HW, True, False, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+
+
+@triton.jit
+def _soc_exp_backward_kernel(g_ptr, w_ptr, wt_ptr, start_ptr, grad_x_ptr, grad_w_ptr,
+                             scratch_ptr, n, B, C, H, W,
+                             GROUP: tl.constexpr, EXACT: tl.constexpr, KSIZE: tl.constexpr,
+                             BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+                             BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward of the series (n >= 1) for GROUP images per program, in one launch.
+
+    Exact mode, scratch slots 0..n (each activation-sized, accumulation dtype):
+      slot j <- S^j x for j = 0..n-1 (slot 0 a copy of start = x), slot n <- g = u_{n-1};
+      for j = n-1..0: u_j = g + S^T u_{j+1} / (j+2) is written to slot j+1, whose power S^{j+1} x
+      was used last iteration; then grad_S += Wg(S^j x, u_j) / (j+1)!.
+    Fast mode, slots 0..2: slot 0 <- start = z_2, u_j in slot 1 + (j % 2); grad_S = Wg(z_2, u_0).
+    Both end with grad_x = g + S^T u_0. wt is flipT(S); grad_w a zeroed accumulation-dtype
+    buffer that the programs' partial weight gradients are atomically added to.
+    """
+    acc_ty = scratch_ptr.dtype.element_ty
+    HW, P, base, slot = _program_images(B, C, H, W, GROUP)
+    g_ptr += base
+    start_ptr += base
+    grad_x_ptr += base
+    scratch_ptr += base
+    _copy(start_ptr, scratch_ptr, P * C, BLOCK_CO * BLOCK_P)
+    if EXACT:
+        for j in range(1, n):
+            _series_step(scratch_ptr + (j - 1) * slot, scratch_ptr + j * slot, g_ptr, g_ptr,
+                         False, w_ptr, 1.0, P, C, H, W, HW, False, False,
+                         KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+        u_last = n
+    else:
+        u_last = 1 + (n - 1) % 2
+    _copy(g_ptr, scratch_ptr + u_last * slot, P * C, BLOCK_CO * BLOCK_P)
+    # 1 / (j+1)! for j = n-1, updated as j decreases.
+    coefficient = tl.full([], 1.0, acc_ty)
+    for m in range(2, n + 1):
+        coefficient = coefficient / m
+    for step in range(0, n):
+        j = n - 1 - step
+        if EXACT:
+            u_slot = j + 1
+        else:
+            u_slot = 1 + j % 2
+        if j < n - 1:
+            if EXACT:
+                previous = j + 2
+            else:
+                previous = 1 + (j + 1) % 2
+            _series_step(scratch_ptr + previous * slot, scratch_ptr + u_slot * slot, g_ptr,
+                         g_ptr, False, wt_ptr, 1.0 / (j + 2).to(acc_ty), P, C, H, W, HW, True,
+                         False, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+        if EXACT:
+            _add_weight_gradient(scratch_ptr + j * slot, scratch_ptr + u_slot * slot,
+                                 grad_w_ptr, coefficient, P, C, H, W, HW,
+                                 KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+            coefficient = coefficient * (j + 1)
+    if not EXACT:
+        _add_weight_gradient(scratch_ptr, scratch_ptr + slot, grad_w_ptr, 1.0, P, C, H, W, HW,
+                             KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+    # u_0 is in slot 1 in both modes.
+    _series_step(scratch_ptr + slot, grad_x_ptr, g_ptr, grad_x_ptr, False,
+                 wt_ptr, 1.0, P, C, H, W, HW, True, False,
+                 KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """tf32 where torch lets convolutions use it (the reference conv then does too), else IEEE."""
+    if x.is_cuda and x.dtype != torch.float64 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _group_size(batch: int, pixels: int) -> int:
+    """Images per program: enough to fill a pixel block, but never fewer than _MIN_PROGRAMS
+    programs when the batch allows it (parallelism first; grouping only in large batches)."""
+    filling = max(1, _BLOCK_PIXELS // pixels)
+    return max(1, min(filling, batch // _MIN_PROGRAMS))
+
+
+def launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int], dict]:
+    """(grid, compile-time constants and launch options) for images x (B, C, H, W), filter S.
+
+    num_warps=8, num_stages=2: compiled for sm_90 by Triton 3.9 (tests/triton_compile_check.py),
+    32x32x64 fp32 tiles at 4 warps need 218-255 registers a thread and spill in the backward,
+    and the default 3 pipeline stages spill at 8 warps; 8 warps with 2 stages use 100-225
+    registers, at most 24 bytes of stack and 4-16 KB of shared memory across the checked cases.
+    Untuned on a GPU so far.
+    """
+    batch, channels, height, width = x.shape
+    group = _group_size(batch, height * width)
+    block_channels = min(max(triton.next_power_of_2(channels), _MIN_BLOCK), _MAX_BLOCK_CHANNELS)
+    block_pixels = min(max(triton.next_power_of_2(group * height * width), _MIN_BLOCK),
+                       _BLOCK_PIXELS)
+    grid = (triton.cdiv(batch, group),)
+    return grid, dict(GROUP=group, KSIZE=S.shape[-1], BLOCK_CO=block_channels,
+                      BLOCK_CI=block_channels, BLOCK_P=block_pixels, PRECISION=_precision(x),
+                      num_warps=8, num_stages=2)
+
+
+def _launch(kernel, x: torch.Tensor, S: torch.Tensor, *args, **constants):
+    """Launch `kernel` on a grid of image groups of x (B, C, H, W) with filter S (C, C, k, k)."""
+    grid, config = launch_config(x, S)
+    launchable(kernel)[grid](*args, *x.shape, **config, **constants)
+
+
+def _scratch(x: torch.Tensor, slots: int) -> torch.Tensor:
+    return torch.empty((slots, x.numel()), dtype=accumulation_dtype(x.dtype), device=x.device)
+
+
+def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
+    """(y, saved) of the series, as the C++ op: saved is z_2 in fast mode (terms > 1), else a
+    0-element tensor. Inputs are validated by the caller; outputs are contiguous."""
+    x, S = x.contiguous(), S.contiguous()
+    n = terms - 1
+    keeps_z2 = grad_mode == "fast"
+    nothing = x.new_empty(0)
+    if n == 0:
+        return x.clone(), nothing  # custom ops must not return their inputs
+    y = torch.empty_like(x)
+    # z_2 is x itself when n == 1; otherwise the kernel stores it at Horner step i = 2.
+    z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else nothing
+    _launch(_soc_exp_kernel, x, S, x, S, y, z2 if keeps_z2 and n > 1 else y, _scratch(x, 2), n,
+            SAVE_Z2=keeps_z2 and n > 1)
+    return y, z2
+
+
+def soc_exp_backward(grad_y: torch.Tensor, S: torch.Tensor, start: torch.Tensor, terms: int,
+                     grad_mode: str):
+    """(grad_x, grad_S) for the output gradient grad_y; `start` is x (exact) or z_2 (fast)."""
+    grad_y, S, start = grad_y.contiguous(), S.contiguous(), start.contiguous()
+    n = terms - 1
+    if n == 0:
+        return grad_y.clone(), torch.zeros_like(S)
+    exact = grad_mode == "exact"
+    grad_x = torch.empty_like(grad_y)
+    grad_S = torch.zeros(S.shape, dtype=accumulation_dtype(S.dtype), device=S.device)
+    adjoint = S.transpose(0, 1).flip(2, 3).contiguous()
+    _launch(_soc_exp_backward_kernel, grad_y, S, grad_y, S, adjoint, start, grad_x, grad_S,
+            _scratch(grad_y, n + 1 if exact else 3), n, EXACT=exact)
+    return grad_x, grad_S.to(S.dtype)
