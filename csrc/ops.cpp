@@ -41,6 +41,25 @@ TORCH_LIBRARY(lipkernels, m) {
   m.def(
       "soc_exp_backward(Tensor grad_y, Tensor S, Tensor start, int terms, str grad_mode)"
       " -> (Tensor, Tensor)");
+
+  // MaxMin on the channel pairs of x (B, C, *spatial), C even (GroupSort(2)): pairing "halves"
+  // (SOC: channel i with i + C/2) or "pairs" (2i with 2i + 1); each pair (a, b) becomes
+  // (max, min). Returns (y, mask): mask (B, C/2, *spatial) bool, true where a >= b (the pair kept
+  // its order; ties do), all the backward needs.
+  m.def("max_min(Tensor x, str pairing) -> (Tensor, Tensor)");
+  // grad_x: each output gradient routed back through its pair's permutation,
+  // (grad_a, grad_b) = mask ? (g_first, g_second) : (g_second, g_first).
+  m.def("max_min_backward(Tensor grad_y, Tensor mask, str pairing) -> Tensor");
+
+  // The HouseHolder activation (Singla, Singla & Feizi, NeurIPS 2022) of x (B, C, *spatial) with
+  // one angle theta (C/2,) per "halves" channel pair (a, b): reflected to
+  // (a cos + b sin, a sin - b cos)(theta) where a sin(theta/2) - b cos(theta/2) > 0, else kept.
+  // theta has x's dtype, or float32 for float16 / bfloat16 x.
+  m.def("householder(Tensor x, Tensor theta) -> Tensor");
+  // Returns (grad_x, grad_theta): grad_x through each element's branch (the reflection is
+  // symmetric); grad_theta summed over batch and positions of reflected elements, in float
+  // (double for double).
+  m.def("householder_backward(Tensor grad_y, Tensor x, Tensor theta) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -11,10 +11,13 @@ from ._backend import available_backends, build_info, use_backend  # noqa: E402
 from .functional import (  # noqa: E402
     conv_spectral_bounds,
     fantastic_four,
+    householder,
+    max_min,
     power_iteration,
     skew,
     soc_exp,
 )
+from . import nn  # noqa: E402  (layers; after the ops they wrap)
 
 __all__ = [
     "available_backends",
@@ -25,4 +28,6 @@ __all__ = [
     "fantastic_four",
     "skew",
     "soc_exp",
+    "max_min",
+    "householder",
 ]

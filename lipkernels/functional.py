@@ -12,9 +12,12 @@ import torch
 from . import _backend, reference
 from ._checks import check_count, check_iters, check_like, check_square_filter, check_tensor
 from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
+from .ops.householder import KERNELS as _HOUSEHOLDER_KERNELS
+from .ops.max_min import KERNELS as _MAX_MIN_KERNELS
 from .ops.power_iteration import KERNELS as _POWER_ITERATION_KERNELS
 from .ops.soc_exp import KERNELS as _SOC_EXP_KERNELS
 from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
+from .reference.max_min import PAIRINGS
 from .reference.soc_exp import GRAD_MODES
 
 
@@ -144,4 +147,90 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
     return _SOC_EXP_KERNELS[backend](x.contiguous(), S.contiguous(), terms, grad_mode)
 
 
-__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "skew", "soc_exp"]
+def _check_channel_pairs(op: str, x):
+    """x is a (B, C, *spatial) tensor with C even: the input of the channel-pair activations."""
+    check_tensor(op, "x", x, min_rank=2)
+    if x.shape[1] % 2:
+        raise ValueError(f"{op}: x must have an even number of channels (dim 1) to form channel "
+                         f"pairs; got shape {tuple(x.shape)}")
+
+
+def max_min(x: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
+    """MaxMin: GroupSort with groups of two, the activation of SOC networks.
+
+    Anil, Lucas & Grosse, "Sorting out Lipschitz function approximation", ICML 2019; the "halves"
+    form is the one of Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021. Every channel
+    pair (a, b) becomes (max(a, b), min(a, b)):
+        "halves" (default): a = x[:, :C/2], b = x[:, C/2:], out = cat(max, min) along dim 1;
+        "pairs": channels (2i, 2i+1) -> (max, min) at (2i, 2i+1) (GroupSort(2)'s default layout).
+    The two differ by a fixed channel permutation. Each pair is permuted, so the map is
+    1-Lipschitz and preserves the norm of every sample.
+
+    Args:
+        x: (B, C, *spatial), any rank >= 2, channels on dim 1, C even; float32/64, float16,
+            bfloat16.
+        pairing: "halves" or "pairs".
+
+    Returns:
+        (B, C, *spatial) in x's dtype. Backward: each output gradient goes to the input it came
+        from. Ties (a == b) keep the pair in order, so max's gradient goes to a and min's to b
+        (torch.maximum would split a tie's gradient 0.5 / 0.5). A NaN compares false and swaps its
+        pair: it stays in the output. The kernels keep one byte per pair for the backward, not x.
+    """
+    op = "max_min"
+    _check_channel_pairs(op, x)
+    if pairing not in PAIRINGS:
+        raise ValueError(f"{op}: pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
+    backend = _backend.resolve(op, x.device.type, _MAX_MIN_KERNELS)
+    if backend == "reference":
+        return reference.max_min(x, pairing)
+    return _MAX_MIN_KERNELS[backend](x.contiguous(), pairing)[0]
+
+
+def householder(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The HouseHolder activation: a learnable reflection per channel pair.
+
+    Singla, Singla & Feizi, "Improved techniques for deterministic l2 robustness", NeurIPS 2022.
+    Pairs follow the "halves" convention, (a, b) = (x[:, i], x[:, i + C/2]), with angle theta[i]:
+        where a sin(theta/2) - b cos(theta/2) > 0:  (a, b) -> (a cos + b sin, a sin - b cos)
+        elsewhere:                                  (a, b) -> (a, b)
+    The reflection is R = I - 2 n n^T with n = (sin(theta/2), -cos(theta/2)), applied to the
+    pairs on the positive side of n; it fixes the boundary, so the map is continuous, piecewise
+    orthogonal and norm-preserving. theta = pi/2 gives MaxMin with the two halves swapped:
+    cat(min(a, b), max(a, b)).
+
+    Args:
+        x: (B, C, *spatial), any rank >= 2, channels on dim 1, C even; float32/64, float16,
+            bfloat16.
+        theta: (C/2,) angles on x's device, of x's dtype, or float32 for float16/bfloat16 x
+            (float32 parameters with half activations, as under autocast).
+
+    Returns:
+        (B, C, *spatial) in x's dtype. Differentiable w.r.t. x (through each element's branch)
+        and theta: d/d theta of the reflected pair is (b cos - a sin, a cos + b sin), summed over
+        batch and positions in float32 (float64 for float64) and returned in theta's dtype.
+        Kernels compute in float32 (float64 for float64). A NaN selector (NaN in x or theta)
+        takes the reflection and gives NaN out, as the seed code's mask products do.
+    """
+    op = "householder"
+    _check_channel_pairs(op, x)
+    check_tensor(op, "theta", theta)
+    pairs = x.shape[1] // 2
+    if tuple(theta.shape) != (pairs,):
+        raise ValueError(f"{op}: theta must have shape ({pairs},), one angle per channel pair of x "
+                         f"{tuple(x.shape)}; got {tuple(theta.shape)}")
+    if theta.device != x.device:
+        raise ValueError(f"{op}: theta is on {theta.device} but x is on {x.device}; both must be "
+                         f"on the same device")
+    half_x = x.dtype in (torch.float16, torch.bfloat16)
+    if theta.dtype != x.dtype and not (half_x and theta.dtype == torch.float32):
+        raise TypeError(f"{op}: theta has dtype {theta.dtype} but x has {x.dtype}; theta must have "
+                        f"x's dtype{' or torch.float32' if half_x else ''}")
+    backend = _backend.resolve(op, x.device.type, _HOUSEHOLDER_KERNELS)
+    if backend == "reference":
+        return reference.householder(x, theta)
+    return _HOUSEHOLDER_KERNELS[backend](x.contiguous(), theta.contiguous())
+
+
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "skew", "soc_exp",
+           "max_min", "householder"]

@@ -46,6 +46,20 @@ def require_backend(device: str, backend: str):
         pytest.skip(f"backend {backend} unavailable on {device}: {info['extension_error'] or info}")
 
 
+def run(backend: str, fn, *args):
+    """fn(*args) with `backend` selected."""
+    with lipkernels.use_backend(backend):
+        return fn(*args)
+
+
+def custom_ops(op: str, backend: str):
+    """(forward, backward) registered custom ops of `op`'s kernel `backend` (cpp/cuda share the
+    C++ op; Triton's carry the suffix _triton)."""
+    suffix = "_triton" if backend == "triton" else ""
+    return (getattr(torch.ops.lipkernels, f"{op}{suffix}"),
+            getattr(torch.ops.lipkernels, f"{op}_backward{suffix}"))
+
+
 def interpreted(device: str, backend: str) -> bool:
     """Triton on CPU tensors runs through the interpreter, thousands of times slower."""
     return device == "cpu" and backend == "triton"

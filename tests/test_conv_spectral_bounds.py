@@ -11,18 +11,13 @@ import lipkernels
 from lipkernels import reference
 from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
 from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
-                     assert_rounded_once, compare_with_reference, dtypes_for,
-                     filter_with_spectral_gap, gradcheck, require_backend)
+                     assert_rounded_once, compare_with_reference, custom_ops, dtypes_for,
+                     filter_with_spectral_gap, gradcheck, require_backend, run)
 
 # (C_out, C_in, k_h, k_w): square and rectangular channel counts, k in {1, 2, 3, 5}, non-square
 # filters, and one filter whose reshapes are larger than a kernel tile.
 FILTERS = [(4, 4, 3, 3), (6, 3, 3, 3), (3, 6, 1, 1), (5, 3, 3, 1), (3, 5, 1, 3), (4, 2, 2, 2),
            (2, 3, 5, 5), (40, 24, 3, 3)]
-
-
-def run(backend, fn, *args):
-    with lipkernels.use_backend(backend):
-        return fn(*args)
 
 
 def random_vectors(shape, device, dtype=torch.float64):
@@ -31,8 +26,8 @@ def random_vectors(shape, device, dtype=torch.float64):
 
 def kernel_with_left_vectors(backend):
     """The backend's raw op output (bounds, u's, v's), so v's are compared too."""
-    op = "conv_spectral_bounds" + ("_triton" if backend == "triton" else "")
-    return lambda w, vectors, iters: getattr(torch.ops.lipkernels, op)(w, vectors, iters)
+    forward, _ = custom_ops("conv_spectral_bounds", backend)
+    return lambda w, vectors, iters: forward(w, vectors, iters)
 
 
 def reference_with_left_vectors(weight, vectors, iters):
@@ -158,9 +153,7 @@ def test_non_finite_filter_gives_nan(device, backend, bad):
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 def test_opcheck(device, backend):
     require_backend(device, backend)
-    suffix = "_triton" if backend == "triton" else ""
-    forward = getattr(torch.ops.lipkernels, "conv_spectral_bounds" + suffix)
-    backward = getattr(torch.ops.lipkernels, "conv_spectral_bounds_backward" + suffix)
+    forward, backward = custom_ops("conv_spectral_bounds", backend)
     weight = torch.randn(5, 3, 3, 1, device=device, requires_grad=True)
     vectors = random_vectors(weight.shape, device, torch.float32)
     torch.library.opcheck(forward, (weight, vectors, 2))

@@ -6,18 +6,13 @@ import torch
 import lipkernels
 from lipkernels import reference
 from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
-                     assert_rounded_once, compare_with_reference, dtypes_for, gradcheck,
-                     matrix_with_spectrum, require_backend)
+                     assert_rounded_once, compare_with_reference, custom_ops, dtypes_for,
+                     gradcheck, matrix_with_spectrum, require_backend, run)
 
 # (batch, m, n): unbatched, batched, tall, wide, odd and non-power-of-two, degenerate rows/cols,
 # and sizes past one kernel tile.
 SHAPES = [((), 7, 13), ((), 13, 7), ((3,), 5, 5), ((2, 3), 4, 9), ((), 1, 17), ((), 17, 1),
           ((2,), 70, 33), ((), 130, 260)]
-
-
-def run(backend, fn, *args):
-    with lipkernels.use_backend(backend):
-        return fn(*args)
 
 
 def random_problem(batch, m, n, device):
@@ -117,14 +112,12 @@ def test_value_checks_raise_on_non_finite(monkeypatch):
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 def test_opcheck(device, backend):
     require_backend(device, backend)
-    name = "power_iteration" if backend != "triton" else "power_iteration_triton"
-    backward = name.replace("power_iteration", "power_iteration_backward")
+    forward, backward = custom_ops("power_iteration", backend)
     weight = torch.randn(2, 5, 4, device=device, requires_grad=True)
     u = torch.randn(2, 4, device=device)
-    torch.library.opcheck(getattr(torch.ops.lipkernels, name), (weight, u, 3))
-    _, u_out, v_out = getattr(torch.ops.lipkernels, name)(weight.detach(), u, 3)
-    torch.library.opcheck(getattr(torch.ops.lipkernels, backward),
-                          (torch.randn(2, device=device), u_out, v_out))
+    torch.library.opcheck(forward, (weight, u, 3))
+    _, u_out, v_out = forward(weight.detach(), u, 3)
+    torch.library.opcheck(backward, (torch.randn(2, device=device), u_out, v_out))
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])

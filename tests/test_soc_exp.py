@@ -14,7 +14,7 @@ from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
 from lipkernels.reference.soc_exp import FastSOCExp
 from helpers import (KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference,
-                     gradcheck, require_backend)
+                     gradcheck, require_backend, run)
 
 
 def conv(x, weight):
@@ -171,11 +171,6 @@ def require_kernel(device, backend):
     require_backend(device, backend)
     if backend not in KERNELS:
         pytest.skip(f"soc_exp has no {backend} kernel in this build")
-
-
-def run(backend, fn, *args):
-    with lipkernels.use_backend(backend):
-        return fn(*args)
 
 
 def kernel_cases(test):

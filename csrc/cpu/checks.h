@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/conv_spectral_bounds.cuh"
+#include "kernels/max_min.cuh"
 
 namespace lipkernels {
 
@@ -181,6 +182,91 @@ inline kernels::F4Shape check_conv_spectral_bounds_backward_args(const at::Tenso
                 q + 1, " for weight_shape ", weight_shape, "), got ", left_vectors[q].sizes());
   }
   return shape;
+}
+
+// x (B, C, *spatial) with C even, the input of the channel-pair activations (max_min,
+// householder), paired by `pairing`; returns the pair layout of its contiguous form.
+inline kernels::PairLayout check_channel_pairs(const char* op, const char* x_name,
+                                               const at::Tensor& x, kernels::Pairing pairing) {
+  TORCH_CHECK(x.dim() >= 2, op, ": ", x_name,
+              " must have shape (B, C, *spatial) with at least 2 dims, got ", x.sizes());
+  check_float_dtype(op, x_name, x);
+  TORCH_CHECK(x.size(1) % 2 == 0, op, ": ", x_name,
+              " must have an even number of channels (dim 1) to form channel pairs, got ",
+              x.sizes());
+  return {x.size(0), x.size(1) / 2, c10::multiply_integers(x.sizes().slice(2)), pairing};
+}
+
+// (B, C/2, *spatial): the shape of a per-pair tensor (max_min's mask) for x (B, C, *spatial).
+inline std::vector<int64_t> pair_shape(const at::Tensor& x) {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[1] /= 2;
+  return shape;
+}
+
+// max_min's pairing (lipkernels.reference.max_min.PAIRINGS).
+inline kernels::Pairing check_pairing(const char* op, c10::string_view pairing) {
+  TORCH_CHECK(pairing == "halves" || pairing == "pairs", op,
+              ": pairing must be \"halves\" or \"pairs\", got \"", pairing, "\"");
+  return pairing == "halves" ? kernels::Pairing::kHalves : kernels::Pairing::kPairs;
+}
+
+// max_min(x (B, C, *spatial), pairing).
+inline kernels::PairLayout check_max_min_args(const at::Tensor& x, c10::string_view pairing) {
+  constexpr const char* op = "max_min";
+  return check_channel_pairs(op, "x", x, check_pairing(op, pairing));
+}
+
+// max_min_backward(grad_y (B, C, *spatial), mask, pairing): mask is the forward's bool
+// (B, C/2, *spatial) output, true where a pair kept its order.
+inline kernels::PairLayout check_max_min_backward_args(const at::Tensor& grad_y,
+                                                       const at::Tensor& mask,
+                                                       c10::string_view pairing) {
+  constexpr const char* op = "max_min_backward";
+  const kernels::PairLayout layout =
+      check_channel_pairs(op, "grad_y", grad_y, check_pairing(op, pairing));
+  TORCH_CHECK(mask.scalar_type() == at::kBool, op, ": mask must be a bool tensor, got ",
+              mask.scalar_type());
+  TORCH_CHECK(mask.device() == grad_y.device(), op,
+              ": mask must be on the same device as grad_y (", grad_y.device(), "), got ",
+              mask.device());
+  const std::vector<int64_t> expected = pair_shape(grad_y);
+  TORCH_CHECK(mask.sizes() == c10::IntArrayRef(expected), op, ": mask must have shape ",
+              c10::IntArrayRef(expected), " (grad_y ", grad_y.sizes(),
+              " with one entry per channel pair), got ", mask.sizes());
+  return layout;
+}
+
+// householder(x (B, C, *spatial), theta (C/2,)): the checks shared by the forward and the
+// backward op (`op` names the one called, `x_name` its (B, C, *spatial) argument). theta has
+// x's dtype, or float32 for float16 / bfloat16 x (float32 parameters under autocast).
+inline kernels::PairLayout check_householder_args(const char* op, const char* x_name,
+                                                  const at::Tensor& x, const at::Tensor& theta) {
+  const kernels::PairLayout layout =
+      check_channel_pairs(op, x_name, x, kernels::Pairing::kHalves);
+  TORCH_CHECK(theta.device() == x.device(), op, ": theta must be on the same device as ",
+              x_name, " (", x.device(), "), got ", theta.device());
+  const bool half_x = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(theta.scalar_type() == x.scalar_type() ||
+                  (half_x && theta.scalar_type() == at::kFloat),
+              op, ": theta must have the dtype of ", x_name, " (", x.scalar_type(), ")",
+              half_x ? " or float32" : "", ", got ", theta.scalar_type());
+  TORCH_CHECK(theta.dim() == 1 && theta.size(0) == layout.pairs, op, ": theta must have shape [",
+              layout.pairs, "] (one angle per channel pair of ", x_name, " ", x.sizes(),
+              "), got ", theta.sizes());
+  return layout;
+}
+
+// householder_backward(grad_y, x, theta): x is the forward's input, shaped like grad_y.
+inline kernels::PairLayout check_householder_backward_args(const at::Tensor& grad_y,
+                                                           const at::Tensor& x,
+                                                           const at::Tensor& theta) {
+  constexpr const char* op = "householder_backward";
+  const kernels::PairLayout layout = check_householder_args(op, "grad_y", grad_y, theta);
+  check_matches(op, "x", x, "grad_y", grad_y);
+  TORCH_CHECK(x.sizes() == grad_y.sizes(), op, ": x must have the shape of grad_y ",
+              grad_y.sizes(), ", got ", x.sizes());
+  return layout;
 }
 
 }  // namespace lipkernels
