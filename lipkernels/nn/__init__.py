@@ -1,6 +1,8 @@
 """nn.Module layers over the lipkernels ops (DESIGN.md §1: lipkernels/nn/<layer>.py)."""
 
 from .householder import HouseHolder
+from .lipconvnet import LipConvNet
 from .max_min import MaxMin
+from .soc import SOCConv2d, SOCLinear
 
-__all__ = ["MaxMin", "HouseHolder"]
+__all__ = ["SOCConv2d", "SOCLinear", "MaxMin", "HouseHolder", "LipConvNet"]
