@@ -235,6 +235,20 @@ def test_kernel_half_precision_matches_reference(device, backend, dtype, grad_mo
                            (x, S, g), dtype, ["grad_x", "grad_S"])
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+@pytest.mark.parametrize("grad_mode", ["exact", "fast"])
+def test_kernel_large_images_match_reference(device, backend, grad_mode):
+    """Images of 16x16 pixels and more: the cpp op's channels-last path, several pixel tiles
+    per image in the GPU kernels."""
+    require_kernel(device, backend)
+    x, S, g = kernel_problem(device, channels=3, size=(16, 17), batch=2)
+    kernel = lambda *a: run(backend, lipkernels.soc_exp, *a)  # noqa: E731
+    compare_with_reference(lambda x, S: kernel(x, S, 4, grad_mode),
+                           lambda x, S: reference.soc_exp(x, S, 4), (x, S), torch.float32, ["y"])
+    compare_with_reference(gradients(kernel, 4, grad_mode), gradients(reference.soc_exp, 4, grad_mode),
+                           (x, S, g), torch.float32, ["grad_x", "grad_S"])
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("grad_mode", ["exact", "fast"])
 def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch):
