@@ -58,6 +58,7 @@ SUITES = {
     "power_iteration": ("power_iteration",),
     "conv_spectral_bounds": ("conv_spectral_bounds", "fantastic_four"),
     "soc_exp": ("soc_exp",),
+    "lipconvnet": ("lipconvnet_train_step",),
 }
 
 # soc_exp: the activations (channels, height = width) of the SOC LipConvNet's stride-1 layers, 3x3
@@ -67,9 +68,21 @@ SUITES = {
 # their shape (DESIGN.md §5 keeps the mode strings to fwd, bwd, fwd+bwd and eval).
 SOC_ACTIVATIONS = ((32, 32), (64, 16), (128, 8), (256, 4), (512, 2))
 DEFAULT_SOC_ACTIVATIONS = ((32, 32), (128, 8))
+# --full adds the strided layers, which see 4x the channels at half the size after the pixel
+# unshuffle: (channels, size, k), 1x1 in the last block.
+SOC_STRIDED_ACTIVATIONS = ((128, 16, 3), (256, 8, 3), (512, 4, 3), (1024, 2, 3), (2048, 1, 1))
 SOC_BATCHES, DEFAULT_SOC_BATCHES = (128, 256), (128,)
 SOC_TERMS = (6, 15)
 SOC_MODES = (("fwd", "exact"), ("fwd+bwd", "exact"), ("fwd+bwd", "fast"))  # (mode, grad_mode)
+# --full adds bfloat16 rows (the precision SOC networks train in under mixed precision).
+SOC_FULL_DTYPES = (torch.float32, torch.bfloat16)
+
+# lipconvnet: one SGD training step (forward, cross-entropy, backward, update) of LipConvNet-10
+# (32 initial channels, MaxMin, 6 training terms) on 32x32 images, exact and fast SOC gradients.
+# Batch 128 with --full (the seed's training batch); 32 in the default grid, for the CPU's sake.
+LIPCONVNET_DEPTH = 10
+LIPCONVNET_BATCH, DEFAULT_LIPCONVNET_BATCH = 128, 32
+LIPCONVNET_TRAIN_TERMS = 6
 
 # Batches of small matrices beside the F4 reshapes: the per-frequency 16x16 blocks of a 16-channel
 # conv on a 16x16 grid (Sedghi / Cayley style), and BCOP's 2k-1 = 5 square 128-channel matrices.
@@ -169,16 +182,18 @@ def _exact_matrix_sigmas(data: Matrices) -> torch.Tensor:
 @dataclasses.dataclass(frozen=True)
 class Activations:
     """Seeded inputs of soc_exp: activations x (batch, C, size, size), random normal, and the skew
-    filter S = skew(W) / (fantastic_four(skew(W), 50) / 3) of the seeded 3x3 filter W of `Filter`,
-    so that S's Fantastic Four bound without its sqrt(k k) factor is 1, as SOCConv2d scales it."""
+    filter S = skew(W) / (fantastic_four(skew(W), 50) / k) of the seeded k x k filter W of
+    `Filter`, so that S's Fantastic Four bound without its sqrt(k k) factor is 1, as SOCConv2d
+    scales it."""
 
     batch: int
     channels: int
     size: int
+    k: int = 3
 
     @property
     def filter(self) -> Filter:
-        return Filter(self.channels, 3)
+        return Filter(self.channels, self.k)
 
     @property
     def label(self) -> str:
@@ -197,6 +212,78 @@ def _soc_filter(data: Filter) -> torch.Tensor:
     skew = reference.skew(weight)
     bound = lipkernels.fantastic_four(skew, 50, vectors)[0]
     return (skew / (bound / _bound_scale(data))).contiguous()
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A seeded LipConvNet training batch: images (batch, 3, 32, 32), standard normal, and class
+    labels; the network itself is built, from a fixed seed, by each measurement."""
+
+    batch: int
+    depth: int = LIPCONVNET_DEPTH
+    init_channels: int = 32
+    classes: int = 10
+
+    @property
+    def label(self) -> str:
+        return f"B{self.batch}-D{self.depth}-C{self.init_channels}-H32-W32"
+
+    def inputs(self):
+        """((images, labels), None)."""
+        images = _seeded_normal(self.label, (self.batch, 3, 32, 32))
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.label}/y".encode()))
+        return (images, torch.randint(self.classes, (self.batch,), generator=generator)), None
+
+    def network(self, grad_mode: str) -> torch.nn.Module:
+        """LipConvNet-depth in training mode, with the same initial weights on every call."""
+        from lipkernels.nn import LipConvNet
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return LipConvNet(self.depth, self.init_channels, self.classes,
+                              train_terms=LIPCONVNET_TRAIN_TERMS, grad_mode=grad_mode).train()
+
+
+def _lipconvnet_train_step():
+    """A training-step function for one measurement: the first call builds the seeded network
+    (on the images' device) and its optimizer, every call runs one SGD step (the seed's lr 0.1,
+    momentum 0.9, weight decay 5e-4) and returns the step's loss. The layers run on whatever
+    backend the provider's context selects."""
+    state = {}
+
+    def step(images, labels, case):
+        if not state:
+            model = case.data.network(case.grad_mode).to(images.device)
+            state.update(model=model, optimizer=torch.optim.SGD(
+                model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4))
+        state["optimizer"].zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(state["model"](images), labels)
+        loss.backward()
+        state["optimizer"].step()
+        return loss
+
+    return step
+
+
+# Ops that are whole-model workloads rather than lipkernels functions: every provider runs the
+# same factory's function inside its own backend context.
+MODEL_OPS = {"lipconvnet_train_step": _lipconvnet_train_step}
+
+
+@functools.cache
+def _exact_initial_loss(data: Network) -> float:
+    """The cross-entropy of the seeded network's initial weights on the batch, in float64 on the
+    CPU through the reference layers."""
+    (images, labels), _ = data.inputs()
+    with lipkernels.use_backend("reference"), torch.no_grad():
+        model = data.network("exact").double()
+        return torch.nn.functional.cross_entropy(model(images.double()), labels).item()
+
+
+def _loss_error(loss, data: Network) -> float:
+    """ortho_err of a training step: |first loss - exact| / exact, the float64 reference loss."""
+    exact = _exact_initial_loss(data)
+    return abs(loss.item() - exact) / exact
 
 
 def _bound_scale(data: Filter) -> float:
@@ -226,6 +313,8 @@ class _OpSpec:
     error: Callable
     # (output, state) -> the loss whose gradient w.r.t. the input(s) fwd+bwd computes
     loss: Callable = lambda output, state: output.sum()
+    # The estimate runs its own backward (a training step): fwd+bwd adds nothing to it.
+    trains: bool = False
 
 
 OPS = {
@@ -246,13 +335,18 @@ OPS = {
         lambda fn, x_and_s, dy, case: fn(*x_and_s, case.iters, case.grad_mode),
         _norm_ratio_error,
         lambda y, dy: (y * dy).sum()),
+    "lipconvnet_train_step": _OpSpec(
+        "lipconvnet",
+        lambda fn, batch, _, case: fn(*batch, case),
+        _loss_error,
+        trains=True),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     op: str
-    data: Filter | Matrices | Activations
+    data: Filter | Matrices | Activations | Network
     iters: int  # iterations, or soc_exp's terms
     mode: str
     grad_mode: str = "exact"  # soc_exp's "fast" gradient: shape suffix "-fast"
@@ -267,11 +361,14 @@ class Case:
         return str(self.dtype).removeprefix("torch.")
 
 
-def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations]:
+def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations | Network]:
     if suite == "soc_exp":
-        return [Activations(batch, channels, size)
-                for batch in (SOC_BATCHES if full else DEFAULT_SOC_BATCHES)
-                for channels, size in (SOC_ACTIVATIONS if full else DEFAULT_SOC_ACTIVATIONS)]
+        layers = ([(c, h, 3) for c, h in SOC_ACTIVATIONS] + list(SOC_STRIDED_ACTIVATIONS) if full
+                  else [(c, h, 3) for c, h in DEFAULT_SOC_ACTIVATIONS])
+        return [Activations(batch, *layer)
+                for batch in (SOC_BATCHES if full else DEFAULT_SOC_BATCHES) for layer in layers]
+    if suite == "lipconvnet":
+        return [Network(LIPCONVNET_BATCH if full else DEFAULT_LIPCONVNET_BATCH)]
     filters = [Filter(c, k) for c in (SEED_CHANNELS if full else DEFAULT_CHANNELS)
                for k in KERNEL_SIZES]
     if suite == "conv_spectral_bounds":
@@ -286,11 +383,17 @@ def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations]
 
 
 def cases(suite: str, full: bool) -> list[Case]:
-    variants = ([(terms, mode, grad_mode) for terms in SOC_TERMS for mode, grad_mode in SOC_MODES]
-                if suite == "soc_exp" else [(iters, mode, "exact") for iters in ITERS
-                                            for mode in MODES])
-    return [Case(op, data, *variant) for op in SUITES[suite] for data in _suite_data(suite, full)
-            for variant in variants]
+    dtypes = (DTYPE,)
+    if suite == "soc_exp":
+        variants = [(terms, mode, grad_mode) for terms in SOC_TERMS
+                    for mode, grad_mode in SOC_MODES]
+        dtypes = SOC_FULL_DTYPES if full else dtypes
+    elif suite == "lipconvnet":
+        variants = [(LIPCONVNET_TRAIN_TERMS, "fwd+bwd", grad_mode) for grad_mode in ("exact", "fast")]
+    else:
+        variants = [(iters, mode, "exact") for iters in ITERS for mode in MODES]
+    return [Case(op, data, *variant, dtype=dtype) for op in SUITES[suite]
+            for data in _suite_data(suite, full) for dtype in dtypes for variant in variants]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +418,11 @@ class Reference(Provider):
     name = "reference"
 
     def implementation(self, op):
-        return getattr(reference, op)
+        return MODEL_OPS[op]() if op in MODEL_OPS else getattr(reference, op)
+
+    def context(self):
+        # Model workloads call the public layers, which dispatch: pin them to the reference.
+        return lipkernels.use_backend("reference")
 
 
 # Which cases reference-compile runs on. Inductor unrolls the reference's Python loop: compiling
@@ -338,10 +445,12 @@ class CompiledReference(Provider):
     name = "reference-compile"
 
     def implementation(self, op):
-        return _compiled_reference(op)
+        return None if op in MODEL_OPS else _compiled_reference(op)
 
     def covers(self, case, full):
         key = (case.op, case.data.label)
+        if case.op in MODEL_OPS:
+            return False
         if case.op == "soc_exp":
             return full and key in _COMPILE_FULL_ALL_ITERS
         if case.iters == 1:
@@ -364,7 +473,7 @@ class Backend(Provider):
         self.name = name
 
     def implementation(self, op):
-        return getattr(lipkernels, op)
+        return MODEL_OPS[op]() if op in MODEL_OPS else getattr(lipkernels, op)
 
     def context(self):
         return lipkernels.use_backend(self.name)
@@ -485,7 +594,8 @@ class Task:
     @property
     def id(self) -> str:
         case = self.case
-        return f"{case.op}-{case.shape}-{case.mode}-{self.provider.name}"
+        dtype = "" if case.dtype == DTYPE else f"-{case.dtype_name}"
+        return f"{case.op}-{case.shape}{dtype}-{case.mode}-{self.provider.name}"
 
     @property
     def group(self) -> str:
@@ -562,11 +672,14 @@ def _cpu_inputs(data: Filter | Matrices | Activations):
 
 
 def _to(tensors, device: str, dtype: torch.dtype):
-    """A tensor or tuple of tensors on `device`; copy=True, so that the cached CPU tensors do not
-    pick up a task's requires_grad."""
+    """A tensor or tuple of tensors (or None) on `device`, floating ones in `dtype` (labels keep
+    theirs); copy=True, so that the cached CPU tensors do not pick up a task's requires_grad."""
+    if tensors is None:
+        return None
     if isinstance(tensors, torch.Tensor):
-        return tensors.to(device, dtype, copy=True)
-    return tuple(t.to(device, dtype, copy=True) for t in tensors)
+        return tensors.to(device, dtype if tensors.is_floating_point() else tensors.dtype,
+                          copy=True)
+    return tuple(_to(t, device, dtype) for t in tensors)
 
 
 class Measurement:
@@ -588,9 +701,9 @@ class Measurement:
     def __enter__(self):
         case, spec = self.task.case, OPS[self.task.case.op]
         weight, state = (_to(t, self.device, case.dtype) for t in _cpu_inputs(case.data))
-        backward = case.mode == "fwd+bwd"
+        backward = case.mode == "fwd+bwd" and not spec.trains
         for tensor in (weight,) if isinstance(weight, torch.Tensor) else weight:
-            tensor.requires_grad_(backward)
+            tensor.requires_grad_(backward and tensor.is_floating_point())
         implementation = self.task.provider.implementation(case.op)
 
         def target():
@@ -818,11 +931,13 @@ SUITE_NOTES = {
     "power_iteration": _SPECTRAL_NOTES,
     "conv_spectral_bounds": _SPECTRAL_NOTES,
     "soc_exp": ((
-        "- shapes: `B{batch}-C{C}-H{H}-W{W}-k3-T{terms}` x of that shape (seeded standard normal) "
-        "and S = skew(W) / (fantastic_four(skew(W), 50 iterations) / 3) for a seeded 3x3 filter "
-        "W, so S's Fantastic Four bound without the sqrt(k k) factor is 1 (as SOCConv2d scales "
-        "it); the LipConvNet stride-1 activations 32@32x32, 64@16x16, 128@8x8, 256@4x4, 512@2x2 "
-        "(--full, batch 128 and 256; default: 32@32x32 and 128@8x8 at batch 128), 6 (training) "
+        "- shapes: `B{batch}-C{C}-H{H}-W{W}-k{k}-T{terms}` x of that shape (seeded standard "
+        "normal) and S = skew(W) / (fantastic_four(skew(W), 50 iterations) / k) for a seeded k x k "
+        "filter W, so S's Fantastic Four bound without the sqrt(k k) factor is 1 (as SOCConv2d "
+        "scales it); the LipConvNet stride-1 activations 32@32x32, 64@16x16, 128@8x8, 256@4x4, "
+        "512@2x2 and, with --full, the strided layers after the pixel unshuffle 128@16x16, "
+        "256@8x8, 512@4x4, 1024@2x2 (3x3) and 2048@1x1 (1x1), at batch 128 and 256 in float32 "
+        "and bfloat16 (default: 32@32x32 and 128@8x8 at batch 128, float32); 6 (training) "
         "and 15 (evaluation) terms. Mode fwd: y = soc_exp(x, S, terms); fwd+bwd: y and the "
         "gradients w.r.t. x and S of sum(y * fixed seeded random weights), exact gradient "
         "(grad_mode=\"exact\"); shapes ending in `-fast`: the same fwd+bwd with the NeurIPS 2022 "
@@ -835,6 +950,20 @@ SUITE_NOTES = {
         "(untimed first call); only with --full and only on B128-C32-H32-W32-k3 (every term "
         "count and mode), because inductor unrolls the term loop and each graph takes long to "
         "compile on a 2-core CPU",
+    ),
+    "lipconvnet": ((
+        "- shapes: `B{batch}-D10-C32-H32-W32-T6`: one training step of LipConvNet-10 "
+        "(lipkernels.nn.LipConvNet: 5 blocks of SOCConv2d, 32 initial channels, MaxMin, "
+        "SOCLinear head, 6 training terms), the same seeded initial weights for every provider, "
+        "on seeded normal images and labels: forward, cross-entropy, backward, SGD update "
+        "(lr 0.1, momentum 0.9, weight decay 5e-4). Batch 128 with --full, 32 by default. "
+        "`-fast`: the SOC layers use the NeurIPS 2022 fast gradient. Provider reference: the "
+        "same network with every op on the reference backend; cpp / triton / cuda: on that "
+        "backend",
+        "- ortho_err: |first step's loss - exact| / exact, exact the float64 loss of the same "
+        "initial network and batch through the reference ops (agreement of the whole forward "
+        "pass, not an orthogonality measure)"),
+        "",
     ),
 }
 
@@ -862,7 +991,8 @@ def markdown(report: dict) -> str:
                          "statistics and the process RSS high-water mark is not per call"),
         *SUITE_NOTES[report["suite"]][0],
     ]
-    if "reference-compile" in providers or report["suite"] == "soc_exp":
+    if SUITE_NOTES[report["suite"]][1] and ("reference-compile" in providers
+                                            or report["suite"] == "soc_exp"):
         # soc_exp runs reference-compile only with --full: the line says why it is absent.
         lines.append(SUITE_NOTES[report["suite"]][1])
     if report["load_average"] is not None:
