@@ -54,14 +54,17 @@ class _Lines:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lipkernels.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=(*harness.SUITES, "all"), default="all",
-                        help="which suite to run (default: all; each writes its own files)")
+    parser.add_argument("--suite", nargs="+", choices=(*harness.SUITES, "all"), default=["all"],
+                        help="the suites to run, in this order (default: all; each writes its "
+                             "own files)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--full", action="store_true",
                         help=f"the whole grid: filters with {harness.SEED_CHANNELS} channels "
                              f"instead of {harness.DEFAULT_CHANNELS}, and reference-compile on "
-                             "every 1-iteration shape (plus fantastic_four C64-C64-k3-T50 fwd)")
+                             "every 1-iteration shape (plus fantastic_four C64-C64-k3-T50 fwd); "
+                             "soc_exp on every LipConvNet layer, strided ones included, at batch "
+                             "128 and 256 in float32 and bfloat16; lipconvnet at batch 128")
     parser.add_argument("--providers", nargs="+", metavar="NAME",
                         help=f"run only these (space- or comma-separated), from "
                              f"{', '.join(harness.PROVIDER_NAMES)} "
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             device, args.providers and [n for arg in args.providers for n in arg.split(",") if n])
     except ValueError as error:
         parser.error(str(error))
-    suites = list(harness.SUITES) if args.suite == "all" else [args.suite]
+    suites = list(harness.SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
     budget = harness.BUDGETS[device]
     if args.budget:
         budget = dataclasses.replace(budget, seconds=args.budget)
