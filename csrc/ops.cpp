@@ -60,6 +60,13 @@ TORCH_LIBRARY(lipkernels, m) {
   // symmetric); grad_theta summed over batch and positions of reflected elements, in float
   // (double for double).
   m.def("householder_backward(Tensor grad_y, Tensor x, Tensor theta) -> (Tensor, Tensor)");
+
+  // The Cayley transform (Trockman & Kolter, ICLR 2021) of a tall W (..., m, n), m >= n, real or
+  // complex: A = U - U^H + V^H V with U = W[..., :n, :], V = W[..., n:, :], X = (I + A)^{-1},
+  // Q = [2X - I ; -2 V X]. Returns (Q, X); X (..., n, n) is kept for the backward.
+  m.def("cayley(Tensor W) -> (Tensor, Tensor)");
+  // grad_W = [G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H], G_A = 2 X^H (V^H G_bot - G_top) X^H.
+  m.def("cayley_backward(Tensor grad_Q, Tensor X, Tensor W) -> Tensor");
 }
 
 namespace {

@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 
 from ._backend import available_backends, build_info, use_backend  # noqa: E402
 from .functional import (  # noqa: E402
+    cayley,
+    conv_singular_values,
     conv_spectral_bounds,
+    conv_spectral_norm,
     fantastic_four,
     householder,
     max_min,
@@ -26,8 +29,11 @@ __all__ = [
     "power_iteration",
     "conv_spectral_bounds",
     "fantastic_four",
+    "conv_singular_values",
+    "conv_spectral_norm",
     "skew",
     "soc_exp",
     "max_min",
     "householder",
+    "cayley",
 ]

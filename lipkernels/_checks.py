@@ -17,12 +17,14 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 VALUE_CHECKS = os.environ.get("LIPKERNELS_CHECK", "0") == "1"
 
 
-def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_rank: int | None = None):
-    """`tensor` is a non-empty floating tensor of a supported dtype and of the given rank."""
+def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_rank: int | None = None,
+                 dtypes: tuple = SUPPORTED_DTYPES):
+    """`tensor` is a non-empty tensor of one of `dtypes` (default: the floating types every op
+    supports; an op that also takes complex tensors passes its own) and of the given rank."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype not in SUPPORTED_DTYPES:
-        supported = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+    if tensor.dtype not in dtypes:
+        supported = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{op}: {name} must have dtype {supported}; got {tensor.dtype}")
     if rank is not None and tensor.dim() != rank:
         raise ValueError(f"{op}: {name} must be {rank}-D; got shape {tuple(tensor.shape)}")

@@ -11,11 +11,14 @@ import torch
 
 from . import _backend, reference
 from ._checks import check_count, check_iters, check_like, check_square_filter, check_tensor
+from .ops.cayley import KERNELS as _CAYLEY_KERNELS
 from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
 from .ops.householder import KERNELS as _HOUSEHOLDER_KERNELS
 from .ops.max_min import KERNELS as _MAX_MIN_KERNELS
 from .ops.power_iteration import KERNELS as _POWER_ITERATION_KERNELS
 from .ops.soc_exp import KERNELS as _SOC_EXP_KERNELS
+from .reference.cayley import DTYPES as _CAYLEY_DTYPES
+from .reference.conv_singular_values import PADDINGS as CONV_PADDINGS
 from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
 from .reference.max_min import PAIRINGS
 from .reference.soc_exp import GRAD_MODES
@@ -93,6 +96,83 @@ def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
     """min of `conv_spectral_bounds` (a 0-d tensor) and the updated vectors."""
     bounds, vectors = conv_spectral_bounds(weight, iters, vectors)
     return bounds.min(), vectors
+
+
+def _check_conv_spectrum_input(op: str, weight, input_size, kernel_must_fit: bool):
+    """weight is a 4-D filter and input_size an int or pair of ints >= 1 (the image the filter
+    fits in when `kernel_must_fit`)."""
+    check_tensor(op, "weight", weight, rank=4)
+    sizes = (input_size, input_size) if isinstance(input_size, int) else input_size
+    if (not isinstance(sizes, (tuple, list)) or len(sizes) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes)):
+        raise TypeError(f"{op}: input_size must be an int or a pair of ints (n1, n2); "
+                        f"got {input_size!r}")
+    n1, n2 = sizes
+    if min(n1, n2) < 1:
+        raise ValueError(f"{op}: input_size must be >= 1; got {input_size!r}")
+    if kernel_must_fit and (weight.shape[2] > n1 or weight.shape[3] > n2):
+        raise ValueError(f"{op}: the kernel of weight {tuple(weight.shape)} must fit in the "
+                         f"input_size {(n1, n2)} image (k_h <= n1, k_w <= n2)")
+
+
+def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
+    """Exact singular values of a circular-padding convolution, per frequency.
+
+    Sedghi, Gupta & Long, "The singular values of convolutional layers", ICLR 2019. The map is
+    x -> nn.Conv2d(C_in, C_out, (k_h, k_w), padding="same", padding_mode="circular")(x) with
+    `weight` (F.conv2d's cross-correlation; offset (k - 1) // 2, i.e. k // 2 for odd k) on an
+    n1 x n2 image. The 2-D DFT block-diagonalises it: at frequency (u, v) it is the C_out x C_in
+    matrix H[u, v] = e^{-2 pi i (u l_h / n1 + v l_w / n2)} conj(fft2(W padded to n1 x n2))[u, v],
+    l = (k - 1) // 2, so its singular values are those of the n1 n2 matrices H[u, v] together
+    (min(C_in, C_out) each; the other |C_in - C_out| n1 n2 of the wide side are 0). The phase
+    and the conjugation change no singular value, so the result is the same for true
+    convolution and any padding offset (`lipkernels.reference.conv_singular_values` derives H).
+
+    Args:
+        weight: (C_out, C_in, k_h, k_w) filter; float32/64 (float16/bfloat16 computed in float32).
+        input_size: n (square image) or (n1, n2), with k_h <= n1 and k_w <= n2.
+
+    Returns:
+        (n1, n2, min(C_in, C_out)) in `weight`'s dtype, descending at each frequency (u, v);
+        differentiable w.r.t. `weight` (through torch.linalg.svdvals).
+    """
+    _check_conv_spectrum_input("conv_singular_values", weight, input_size, kernel_must_fit=True)
+    return reference.conv_singular_values(weight, input_size)
+
+
+def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circular", iters=None):
+    """Operator norm of a stride-1 "same" convolution on an n1 x n2 image, from its spectrum.
+
+    Sedghi, Gupta & Long, ICLR 2019 (see `conv_singular_values`).
+        padding="circular": exact, the largest of `conv_singular_values(weight, (n1, n2))`.
+        padding="zeros": zero "same" padding ((k - 1) // 2 before, k // 2 after; k // 2 each
+            side for odd k). Returns the circular norm at (n1 + k_h - 1, n2 + k_w - 1), which is
+            n + 2p for odd k, p = k // 2: an upper bound, since embedding x in that zero image
+            (an isometry E) and keeping the n1 x n2 outputs (a restriction R) of the circular conv
+            C there reads no wrapped pixel, so the zero-padded conv is R C E, ||R C E|| <= ||C||.
+
+    Args:
+        weight: (C_out, C_in, k_h, k_w) filter; float32/64 (float16/bfloat16 computed in float32).
+        input_size: n or (n1, n2), each >= 1; the kernel must fit for padding="circular".
+        padding: "circular" or "zeros".
+        iters: None for the exact SVD. An int >= 1 runs that many batched power iterations on
+            all per-frequency C_out x C_in matrices at once, from one fixed pseudo-random start
+            (deterministic), and returns the largest estimate Re(v^H H u): never above the exact
+            value, converging to it with a spectral gap. (Reserved for the fused kernels to come.)
+
+    Returns:
+        A 0-d tensor in `weight`'s dtype, differentiable w.r.t. `weight` (exact: autograd through
+        svdvals, valid where the top singular value is simple; iters: u, v held constant, as in
+        `power_iteration`).
+    """
+    op = "conv_spectral_norm"
+    if padding not in CONV_PADDINGS:
+        raise ValueError(f"{op}: padding must be one of {', '.join(CONV_PADDINGS)}; "
+                         f"got {padding!r}")
+    _check_conv_spectrum_input(op, weight, input_size, kernel_must_fit=padding == "circular")
+    if iters is not None:
+        check_iters(op, iters)
+    return reference.conv_spectral_norm(weight, input_size, padding, iters)
 
 
 def skew(weight: torch.Tensor) -> torch.Tensor:
@@ -232,5 +312,38 @@ def householder(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return _HOUSEHOLDER_KERNELS[backend](x.contiguous(), theta.contiguous())
 
 
-__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "skew", "soc_exp",
-           "max_min", "householder"]
+def cayley(W: torch.Tensor) -> torch.Tensor:
+    """The Cayley transform of a batch of matrices: matrices with orthonormal columns.
+
+    Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
+    ICLR 2021. For W (..., m, n) with m >= n,
+        U = W[..., :n, :],  V = W[..., n:, :],  A = U - U^H + V^H V,  M = I + A,
+        Q = [ M^{-1} (I - A) ; -2 V M^{-1} ],   Q^H Q = I.
+    M's Hermitian part is I + V^H V >= I, so M is always invertible. A wide W (m < n) is
+    transposed (plain transpose, not conjugate, as in the seed code), transformed and transposed
+    back, so then Q Q^H = I. For square W, Q = (I + A)^{-1} (I - A) is the classical Cayley
+    transform of the skew-Hermitian A = W - W^H.
+
+    Args:
+        W: (..., m, n) matrices, any number of batch dims; float32/64 or complex64/128
+            (the complex case is the per-frequency matrix of `cayley_conv2d`).
+
+    Returns:
+        Q (..., m, n) in W's dtype. Backward in closed form (no solve): with X = M^{-1},
+        G_top / G_bot the top n and bottom m - n rows of the output gradient,
+            G_A = 2 X^H (V^H G_bot - G_top) X^H,
+            grad_U = G_A - G_A^H,  grad_V = V (G_A + G_A^H) - 2 G_bot X^H,
+        only X and V saved; complex gradients follow PyTorch's convention for real losses
+        (see `lipkernels.reference.cayley.CayleyFunction`).
+    """
+    op = "cayley"
+    check_tensor(op, "W", W, min_rank=2, dtypes=_CAYLEY_DTYPES)
+    backend = _backend.resolve(op, W.device.type, _CAYLEY_KERNELS)
+    if backend == "reference":
+        return reference.cayley(W)
+    return _CAYLEY_KERNELS[backend](W)
+
+
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
+           "conv_singular_values", "conv_spectral_norm", "skew", "soc_exp",
+           "max_min", "householder", "cayley"]

@@ -3,11 +3,14 @@
 Each function has the signature of its namesake in ``lipkernels.functional``.
 """
 
+from .cayley import cayley
+from .conv_singular_values import conv_singular_values, conv_spectral_norm
 from .conv_spectral_bounds import conv_spectral_bounds, fantastic_four
 from .householder import householder
 from .max_min import max_min
 from .power_iteration import power_iteration
 from .soc_exp import flip_transpose, skew, soc_exp
 
-__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "flip_transpose", "skew",
-           "soc_exp", "max_min", "householder"]
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
+           "conv_singular_values", "conv_spectral_norm", "flip_transpose", "skew",
+           "soc_exp", "max_min", "householder", "cayley"]

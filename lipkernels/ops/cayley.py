@@ -1,0 +1,62 @@
+"""Registration of cayley: fake impls, autograd and the per-backend entry points.
+
+Forward: (Q, X) = cayley(W) for a tall W (..., m, n), m >= n; X = (I + A)^{-1} (..., n, n) is
+returned only for the backward (non-differentiable). Backward: grad_W = cayley_backward(grad_Q,
+X, W), the closed form of `lipkernels.reference.cayley.CayleyFunction`; W itself is saved (an
+input, so no extra memory) for its bottom block V. Wide matrices are transposed around the op
+(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..reference.cayley import through_tall
+from ._registration import kernel_ops
+
+
+def _forward_fake(W):
+    n = W.shape[-1]
+    return W.new_empty(W.shape), W.new_empty((*W.shape[:-2], n, n))
+
+
+def _backward_fake(grad_Q, X, W):
+    return W.new_empty(W.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    (W,) = inputs
+    _, X = output
+    ctx.save_for_backward(X, W)
+    ctx.mark_non_differentiable(X)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_Q, grad_X):
+        X, W = ctx.saved_tensors
+        return backward_op(grad_Q.contiguous(), X, W)
+
+    return backward
+
+
+def _public(op):
+    """The functional API's signature: Q alone for W of either orientation."""
+    def cayley(W):
+        return through_tall(lambda tall: op(tall.contiguous())[0], W)
+
+    return cayley
+
+
+# {backend: forward callable} for every kernel backend built here (the reference is not an op).
+KERNELS: dict[str, Callable] = {
+    backend: _public(op)
+    for backend, op in kernel_ops(
+        "cayley",
+        forward_fake=_forward_fake,
+        backward_fake=_backward_fake,
+        setup_context=_setup_context,
+        make_backward=_make_backward,
+    ).items()
+}

@@ -1,0 +1,112 @@
+"""Pure-PyTorch Cayley transform of a batch of matrices: the oracle for every cayley kernel.
+
+Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform", ICLR 2021
+(`layers.py: cayley` of locuslab/orthogonal-convolutions). For W (..., m, n), real or complex,
+m >= n (a wide W, m < n, is transposed with a plain transpose, processed and transposed back,
+as the seed code does):
+    U = W[..., :n, :]  (n x n),   V = W[..., n:, :]  ((m - n) x n),
+    A = U - U^H + V^H V,          M = I + A,
+    Q = [ M^{-1} (I - A) ; -2 V M^{-1} ]            (m x n, Q^H Q = I).
+M's Hermitian part is I + V^H V >= I, so M is invertible with ||M^{-1}|| <= 1 and its LU needs no
+pivoting for stability.
+
+Two implementations of the same math live here:
+* `cayley_plain`: a direct transcription differentiated by plain autograd (the oracle of the
+  closed-form backward below).
+* `CayleyFunction`: the same forward with the closed-form backward, saving only X = M^{-1} and
+  V. `cayley` (the public reference) uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# linalg.solve has no float16/bfloat16 kernels on the CPU; the complex types are the ones the
+# FFT convolution (cayley_conv2d) feeds in.
+DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def _split(W: torch.Tensor):
+    """(U, V, A) of a tall W: U the top n x n block, V the rest, A = U - U^H + V^H V."""
+    n = W.shape[-1]
+    U, V = W[..., :n, :], W[..., n:, :]
+    return U, V, U - U.mH + V.mH @ V
+
+
+def _identity_like(A: torch.Tensor) -> torch.Tensor:
+    return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+
+
+def through_tall(fn, W: torch.Tensor) -> torch.Tensor:
+    """fn(W) for m >= n; for a wide W, fn(W^T)^T (plain transpose, as the seed code)."""
+    if W.shape[-2] < W.shape[-1]:
+        return fn(W.mT).mT
+    return fn(W)
+
+
+def _cayley_plain_tall(W: torch.Tensor) -> torch.Tensor:
+    _, V, A = _split(W)
+    I = _identity_like(A)
+    M = I + A
+    # Two solves instead of the seed's torch.inverse: solving M Y = I - A and Y M = V is the
+    # backward-stable way to apply M^{-1}, and keeps this oracle independent of CayleyFunction,
+    # which forms X = M^{-1} explicitly (it needs X for its backward anyway).
+    top = torch.linalg.solve(M, I - A)
+    bottom = -2.0 * torch.linalg.solve(M, V, left=False)
+    return torch.cat((top, bottom), dim=-2)
+
+
+def cayley_plain(W: torch.Tensor) -> torch.Tensor:
+    """The Cayley transform of `cayley`, differentiated by plain autograd through the solves."""
+    return through_tall(_cayley_plain_tall, W)
+
+
+class CayleyFunction(torch.autograd.Function):
+    """Cayley transform of a tall W (..., m, n), m >= n, with a closed-form backward.
+
+    Forward, with X = M^{-1} (one LU of M per matrix):
+        Q_top = X (I - A) = X (2I - M) = 2X - I,     Q_bot = -2 V X.
+    Saved for the backward: X and V only.
+
+    Backward. Gradients follow PyTorch's convention for a real loss L of complex tensors: G is
+    the gradient of Z when dL = Re tr(G^H dZ) (for real tensors, ^H is ^T and Re is a no-op),
+    so the same formulas serve both. With G_top, G_bot the blocks of the output gradient and
+    dX = -X dM X = -X dA X:
+        dQ_top = -2 X dA X,      dQ_bot = -2 dV X + 2 V X dA X,
+        dL = Re tr(G_A^H dA) + Re tr(G_V0^H dV), where
+        G_A  = 2 X^H (V^H G_bot - G_top) X^H,     G_V0 = -2 G_bot X^H.
+    Through A = U - U^H + V^H V, dA = dU - dU^H + dV^H V + V^H dV, so
+        G_U = G_A - G_A^H,       G_V = G_V0 + V (G_A + G_A^H),
+    and grad_W = [G_U ; G_V]. Cost: three n x n products and three (m-n) x n products per matrix,
+    no solve.
+    """
+
+    @staticmethod
+    def forward(ctx, W: torch.Tensor) -> torch.Tensor:
+        _, V, A = _split(W)
+        I = _identity_like(A)
+        X = torch.linalg.solve(I + A, I.expand_as(A))
+        # V is a view of the input: saving it costs no memory. X is saved rather than rebuilt
+        # from Q_top = 2X - I, which would lose the low bits of X's small entries.
+        ctx.save_for_backward(X, V)
+        return torch.cat((2.0 * X - I, -2.0 * (V @ X)), dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        X, V = ctx.saved_tensors
+        n = X.shape[-1]
+        g_top, g_bot = grad[..., :n, :], grad[..., n:, :]
+        XH = X.mH
+        g_a = 2.0 * (XH @ (V.mH @ g_bot - g_top) @ XH)
+        g_u = g_a - g_a.mH
+        g_v = V @ (g_a + g_a.mH) - 2.0 * (g_bot @ XH)
+        return torch.cat((g_u, g_v), dim=-2)
+
+
+def cayley(W: torch.Tensor) -> torch.Tensor:
+    """Q (..., m, n) with orthonormal columns (rows, for a wide W): the Cayley transform of W.
+
+    W (..., m, n) real or complex; see the module docstring for the math and `CayleyFunction`
+    for the closed-form backward it uses.
+    """
+    return through_tall(CayleyFunction.apply, W)

@@ -1,0 +1,106 @@
+"""Pure-PyTorch exact singular values of a circular convolution (Sedghi, Gupta & Long, ICLR 2019,
+"The singular values of convolutional layers"): the oracle for the conv spectral-norm kernels.
+
+The operator. For a filter W (C_out, C_in, k_h, k_w) and an n1 x n2 input, the circular-padding
+"same" cross-correlation, as nn.Conv2d(padding="same", padding_mode="circular") computes it:
+    y[o, i, j] = sum_{c, a, b} W[o, c, a, b] x[c, (i + a - l_h) mod n1, (j + b - l_w) mod n2],
+with left offset l = (k - 1) // 2 per axis. For odd k that is the usual padding k // 2 on both
+sides; an even k is accepted too and, like torch's padding="same", pads one more on the right.
+
+Its spectrum. Substituting s = i + a - l in the 2-D DFT X[c, u, v] = sum_{s,t} x[c, s, t]
+e^{-2 pi i (u s / n1 + v t / n2)} gives Y[:, u, v] = H[u, v] X[:, u, v] with the C_out x C_in
+frequency response
+    H[u, v] = sum_{a, b} W[:, :, a, b] e^{+2 pi i (u (a - l_h) / n1 + v (b - l_w) / n2)}
+            = e^{-2 pi i (u l_h / n1 + v l_w / n2)} * conj(fft2(W zero-padded to n1 x n2))[u, v]
+(W real). The unitary DFT (fft2 / sqrt(n1 n2), applied per channel) block-diagonalises the conv
+matrix into these n1 n2 blocks, so its singular values are the union of those of the H[u, v].
+Neither the phase nor the conjugation changes a singular value (H and c * conj(H) with |c| = 1
+have the same ones: conj(U S V^H) = conj(U) S conj(V)^H), so they are also the singular values of
+fft2(W padded)[u, v] itself, as in the paper's code, and of the true convolution (flipped filter)
+with any offset. `frequency_response` keeps the exact phase anyway, so that H maps the spectrum
+of x to that of the conv output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .power_iteration import power_iteration
+
+# Boundary handling of conv_spectral_norm: exact for "circular", an upper bound for "zeros".
+PADDINGS = ("circular", "zeros")
+
+
+def input_size_pair(input_size) -> tuple[int, int]:
+    """(n1, n2) from an int (square input) or a pair."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    return tuple(input_size)
+
+
+def _working_dtype(weight: torch.Tensor) -> torch.Tensor:
+    # torch.fft and the SVD have no half-precision kernels: half filters are computed in float32.
+    return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
+
+
+def frequency_response(weight: torch.Tensor, input_size) -> torch.Tensor:
+    """H (n1, n2, C_out, C_in) complex: the block of the circular "same" conv with `weight` at
+    each frequency (u, v) of an n1 x n2 input, phase included (see the module docstring)."""
+    n1, n2 = input_size_pair(input_size)
+    weight = _working_dtype(weight)
+    k_h, k_w = weight.shape[-2:]
+    spectrum = torch.fft.fft2(weight, s=(n1, n2)).conj()
+    # e^{-2 pi i (u l_h / n1 + v l_w / n2)}: the shift of the filter's centre to index 0.
+    u = torch.arange(n1, device=weight.device, dtype=weight.dtype) * (((k_h - 1) // 2) / n1)
+    v = torch.arange(n2, device=weight.device, dtype=weight.dtype) * (((k_w - 1) // 2) / n2)
+    phase = torch.polar(torch.ones_like(u[:, None] + v), -2 * math.pi * (u[:, None] + v))
+    return (spectrum * phase).permute(2, 3, 0, 1)
+
+
+def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
+    """Singular values (n1, n2, min(C_in, C_out)) of the circular "same" conv with weight (C_out,
+    C_in, k_h, k_w) on an n1 x n2 input (`input_size` an int or (n1, n2)), descending per frequency,
+    in `weight`'s dtype (half filters are computed in float32). Differentiable w.r.t. weight."""
+    return torch.linalg.svdvals(frequency_response(weight, input_size)).to(weight.dtype)
+
+
+def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circular", iters=None):
+    """Operator norm (0-d, `weight`'s dtype) of the "same" conv with weight on an n1 x n2 input.
+
+    padding="circular": exact, max of `conv_singular_values`. padding="zeros": the circular norm
+    at (n1 + k_h - 1, n2 + k_w - 1), i.e. n + 2p for odd k, p = k // 2, an upper bound on the
+    zero-padded conv's norm. Proof: embed x in an (n1 + k_h - 1) x (n2 + k_w - 1) zero image
+    (an isometry E); the circular conv C there reads, for the n1 x n2 outputs R keeps, only x and
+    the zero margin, never wrapped pixels of x; so zero-padded conv = R C E and ||R C E|| <= ||C||.
+
+    iters=None takes the exact SVD. An int >= 1 runs that many power iterations on all frequency
+    responses at once (v = normalize(H u); u = normalize(H^H v)) from one fixed pseudo-random unit
+    start (seed 0, the same at every frequency, so results are deterministic), then returns
+    max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. Each
+    term is at most sigma_max(H_f), so the estimate is at most the exact norm; it converges to it
+    geometrically, at a rate set by sigma_2 / sigma_1 of the frequency holding the maximum.
+    """
+    n1, n2 = input_size_pair(input_size)
+    if padding == "zeros":
+        n1, n2 = n1 + weight.shape[-2] - 1, n2 + weight.shape[-1] - 1
+    if iters is None:
+        return conv_singular_values(weight, (n1, n2))[..., 0].max()
+    return _power_iteration_norm(frequency_response(weight, (n1, n2)), iters).to(weight.dtype)
+
+
+def _power_iteration_norm(responses: torch.Tensor, iters: int) -> torch.Tensor:
+    """max over frequencies of the power-iteration estimate of sigma_max(H_f), H (..., m, n).
+
+    Runs `power_iteration` on the real form [[Re H, -Im H], [Im H, Re H]] (2m x 2n), whose
+    singular values are those of H, each twice: the complex iteration u <- H^H H u written on
+    (Re u, Im u). The start (Re u, Im u) is one fixed pseudo-random unit vector (seed 0).
+    """
+    real, imag = responses.real, responses.imag
+    realified = torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(realified.shape[-1], generator=generator, dtype=torch.float64)
+    u = (start / start.norm()).to(device=realified.device, dtype=realified.dtype)
+    sigma, _, _ = power_iteration(realified, u.expand(*realified.shape[:-2], -1), iters)
+    return sigma.max()
