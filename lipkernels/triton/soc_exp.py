@@ -98,8 +98,8 @@ def _series_step(src_ptr, dst_ptr, add_ptr, copy_ptr, copy, w_ptr, scale, P, C, 
                  BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr, acc_ty: tl.constexpr,
                  PRECISION: tl.constexpr):
     """dst = scale * conv(src, w) (+ add if ADD) over the program's images; with COPY, where
-    the scalar `copy` is true, the result is also stored to copy_ptr. Ends with a barrier: the next step reads dst
-    at other pixels and channels."""
+    the scalar `copy` is true, the result is also stored to copy_ptr. Ends with a barrier: the
+    next step reads dst at other pixels and channels."""
     for co0 in range(0, C, BLOCK_CO):
         out_channels = co0 + tl.arange(0, BLOCK_CO)
         for p0 in range(0, P, BLOCK_P):
@@ -190,10 +190,11 @@ def _soc_exp_kernel(x_ptr, w_ptr, y_ptr, z2_ptr, scratch_ptr, n, B, C, H, W,
     for step in range(0, n - 1):
         i = n - step
         _series_step(scratch_ptr + (step % 2) * slot, scratch_ptr + ((step + 1) % 2) * slot,
-                     x_ptr, z2_ptr, i == 2, w_ptr, 1.0 / i.to(acc_ty),
-                     P, C, H, W, HW, True, SAVE_Z2, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+                     x_ptr, z2_ptr, i == 2, w_ptr, 1.0 / i.to(acc_ty), P, C, H, W, HW, True,
+                     SAVE_Z2, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
     _series_step(scratch_ptr + ((n - 1) % 2) * slot, y_ptr, x_ptr, y_ptr, False, w_ptr, 1.0,
-                 P, C, H, W, HW, True, False, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+                 P, C, H, W, HW, True, False, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty,
+                 PRECISION)
 
 
 @triton.jit
