@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from ._backend import available_backends, build_info, use_backend  # noqa: E402
 from .functional import (  # noqa: E402
     cayley,
+    cayley_conv2d,
     conv_singular_values,
     conv_spectral_bounds,
     conv_spectral_norm,
@@ -36,4 +37,5 @@ __all__ = [
     "max_min",
     "householder",
     "cayley",
+    "cayley_conv2d",
 ]

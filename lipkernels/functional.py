@@ -12,13 +12,16 @@ import torch
 from . import _backend, reference
 from ._checks import check_count, check_iters, check_like, check_square_filter, check_tensor
 from .ops.cayley import KERNELS as _CAYLEY_KERNELS
+from .ops.cayley_conv2d import KERNELS as _CAYLEY_CONV2D_KERNELS
 from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
 from .ops.householder import KERNELS as _HOUSEHOLDER_KERNELS
 from .ops.max_min import KERNELS as _MAX_MIN_KERNELS
 from .ops.power_iteration import KERNELS as _POWER_ITERATION_KERNELS
 from .ops.soc_exp import KERNELS as _SOC_EXP_KERNELS
 from .reference.cayley import DTYPES as _CAYLEY_DTYPES
+from .reference.cayley_conv2d import spectral_conv2d
 from .reference.conv_singular_values import PADDINGS as CONV_PADDINGS
+from .reference.conv_singular_values import circular_size, power_iteration_norm
 from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
 from .reference.max_min import PAIRINGS
 from .reference.soc_exp import GRAD_MODES
@@ -155,10 +158,13 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
         weight: (C_out, C_in, k_h, k_w) filter; float32/64 (float16/bfloat16 computed in float32).
         input_size: n or (n1, n2), each >= 1; the kernel must fit for padding="circular".
         padding: "circular" or "zeros".
-        iters: None for the exact SVD. An int >= 1 runs that many batched power iterations on
-            all per-frequency C_out x C_in matrices at once, from one fixed pseudo-random start
-            (deterministic), and returns the largest estimate Re(v^H H u): never above the exact
-            value, converging to it with a spectral gap. (Reserved for the fused kernels to come.)
+        iters: None for the exact SVD (torch.linalg.svdvals, whatever the backend). An int >= 1
+            runs that many power iterations on all per-frequency C_out x C_in matrices at once,
+            each as its real 2 C_out x 2 C_in form [[Re H, -Im H], [Im H, Re H]] (same singular
+            values), through the selected backend's `power_iteration` (one fused launch for all
+            frequencies), from one fixed pseudo-random start (deterministic), and returns the
+            largest estimate Re(v^H H u): never above the exact value, converging to it with a
+            spectral gap.
 
     Returns:
         A 0-d tensor in `weight`'s dtype, differentiable w.r.t. `weight` (exact: autograd through
@@ -170,9 +176,14 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
         raise ValueError(f"{op}: padding must be one of {', '.join(CONV_PADDINGS)}; "
                          f"got {padding!r}")
     _check_conv_spectrum_input(op, weight, input_size, kernel_must_fit=padding == "circular")
-    if iters is not None:
-        check_iters(op, iters)
-    return reference.conv_spectral_norm(weight, input_size, padding, iters)
+    if iters is None:
+        return reference.conv_spectral_norm(weight, input_size, padding)
+    check_iters(op, iters)
+    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS)
+    if backend == "reference":
+        return reference.conv_spectral_norm(weight, input_size, padding, iters)
+    return power_iteration_norm(weight, circular_size(weight, input_size, padding), iters,
+                                _POWER_ITERATION_KERNELS[backend])
 
 
 def skew(weight: torch.Tensor) -> torch.Tensor:
@@ -344,6 +355,49 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
     return _CAYLEY_KERNELS[backend](W)
 
 
+
+def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The Cayley orthogonal convolution of x with a filter, circular padding.
+
+    Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
+    ICLR 2021. Per frequency f of the H x W grid, with R_f the C_out x C_in frequency response of
+    the circular "same" cross-correlation with `weight` (as `conv_singular_values` defines it,
+    phase included),
+        y = irfft2( cayley(R_f) rfft2(x)_f ),
+    `cayley` as in `lipkernels.cayley` (a wide R_f, C_out < C_in, through its plain transpose).
+    For C_in = C_out this is the pixel-domain (I + A)^{-1} (I - A) x with A = M - M^T, M the
+    circular conv matrix of `weight`: an orthogonal map; C_out > C_in gives orthonormal columns,
+    C_out < C_in orthonormal rows. The per-frequency transform and its application run in one
+    kernel call (`lipkernels.ops.cayley_conv2d`) between torch.fft's rfft2 and irfft2; the
+    backward is in closed form (no solve), keeping only the per-frequency (I + A)^{-1}.
+
+    Args:
+        x: (B, C_in, H, W), any H x W (non-square too); float32/64, or float16/bfloat16
+            computed in float32 (complex64) and returned in x's dtype.
+        weight: (C_out, C_in, k_h, k_w), k_h <= H and k_w <= W, on x's device; any floating
+            dtype (cast to the working precision). Scale it before the call as a layer needs:
+            `CayleyConv2d` divides by its Frobenius norm and multiplies by a learnable alpha.
+
+    Returns:
+        (B, C_out, H, W) in x's dtype, differentiable w.r.t. x and weight.
+    """
+    op = "cayley_conv2d"
+    check_tensor(op, "x", x, rank=4)
+    check_tensor(op, "weight", weight, rank=4)
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}; both must "
+                         f"be on the same device")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} must have C_in = {x.shape[1]} input "
+                         f"channels to match x {tuple(x.shape)}")
+    if weight.shape[2] > x.shape[2] or weight.shape[3] > x.shape[3]:
+        raise ValueError(f"{op}: the kernel of weight {tuple(weight.shape)} must fit in the "
+                         f"{tuple(x.shape[2:])} image of x (k_h <= H, k_w <= W)")
+    backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS)
+    if backend == "reference":
+        return reference.cayley_conv2d(x, weight)
+    return spectral_conv2d(x, weight, _CAYLEY_CONV2D_KERNELS[backend])
+
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
            "conv_singular_values", "conv_spectral_norm", "skew", "soc_exp",
-           "max_min", "householder", "cayley"]
+           "max_min", "householder", "cayley", "cayley_conv2d"]

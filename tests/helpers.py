@@ -46,6 +46,13 @@ def require_backend(device: str, backend: str):
         pytest.skip(f"backend {backend} unavailable on {device}: {info['extension_error'] or info}")
 
 
+def require_kernel(device: str, backend: str, kernels):
+    """`require_backend`, and skip when the op (its `KERNELS` dict) has no `backend` kernel."""
+    require_backend(device, backend)
+    if backend not in kernels:
+        pytest.skip(f"no {backend} kernel of this op in this build")
+
+
 def run(backend: str, fn, *args):
     """fn(*args) with `backend` selected."""
     with lipkernels.use_backend(backend):

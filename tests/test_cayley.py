@@ -1,5 +1,6 @@
 """cayley (Trockman & Kolter, ICLR 2021): orthogonality, the seed formula, the Cayley-transform
-identities, the closed-form backward against autograd, gradcheck, compile and input errors."""
+identities, the closed-form backward against autograd, gradcheck, compile and input errors; every
+kernel backend against the reference (forward, backward, opcheck, gradcheck, op input errors)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import pytest
 import torch
 
 import lipkernels
+from lipkernels.ops.cayley import KERNELS
 from lipkernels.reference.cayley import cayley_plain
-from tests.helpers import RELATIVE_TOLERANCE, require_backend, run
+from tests.helpers import (ALL_TARGETS, KERNEL_TARGETS, RELATIVE_TOLERANCE,
+                           assert_compiled_matches_eager, custom_ops, gradcheck, interpreted,
+                           require_backend, require_kernel, run)
 
 # Square, tall and wide, with and without batch dims.
 SHAPES = [(5, 5), (3, 5, 5), (2, 7, 4), (2, 3, 6), (2, 2, 6, 3), (4, 1), (1, 4)]
@@ -149,27 +153,34 @@ def test_single_precision(shape, dtype, backend):
     assert (grad.to(exact_dtype) - grad64).abs().max() <= tolerance * grad64.abs().max()
 
 
-def test_nan_in_gives_nan_out(backend):
-    W = _random((5, 3), torch.float64)
+def _require_target(device, backend):
+    """Skip unless `backend` runs cayley on `device` here (the reference always has)."""
+    if backend == "reference":
+        require_backend(device, backend)
+    else:
+        require_kernel(device, backend, KERNELS)
+
+
+@pytest.mark.parametrize("device, backend", ALL_TARGETS)
+def test_nan_in_gives_nan_out(device, backend):
+    _require_target(device, backend)
+    W = _random((5, 3), torch.float64).to(device)
     W[4, 1] = float("nan")
-    assert torch.isnan(lipkernels.cayley(W)).any()
+    assert torch.isnan(run(backend, lipkernels.cayley, W)).any()
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.complex64))
-def test_torch_compile_matches_eager(dtype, backend):
-    W = _random((2, 6, 4), dtype, requires_grad=True)
-    grad_weights = _random((2, 6, 4), dtype, seed=1)
+@pytest.mark.parametrize("device, backend", ALL_TARGETS)
+def test_torch_compile_matches_eager(device, backend, dtype):
+    _require_target(device, backend)
+    W = _random((2, 6, 4), dtype).to(device).requires_grad_()
+    grad_weights = _random((2, 6, 4), dtype, seed=1).to(device)
 
     def loss(W):
         return (lipkernels.cayley(W) * grad_weights).real.sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    eager_value = loss(W)
-    (eager_grad,) = torch.autograd.grad(eager_value, W)
-    compiled_value = compiled(W)
-    (compiled_grad,) = torch.autograd.grad(compiled_value, W)
-    torch.testing.assert_close(compiled_value, eager_value)
-    torch.testing.assert_close(compiled_grad, eager_grad)
+    with lipkernels.use_backend(backend):
+        assert_compiled_matches_eager(loss, W)
 
 
 @pytest.mark.parametrize("bad, error, message", [
@@ -185,20 +196,26 @@ def test_bad_input(bad, error, message):
     assert "cayley: W" in str(info.value)
 
 
-def test_unbuilt_backend_is_a_clear_error():
-    with lipkernels.use_backend("triton"), pytest.raises(RuntimeError, match="not available"):
+def test_unavailable_backend_is_a_clear_error():
+    with lipkernels.use_backend("cuda"), pytest.raises(RuntimeError, match="not available"):
         lipkernels.cayley(torch.randn(3, 3))
 
 
-# The C++ CPU kernel (csrc/cpu/cayley.cpp) against the reference.
+# The kernels (csrc/cpu/cayley.cpp, csrc/cuda, lipkernels/triton/cayley.py) against the reference.
+
+# Square, tall, batched, a column, wide (transposed around the op), and n = 17 > 16, the Triton
+# tile: two Gauss-Jordan pivot blocks, the second partial.
+KERNEL_SHAPES = [(5, 5), (2, 7, 4), (2, 2, 6, 3), (4, 1), (1, 4), (19, 17)]
+
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.complex128, torch.float32, torch.complex64))
-@pytest.mark.parametrize("shape", SHAPES)
-def test_cpp_matches_reference(shape, dtype):
-    require_backend("cpu", "cpp")
-    W = _random(shape, dtype, requires_grad=True)
-    grad_out = _random(shape, dtype, seed=1)
-    Q = run("cpp", lipkernels.cayley, W)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+@pytest.mark.parametrize("device, kernel", KERNEL_TARGETS)
+def test_kernel_matches_reference(device, kernel, shape, dtype):
+    require_kernel(device, kernel, KERNELS)
+    W = _random(shape, dtype).to(device).requires_grad_()
+    grad_out = _random(shape, dtype, seed=1).to(device)
+    Q = run(kernel, lipkernels.cayley, W)
     Q_ref = run("reference", lipkernels.cayley, W)
     (grad,) = torch.autograd.grad(Q, W, grad_out)
     (grad_ref,) = torch.autograd.grad(Q_ref, W, grad_out)
@@ -207,22 +224,54 @@ def test_cpp_matches_reference(shape, dtype):
     torch.testing.assert_close(grad, grad_ref, rtol=0, atol=tolerance * grad_ref.abs().max().item())
 
 
+@pytest.mark.parametrize("shape", [(2, 300, 257), (1, 512, 512)])
+@pytest.mark.parametrize("device, kernel", KERNEL_TARGETS)
+def test_kernel_large_matrices_match_reference(device, kernel, shape):
+    """complex64 with n up to 512 (many pivot blocks of the Triton kernels): forward and
+    gradient within twice the complex64 reference's error against the complex128 one."""
+    require_kernel(device, kernel, KERNELS)
+    if interpreted(device, kernel):
+        pytest.skip("n = 512 takes minutes under the Triton interpreter")
+    W = (_random(shape, torch.complex128) / shape[-1] ** 0.5).to(device)
+    grad_out = _random(shape, torch.complex128, seed=1).to(device)
+    exact = _value_and_grad(lipkernels.reference.cayley, W, grad_out)
+    same_precision = _value_and_grad(lipkernels.reference.cayley, W.to(torch.complex64),
+                                     grad_out.to(torch.complex64))
+    actual = _value_and_grad(lambda W: run(kernel, lipkernels.cayley, W), W.to(torch.complex64),
+                             grad_out.to(torch.complex64))
+    for name, a, e, s in zip(("Q", "grad_W"), actual, exact, same_precision):
+        allowed = max(2 * (s - e).abs().max().item(),
+                      RELATIVE_TOLERANCE[torch.float32] * e.abs().max().item())
+        assert a.dtype == torch.complex64 and (a - e).abs().max().item() <= allowed, name
+
+
+def _value_and_grad(fn, W, grad_out):
+    W = W.detach().requires_grad_()
+    Q = fn(W)
+    return Q, torch.autograd.grad(Q, W, grad_out)[0]
+
+
 @pytest.mark.parametrize("dtype", EXACT_DTYPES)
-def test_cpp_opcheck(dtype):
-    require_backend("cpu", "cpp")
-    W = _random((2, 5, 3), dtype, requires_grad=True)
-    torch.library.opcheck(torch.ops.lipkernels.cayley, (W,))
-    _, X = torch.ops.lipkernels.cayley(W.detach())
-    torch.library.opcheck(torch.ops.lipkernels.cayley_backward,
-                          (_random((2, 5, 3), dtype, seed=1), X, W.detach()))
+@pytest.mark.parametrize("device, kernel", KERNEL_TARGETS)
+def test_kernel_opcheck_and_gradcheck(device, kernel, dtype):
+    require_kernel(device, kernel, KERNELS)
+    forward, backward = custom_ops("cayley", kernel)
+    W = _random((2, 5, 3), dtype).to(device).requires_grad_()
+    torch.library.opcheck(forward, (W,))
+    _, X = forward(W.detach())
+    torch.library.opcheck(backward, (_random((2, 5, 3), dtype, seed=1).to(device), X, W.detach()))
+    assert gradcheck(lambda W: forward(W)[0], (W,), device, kernel)
 
 
-def test_cpp_op_rejects_bad_input():
-    require_backend("cpu", "cpp")
-    with pytest.raises(RuntimeError, match="cayley: W .* m >= n"):
-        torch.ops.lipkernels.cayley(torch.randn(3, 5, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="cayley: W must be float32, float64, complex64"):
-        torch.ops.lipkernels.cayley(torch.randn(5, 3, dtype=torch.float16))
-    with pytest.raises(RuntimeError, match="cayley_backward: X must be"):
-        torch.ops.lipkernels.cayley_backward(torch.randn(5, 3), torch.randn(2, 2),
-                                             torch.randn(5, 3))
+@pytest.mark.parametrize("device, kernel", KERNEL_TARGETS)
+def test_kernel_op_rejects_bad_input(device, kernel):
+    require_kernel(device, kernel, KERNELS)
+    forward, backward = custom_ops("cayley", kernel)
+    # The C++ ops raise RuntimeError, the Triton launchers the Python layer's ValueError/TypeError.
+    errors = (ValueError, TypeError) if kernel == "triton" else RuntimeError
+    with pytest.raises(errors, match="cayley: W .* m >= n"):
+        forward(torch.randn(3, 5, dtype=torch.float64, device=device))
+    with pytest.raises(errors, match="cayley: W must be float32, float64, complex64"):
+        forward(torch.randn(5, 3, dtype=torch.float16, device=device))
+    with pytest.raises(errors, match="cayley_backward: X must be"):
+        backward(*(torch.randn(shape, device=device) for shape in ((5, 3), (2, 2), (5, 3))))

@@ -1,14 +1,16 @@
 """conv_singular_values / conv_spectral_norm: the SVD of the explicit circular conv matrix, the
 phase of the frequency response, the zero-padding bound, power-iteration convergence, gradcheck,
-float32 and bad input."""
+float32, every backend's power iteration against the reference, and bad input."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lipkernels
+from lipkernels import reference
 from lipkernels.reference.conv_singular_values import frequency_response
-from helpers import filter_with_spectral_gap
+from helpers import (KERNEL_TARGETS, compare_with_reference, dtypes_for, filter_with_spectral_gap,
+                     require_backend, run)
 
 # (C_out, C_in, k_h, k_w, n1, n2): square and non-square images, C_in != C_out both ways,
 # k = 1, 3, 5, non-square and even kernels, and a kernel as large as the image.
@@ -105,6 +107,39 @@ def test_power_iteration_gradient_converges_to_the_exact_gradient():
     torch.testing.assert_close(estimate, exact, rtol=0, atol=1e-8)
 
 
+def norm_and_gradient(fn):
+    """w -> (fn(w), d fn(w) / d w)."""
+    def value_and_grad(w):
+        w = w.detach().requires_grad_()
+        norm = fn(w)
+        return norm.detach(), torch.autograd.grad(norm, w)[0]
+
+    return value_and_grad
+
+
+@pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
+# Small non-square images: the Triton interpreter runs one program per frequency, slowly.
+@pytest.mark.parametrize("c_out,c_in,k,size,padding", [
+    (3, 3, 3, (3, 5), "circular"), (2, 4, 3, (4, 3), "circular"), (4, 3, 3, (2, 3), "zeros"),
+    (3, 2, 1, (2, 3), "circular")])
+@pytest.mark.parametrize("iters", [1, 30])
+def test_power_iteration_backends_match_reference(device, backend, c_out, c_in, k, size, padding,
+                                                  iters):
+    """The backend's fused power_iteration on the realified responses (complex for k = 3; one
+    real matrix at every frequency for k = 1) gives the reference's estimate and gradient. The
+    filter has a spectral gap, so that at 30 iterations the top frequency f and its mirror -f
+    (H_{-f} = conj(H_f): an exact tie at convergence) carry the same gradient, whichever of the
+    two rounding makes the max."""
+    require_backend(device, backend)
+    weight = filter_with_spectral_gap((c_out, c_in, k, k), device=device)
+    for dtype in dtypes_for(device):
+        compare_with_reference(
+            norm_and_gradient(lambda w: run(backend, lipkernels.conv_spectral_norm, w, size,
+                                            padding, iters)),
+            norm_and_gradient(lambda w: reference.conv_spectral_norm(w, size, padding, iters)),
+            (weight,), dtype, ["norm", "grad_weight"])
+
+
 @pytest.mark.parametrize("padding", ["circular", "zeros"])
 def test_gradcheck(padding):
     """Where the top singular value is simple the norm is differentiable. Frequencies f and -f
@@ -174,3 +209,10 @@ def test_zero_padding_accepts_an_image_smaller_than_the_kernel():
     """LipConvNet's last 3x3 convs run on 2x2 images: zero padding needs no fit."""
     bound = lipkernels.conv_spectral_norm(W.double(), 1, padding="zeros")
     assert bound >= zero_padded_norm(W.double(), 1, 1) * (1 - 1e-12)
+
+
+def test_power_iteration_on_an_unavailable_backend_names_the_op():
+    """iters runs on the selected backend's kernel: one that cannot take these tensors raises."""
+    with lipkernels.use_backend("cuda"), pytest.raises(
+            RuntimeError, match="conv_spectral_norm: backend 'cuda' is not available"):
+        lipkernels.conv_spectral_norm(W, 4, iters=2)

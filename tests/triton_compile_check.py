@@ -24,7 +24,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lipkernels.triton import soc_exp
+from lipkernels.triton import cayley, cayley_conv2d, soc_exp
 
 CAPABILITIES = (80, 90)
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16",
@@ -53,6 +53,32 @@ def _soc_exp_cases():
                    (x, S, S, x, x, scratch, scratch, 5, *x.shape), dict(config, EXACT=True))
 
 
+def _cayley_cases():
+    """cayley at n = 512 (m = 1024) for the real and complex single-precision kernels and
+    complex128; the cayley_conv2d core at C = 512 / 256 (tall and wide), B = 128. Complex
+    tensors reach the kernels as their real views."""
+    for dtype, complex_ in ((torch.float32, False), (torch.float32, True), (torch.float64, True)):
+        w = torch.empty(0, dtype=dtype, device="meta")
+        name = {torch.float32: "complex64" if complex_ else "float32",
+                torch.float64: "complex128"}[dtype]
+        constants = dict(COMPLEX=complex_, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS)
+        strides = (1024, 2, 1024, 2) if complex_ else (512, 1, 512, 1)
+        yield (f"cayley-{name}-n512", cayley._cayley_kernel, (w, w, w, 1024, 512, *strides),
+               constants)
+        yield (f"cayley_backward-{name}-n512", cayley._cayley_backward_kernel,
+               (w, w, w, w, w, 1024, 512, *strides), constants)
+    for dtype, name in ((torch.float32, "complex64"), (torch.float64, "complex128")):
+        w = torch.empty(0, dtype=dtype, device="meta")
+        for tall, orientation in ((True, "C512x256"), (False, "C256x512")):
+            constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS)
+            t_strides = (512, 2) if tall else (2, 1024)
+            yield (f"cayley_conv2d-{name}-{orientation}", cayley_conv2d._cayley_conv2d_kernel,
+                   (w,) * 5 + (512, 256, 128, *t_strides), constants)
+            yield (f"cayley_conv2d_backward-{name}-{orientation}",
+                   cayley_conv2d._cayley_conv2d_backward_kernel,
+                   (w,) * 9 + (512, 256, 128, *t_strides), constants)
+
+
 def _resource_usage(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -75,7 +101,7 @@ def compile_case(kernel, args, constants, capability):
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
-    for name, kernel, args, constants in _soc_exp_cases():
+    for name, kernel, args, constants in (*_soc_exp_cases(), *_cayley_cases()):
         for capability in CAPABILITIES:
             usage = compile_case(kernel, args, dict(constants), capability)
             print(json.dumps({"case": name, "capability": capability, **usage}), flush=True)

@@ -1,72 +1,91 @@
-// CPU kernels of cayley and cayley_backward (Trockman & Kolter, ICLR 2021).
-//
-// Math (lipkernels/reference/cayley.py): for a tall W (..., m, n), m >= n, real or complex,
-//   U = W[..., :n, :], V = W[..., n:, :], A = U - U^H + V^H V, X = (I + A)^{-1},
-//   Q = [ 2X - I ; -2 V X ]   (= [ X (I - A) ; -2 V X ], since I - A = 2I - (I + A)).
-// The forward returns (Q, X): X is all the closed-form backward needs besides W itself,
-//   G_A = 2 X^H (V^H G_bot - G_top) X^H,
-//   grad_W = [ G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H ].
-// A wide W is transposed by the Python layer (lipkernels/ops/cayley.py), so these ops take tall
-// matrices only. Everything is batched ATen: one batched LU solve and a few batched GEMMs, which
-// ATen already spreads over threads, so no hand-written loop would beat it at these sizes.
+// CPU kernels of cayley and cayley_backward (Trockman & Kolter, ICLR 2021); the math is in
+// cayley.h. A wide W is transposed by the Python layer (lipkernels/ops/cayley.py), so these ops
+// take tall matrices only.
+#include "cpu/cayley.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <tuple>
+#include <vector>
 
 namespace lipkernels {
 namespace cpu {
-namespace {
 
-// The dtypes at::linalg_solve supports on the CPU: the real and complex IEEE types.
-void check_cayley_dtype(const char* op, const char* name, const at::Tensor& t) {
-  const auto dtype = t.scalar_type();
+void check_cayley_tall(const char* op, const char* name, const at::Tensor& W) {
+  TORCH_CHECK(W.dim() >= 2, op, ": ", name, " must have shape (..., m, n), got ", W.sizes());
+  TORCH_CHECK(W.size(-1) >= 1 && W.size(-2) >= W.size(-1) && W.numel() > 0, op, ": ", name,
+              " (..., m, n) must be non-empty with m >= n (transpose a wide matrix first), got ",
+              W.sizes());
+  // The dtypes at::linalg_solve supports on the CPU: the real and complex IEEE types.
+  const auto dtype = W.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kComplexFloat ||
                   dtype == at::kComplexDouble,
               op, ": ", name, " must be float32, float64, complex64 or complex128, got ", dtype);
 }
 
-// W (..., m, n) with m >= n >= 1: the tall orientation every cayley kernel works on.
-void check_tall(const char* op, const char* name, const at::Tensor& W) {
-  TORCH_CHECK(W.dim() >= 2, op, ": ", name, " must have shape (..., m, n), got ", W.sizes());
-  TORCH_CHECK(W.size(-1) >= 1 && W.size(-2) >= W.size(-1) && W.numel() > 0, op, ": ", name,
-              " (..., m, n) must be non-empty with m >= n (transpose a wide matrix first), got ",
-              W.sizes());
-  check_cayley_dtype(op, name, W);
-}
-
-// t^H, materialised. A lazy-conjugate view (Tensor::mH) gives wrong values when these ATen calls
-// run under a Python dispatch mode (AOTAutograd's runtime wraps custom ops in one), so the
-// conjugate is taken physically; for real dtypes it is a plain transposed view.
+// A lazy-conjugate view (Tensor::mH) gives wrong values when these ATen calls run under a Python
+// dispatch mode (AOTAutograd's runtime wraps custom ops in one), so the conjugate is taken
+// physically; for real dtypes it is a plain transposed view.
 at::Tensor conj_transpose(const at::Tensor& t) {
   return (t.is_complex() ? at::conj_physical(t) : t).transpose(-2, -1);
 }
+
+namespace {
 
 at::Tensor identity_like(const at::Tensor& W) {
   return at::eye(W.size(-1), W.options());
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_cpu(const at::Tensor& W_in) {
-  constexpr const char* op = "cayley";
-  check_tall(op, "W", W_in);
-  const at::Tensor W = W_in.contiguous();
+at::Tensor bottom_block(const at::Tensor& W) {
   const int64_t n = W.size(-1);
-  const at::Tensor U = W.narrow(-2, 0, n);
-  const at::Tensor V = W.narrow(-2, n, W.size(-2) - n);
+  return W.narrow(-2, n, W.size(-2) - n);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W_in) {
+  const at::Tensor W = W_in.contiguous();
+  const at::Tensor U = W.narrow(-2, 0, W.size(-1));
+  const at::Tensor V = bottom_block(W);
   const at::Tensor I = identity_like(W);
   // M = I + A = I + U - U^H + V^H V; its Hermitian part is >= I, so the LU is well posed.
   const at::Tensor M = I + U - conj_transpose(U) + at::matmul(conj_transpose(V), V);
   // linalg_solve hands back a column-major result; X is an op output, so make it row-major
   // contiguous as the fake impl (and any caller) expects.
   const at::Tensor X = at::linalg_solve(M, I.expand_as(M)).contiguous();
-  const at::Tensor Q = at::cat({2 * X - I, -2 * at::matmul(V, X)}, -2);
-  return {Q, X};
+  return {cayley_from_inverse(X, W), X};
+}
+
+at::Tensor cayley_from_inverse(const at::Tensor& X, const at::Tensor& W) {
+  return at::cat({2 * X - identity_like(W), -2 * at::matmul(bottom_block(W), X)}, -2);
+}
+
+at::Tensor cayley_tall_backward(const at::Tensor& grad_Q, const at::Tensor& X,
+                                const at::Tensor& W) {
+  const int64_t n = W.size(-1);
+  const int64_t rest = W.size(-2) - n;
+  const at::Tensor V = bottom_block(W);
+  const at::Tensor g_top = grad_Q.narrow(-2, 0, n);
+  const at::Tensor g_bot = grad_Q.narrow(-2, n, rest);
+  const at::Tensor XH = conj_transpose(X);
+  const at::Tensor g_a =
+      2 * at::matmul(at::matmul(XH, at::matmul(conj_transpose(V), g_bot) - g_top), XH);
+  const at::Tensor g_u = g_a - conj_transpose(g_a);
+  const at::Tensor g_v = at::matmul(V, g_a + conj_transpose(g_a)) - 2 * at::matmul(g_bot, XH);
+  return at::cat({g_u, g_v}, -2);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> cayley_cpu(const at::Tensor& W) {
+  check_cayley_tall("cayley", "W", W);
+  return cayley_tall(W);
 }
 
 at::Tensor cayley_backward_cpu(const at::Tensor& grad_Q, const at::Tensor& X,
                                const at::Tensor& W) {
   constexpr const char* op = "cayley_backward";
-  check_tall(op, "W", W);
+  check_cayley_tall(op, "W", W);
   TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
                   grad_Q.device() == W.device(),
               op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
@@ -78,16 +97,7 @@ at::Tensor cayley_backward_cpu(const at::Tensor& grad_Q, const at::Tensor& X,
                   X.device() == W.device(),
               op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
               " and W's dtype, got ", X.sizes(), " (", X.scalar_type(), ")");
-  const int64_t rest = W.size(-2) - n;
-  const at::Tensor V = W.narrow(-2, n, rest);
-  const at::Tensor g_top = grad_Q.narrow(-2, 0, n);
-  const at::Tensor g_bot = grad_Q.narrow(-2, n, rest);
-  const at::Tensor XH = conj_transpose(X);
-  const at::Tensor g_a =
-      2 * at::matmul(at::matmul(XH, at::matmul(conj_transpose(V), g_bot) - g_top), XH);
-  const at::Tensor g_u = g_a - conj_transpose(g_a);
-  const at::Tensor g_v = at::matmul(V, g_a + conj_transpose(g_a)) - 2 * at::matmul(g_bot, XH);
-  return at::cat({g_u, g_v}, -2);
+  return cayley_tall_backward(grad_Q, X, W);
 }
 
 }  // namespace

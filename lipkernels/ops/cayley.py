@@ -4,7 +4,8 @@ Forward: (Q, X) = cayley(W) for a tall W (..., m, n), m >= n; X = (I + A)^{-1} (
 returned only for the backward (non-differentiable). Backward: grad_W = cayley_backward(grad_Q,
 X, W), the closed form of `lipkernels.reference.cayley.CayleyFunction`; W itself is saved (an
 input, so no extra memory) for its bottom block V. Wide matrices are transposed around the op
-(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp).
+(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp)
+and Triton (lipkernels/triton/cayley.py).
 """
 
 from __future__ import annotations
@@ -49,11 +50,20 @@ def _public(op):
     return cayley
 
 
+def _triton_launchers():
+    from ..triton import cayley as kernels
+
+    return kernels.cayley, kernels.cayley_backward
+
+
 # {backend: forward callable} for every kernel backend built here (the reference is not an op).
 KERNELS: dict[str, Callable] = {
     backend: _public(op)
     for backend, op in kernel_ops(
         "cayley",
+        _triton_launchers,
+        ("(Tensor W) -> (Tensor, Tensor)",
+         "(Tensor grad_Q, Tensor X, Tensor W) -> Tensor"),
         forward_fake=_forward_fake,
         backward_fake=_backward_fake,
         setup_context=_setup_context,

@@ -81,26 +81,41 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. Each
     term is at most sigma_max(H_f), so the estimate is at most the exact norm; it converges to it
     geometrically, at a rate set by sigma_2 / sigma_1 of the frequency holding the maximum.
+    Here the iteration is the reference `power_iteration`; `lipkernels.conv_spectral_norm` runs
+    the same one (`power_iteration_norm`) through the selected backend's fused kernel.
     """
+    size = circular_size(weight, input_size, padding)
+    if iters is None:
+        return conv_singular_values(weight, size)[..., 0].max()
+    return power_iteration_norm(weight, size, iters, power_iteration)
+
+
+def circular_size(weight: torch.Tensor, input_size, padding: str) -> tuple[int, int]:
+    """The image size of the circular conv whose norm `conv_spectral_norm` returns: input_size for
+    padding="circular", grown by k - 1 per axis for "zeros"."""
     n1, n2 = input_size_pair(input_size)
     if padding == "zeros":
-        n1, n2 = n1 + weight.shape[-2] - 1, n2 + weight.shape[-1] - 1
-    if iters is None:
-        return conv_singular_values(weight, (n1, n2))[..., 0].max()
-    return _power_iteration_norm(frequency_response(weight, (n1, n2)), iters).to(weight.dtype)
+        return n1 + weight.shape[-2] - 1, n2 + weight.shape[-1] - 1
+    return n1, n2
 
 
-def _power_iteration_norm(responses: torch.Tensor, iters: int) -> torch.Tensor:
-    """max over frequencies of the power-iteration estimate of sigma_max(H_f), H (..., m, n).
+def power_iteration_norm(weight: torch.Tensor, size: tuple[int, int], iters: int,
+                         power_iteration) -> torch.Tensor:
+    """max over frequencies of the power-iteration estimate of sigma_max(H_f), H the frequency
+    responses of the circular conv on a `size` image, in `weight`'s dtype.
 
-    Runs `power_iteration` on the real form [[Re H, -Im H], [Im H, Re H]] (2m x 2n), whose
-    singular values are those of H, each twice: the complex iteration u <- H^H H u written on
-    (Re u, Im u). The start (Re u, Im u) is one fixed pseudo-random unit vector (seed 0).
+    `power_iteration` (the reference, or a backend's fused kernel: same signature and outputs)
+    runs once on the real forms [[Re H, -Im H], [Im H, Re H]] (2m x 2n) of all frequencies,
+    whose singular values are those of H, each twice: the complex iteration u <- H^H H u written
+    on (Re u, Im u). The start (Re u, Im u) is one fixed pseudo-random unit vector (seed 0).
     """
+    responses = frequency_response(weight, size)
     real, imag = responses.real, responses.imag
     realified = torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(realified.shape[-1], generator=generator, dtype=torch.float64)
     u = (start / start.norm()).to(device=realified.device, dtype=realified.dtype)
-    sigma, _, _ = power_iteration(realified, u.expand(*realified.shape[:-2], -1), iters)
-    return sigma.max()
+    # The kernels read u as a dense (..., n) tensor: materialise the broadcast start.
+    u = u.expand(*realified.shape[:-2], -1).contiguous()
+    sigma, _, _ = power_iteration(realified, u, iters)
+    return sigma.max().to(weight.dtype)

@@ -1,0 +1,74 @@
+"""Registration of cayley_conv2d's frequency-domain core: fake impls, autograd, backends.
+
+Forward: (output, inverse) = cayley_conv2d(response, spectrum): response (F, C_out, C_in) and
+spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_out, B); inverse
+(F, n, n), n = min(C_in, C_out), the per-frequency (I + A)^{-1}, returned only for the backward
+(non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_conv2d_backward(grad_output,
+response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
+beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
+autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Kernels: C++
+(csrc/cpu/cayley_conv2d.cpp) and Triton (lipkernels/triton/cayley_conv2d.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ._registration import kernel_ops
+
+
+def _forward_fake(response, spectrum):
+    frequencies, out_channels, in_channels = response.shape
+    n = min(out_channels, in_channels)
+    return (spectrum.new_empty((frequencies, out_channels, spectrum.shape[2])),
+            response.new_empty((frequencies, n, n)))
+
+
+def _backward_fake(grad_output, response, spectrum, inverse):
+    return response.new_empty(response.shape), spectrum.new_empty(spectrum.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    response, spectrum = inputs
+    _, inverse = output
+    ctx.save_for_backward(response, spectrum, inverse)
+    ctx.mark_non_differentiable(inverse)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_output, grad_inverse):
+        response, spectrum, inverse = ctx.saved_tensors
+        return backward_op(grad_output.contiguous(), response, spectrum, inverse)
+
+    return backward
+
+
+def _output_only(op):
+    """The reference core's signature: output alone, `inverse` being for the backward only."""
+    def cayley_frequencies(response, spectrum):
+        return op(response.contiguous(), spectrum.contiguous())[0]
+
+    return cayley_frequencies
+
+
+def _triton_launchers():
+    from ..triton import cayley_conv2d as kernels
+
+    return kernels.cayley_conv2d, kernels.cayley_conv2d_backward
+
+
+# {backend: (response, spectrum) -> output} for every kernel backend built here.
+KERNELS: dict[str, Callable] = {
+    backend: _output_only(op)
+    for backend, op in kernel_ops(
+        "cayley_conv2d",
+        _triton_launchers,
+        ("(Tensor response, Tensor spectrum) -> (Tensor, Tensor)",
+         "(Tensor grad_output, Tensor response, Tensor spectrum, Tensor inverse)"
+         " -> (Tensor, Tensor)"),
+        forward_fake=_forward_fake,
+        backward_fake=_backward_fake,
+        setup_context=_setup_context,
+        make_backward=_make_backward,
+    ).items()
+}

@@ -1,0 +1,378 @@
+"""Triton Cayley transform: forming A, the inverse and Q in one launch, one program per matrix.
+
+Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform", ICLR 2021.
+For a tall W (..., m, n), m >= n, real or complex (lipkernels/reference/cayley.py):
+    forward    U = W[:n], V = W[n:], A = U - U^H + V^H V, M = I + A, X = M^{-1},
+               Q = [2X - I ; -2 V X]                      (= [X (I - A) ; -2 V X])
+    backward   G_A = 2 X^H (V^H G_bot - G_top) X^H,
+               grad_W = [G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H]
+where G_top, G_bot are the top n and bottom m - n rows of grad_Q (PyTorch's convention for complex
+gradients of a real loss). The backward needs no solve: six small GEMMs per matrix.
+
+The inverse. M's Hermitian part is I + V^H V >= I, and so is that of every Schur complement of
+M, so Gauss-Jordan elimination without pivoting never meets a pivot block of small singular
+values: it is stable here, and has no data-dependent control flow. It runs in place in the
+output X (n x n): block step K inverts the BLOCK x BLOCK diagonal block D = M_KK in registers
+(scalar Gauss-Jordan on a register tile), then
+    M_Kj <- D M_Kj,   M_ij <- M_ij - M_iK M_Kj,   M_iK <- -M_iK D,   M_KK <- D   (i, j != K),
+rank-BLOCK updates by tl.dot; after the last step the buffer holds M^{-1}. Why global memory and
+not registers: one program owns a whole matrix (a Gauss-Jordan step couples every entry, and
+programs cannot wait for each other), n reaches 512 (2 MB of complex64), and the register file
+holds a few BLOCK x BLOCK tiles; each pivot step sweeps the matrix through L2. Small n
+(<= BLOCK) needs no special path: it is one diagonal block, inverted in registers. Between
+phases, tl.debug_barrier (a CTA barrier, which also orders the program's global memory) makes
+one phase's stores visible to the next phase's loads.
+
+Complex tensors travel as torch.view_as_real views (interleaved re/im; Triton has no complex
+dtype): every tile is a (re, im) pair and a complex product four real tl.dot. Strides are in
+real elements, so transposed or conjugated operands (U^H, V^H, X^H, a wide matrix's transpose)
+are the same buffers read with swapped strides. Accumulation is in the input's real dtype
+(float32 or float64, the only dtypes of this op) with IEEE products: TF32 would cost the
+inverse its accuracy.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.cayley import DTYPES
+from ._common import launchable
+
+# Tile edge and warps. tl.dot needs tiles of 16 or more. Compiled for sm_80 and sm_90
+# (tests/triton_compile_check.py), 16 x 16 tiles over 4 warps use 80-243 registers and at most
+# 16 bytes of stack for every dtype of both ops with Triton 3.9; with Triton 3.6 the complex128
+# forwards reach 255 registers and 32-64 bytes of stack on sm_90. 32 x 32 tiles spill hundreds
+# of bytes in the complex kernels at 4 and at 8 warps. Untuned on a GPU so far.
+BLOCK = 16
+NUM_WARPS = 4
+
+
+@triton.jit
+def load_tile(ptr, rows, cols, row_stride, col_stride, R, C, CONJ: tl.constexpr,
+              COMPLEX: tl.constexpr):
+    """(re, im) of the tile ptr[rows, cols] of an R x C matrix, zero outside it; conjugated
+    with CONJ. For real data im is zero (and never multiplied: see _dot)."""
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    offsets = rows[:, None] * row_stride + cols[None, :] * col_stride
+    re = tl.load(ptr + offsets, mask=mask, other=0.0)
+    if COMPLEX:
+        im = tl.load(ptr + offsets + 1, mask=mask, other=0.0)
+        if CONJ:
+            im = -im
+    else:
+        im = tl.zeros_like(re)
+    return re, im
+
+
+@triton.jit
+def store_tile(ptr, rows, cols, row_stride, col_stride, R, C, re, im, COMPLEX: tl.constexpr):
+    """ptr[rows, cols] = re + i im inside the R x C matrix."""
+    mask = (rows < R)[:, None] & (cols < C)[None, :]
+    offsets = rows[:, None] * row_stride + cols[None, :] * col_stride
+    tl.store(ptr + offsets, re.to(ptr.dtype.element_ty), mask=mask)
+    if COMPLEX:
+        tl.store(ptr + offsets + 1, im.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX: tl.constexpr):
+    """acc + a b for complex (re, im) tiles: four real products; one for real data. out_dtype
+    is explicit: Triton 3.6 defaults it to float32 even for float64 operands."""
+    acc_ty: tl.constexpr = acc_re.dtype
+    acc_re = tl.dot(a_re, b_re, acc_re, input_precision="ieee", out_dtype=acc_ty)
+    if COMPLEX:
+        acc_re = tl.dot(-a_im, b_im, acc_re, input_precision="ieee", out_dtype=acc_ty)
+        acc_im = tl.dot(a_re, b_im, acc_im, input_precision="ieee", out_dtype=acc_ty)
+        acc_im = tl.dot(a_im, b_re, acc_im, input_precision="ieee", out_dtype=acc_ty)
+    return acc_re, acc_im
+
+
+@triton.jit
+def matmul_tile(acc_re, acc_im, a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs, b_cs,
+                CONJ_B: tl.constexpr, rows, cols, R, C, K, COMPLEX: tl.constexpr,
+            BLOCK: tl.constexpr):
+    """acc + (A B)[rows, cols] for A (R x K) and B (K x C) given by strides (and conjugation)."""
+    for k0 in range(0, K, BLOCK):
+        ks = k0 + tl.arange(0, BLOCK)
+        a_re, a_im = load_tile(a_ptr, rows, ks, a_rs, a_cs, R, K, CONJ_A, COMPLEX)
+        b_re, b_im = load_tile(b_ptr, ks, cols, b_rs, b_cs, K, C, CONJ_B, COMPLEX)
+        acc_re, acc_im = _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX)
+    return acc_re, acc_im
+
+
+@triton.jit
+def identity_tile(rows, cols):
+    return (rows[:, None] == cols[None, :]).to(tl.float32)
+
+
+@triton.jit
+def form_m(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, m, n, COMPLEX: tl.constexpr,
+           BLOCK: tl.constexpr):
+    """X <- M = I + U - U^H + V^H V for the tall W (m x n) given by its strides."""
+    v_ptr = w_ptr + n * w_rs
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = load_tile(w_ptr, rows, cols, w_rs, w_cs, n, n, False, COMPLEX)
+            # U^H[r, c] = conj(U[c, r]): U read with swapped strides.
+            h_re, h_im = load_tile(w_ptr, rows, cols, w_cs, w_rs, n, n, True, COMPLEX)
+            re = re - h_re + identity_tile(rows, cols)
+            im = im - h_im
+            re, im = matmul_tile(re, im, v_ptr, w_cs, w_rs, True, v_ptr, w_rs, w_cs, False,
+                                 rows, cols, n, n, m - n, COMPLEX, BLOCK)
+            store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+
+
+@triton.jit
+def _invert_block(re, im, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """The inverse of a BLOCK x BLOCK register tile by scalar Gauss-Jordan without pivoting.
+
+    Step k, with p = 1 / T_kk and s = p * (row k with T_kk replaced by 1):
+        T_kj <- s_j,   T_ij <- [j != k] T_ij - T_ik s_j   (i != k),
+    which turns column k into the inverse's and leaves T^{-1} after the last step. Registers
+    cannot be indexed, so row k, column k and T_kk are broadcast to whole tiles by products
+    with the one-hot matrix E_k (E_k[i, j] = [j == k]): E_k T repeats row k, T E_k^T column k.
+    The products are exact (one nonzero term each) and, unlike tl.sum (a jit function), cost
+    the Triton interpreter no nested call, its main overhead.
+    """
+    index = tl.arange(0, BLOCK)
+    # Full tiles (not broadcast rows/columns): the one-hot matrices are tl.dot operands.
+    rows = tl.broadcast_to(index[:, None], (BLOCK, BLOCK))
+    cols = tl.broadcast_to(index[None, :], (BLOCK, BLOCK))
+    for k in range(BLOCK):
+        in_row = rows == k
+        in_col = cols == k
+        pick_row = in_col.to(re.dtype)
+        pick_col = in_row.to(re.dtype)
+        row_re = tl.dot(pick_row, re, input_precision="ieee", out_dtype=re.dtype)
+        col_re = tl.dot(re, pick_col, input_precision="ieee", out_dtype=re.dtype)
+        pivot_re = tl.dot(pick_row, col_re, input_precision="ieee", out_dtype=re.dtype)
+        row_re = tl.where(in_col, 1.0, row_re)
+        if COMPLEX:
+            row_im = tl.dot(pick_row, im, input_precision="ieee", out_dtype=re.dtype)
+            col_im = tl.dot(im, pick_col, input_precision="ieee", out_dtype=re.dtype)
+            pivot_im = tl.dot(pick_row, col_im, input_precision="ieee", out_dtype=re.dtype)
+            row_im = tl.where(in_col, 0.0, row_im)
+            scale = 1.0 / (pivot_re * pivot_re + pivot_im * pivot_im)
+            p_re = pivot_re * scale
+            p_im = -pivot_im * scale
+            s_re = p_re * row_re - p_im * row_im
+            s_im = p_re * row_im + p_im * row_re
+            new_im = tl.where(in_col, 0.0, im) - (col_re * s_im + col_im * s_re)
+            im = tl.where(in_row, s_im, new_im)
+            new_re = tl.where(in_col, 0.0, re) - (col_re * s_re - col_im * s_im)
+        else:
+            s_re = row_re / pivot_re
+            new_re = tl.where(in_col, 0.0, re) - col_re * s_re
+        re = tl.where(in_row, s_re, new_re)
+    return re, im
+
+
+@triton.jit
+def invert_in_place(x_ptr, x_rs, x_cs, n, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """X <- X^{-1} for the n x n matrix X by blocked Gauss-Jordan without pivoting (module
+    docstring). Starts and ends with a barrier: the caller's stores and loads around it touch
+    the whole matrix."""
+    tl.debug_barrier()
+    for k0 in range(0, n, BLOCK):
+        pivot = k0 + tl.arange(0, BLOCK)
+        d_re, d_im = load_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, False, COMPLEX)
+        # A partial last block is completed by the identity: its inverse is then the inverse of
+        # the in-range part, padded by the identity, and the padding is never stored.
+        padding = (pivot[:, None] == pivot[None, :]) & (pivot[:, None] >= n)
+        d_re, d_im = _invert_block(tl.where(padding, 1.0, d_re), d_im, COMPLEX, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            if j0 != k0:
+                cols = j0 + tl.arange(0, BLOCK)
+                r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
+                r_re, r_im = _dot(d_re, d_im, r_re, r_im, tl.zeros_like(r_re),
+                                  tl.zeros_like(r_im), COMPLEX)
+                store_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, r_re, r_im, COMPLEX)
+        tl.debug_barrier()
+        for i0 in range(0, n, BLOCK):
+            if i0 != k0:
+                rows = i0 + tl.arange(0, BLOCK)
+                c_re, c_im = load_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, False, COMPLEX)
+                for j0 in range(0, n, BLOCK):
+                    if j0 != k0:
+                        cols = j0 + tl.arange(0, BLOCK)
+                        t_re, t_im = load_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, False, COMPLEX)
+                        r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
+                        t_re, t_im = _dot(-c_re, -c_im, r_re, r_im, t_re, t_im, COMPLEX)
+                        store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, t_re, t_im, COMPLEX)
+                c_re, c_im = _dot(-c_re, -c_im, d_re, d_im, tl.zeros_like(c_re),
+                                  tl.zeros_like(c_im), COMPLEX)
+                store_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, c_re, c_im, COMPLEX)
+        store_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, d_re, d_im, COMPLEX)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _assemble_q(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, q_ptr, m, n, COMPLEX: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Q = [2X - I ; -2 V X] (Q has W's strides)."""
+    zero = tl.zeros((BLOCK, BLOCK), q_ptr.dtype.element_ty)
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = load_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, False, COMPLEX)
+            store_tile(q_ptr, rows, cols, w_rs, w_cs, n, n, 2.0 * re - identity_tile(rows, cols),
+                       2.0 * im, COMPLEX)
+    for r0 in range(0, m - n, BLOCK):
+        rows = r0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, w_ptr + n * w_rs, w_rs, w_cs, False, x_ptr, x_rs, x_cs,
+                                 False, rows, cols, m - n, n, n, COMPLEX, BLOCK)
+            store_tile(q_ptr + n * w_rs, rows, cols, w_rs, w_cs, m - n, n, -2.0 * re, -2.0 * im,
+                       COMPLEX)
+
+
+@triton.jit
+def _cayley_kernel(w_ptr, q_ptr, x_ptr, m, n, w_rs, w_cs, x_rs, x_cs,
+                   COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """One matrix per program: M = I + A into X, X <- M^{-1}, then Q. W and Q are contiguous
+    (m x n), X (n x n); strides in real elements."""
+    matrix = tl.program_id(0).to(tl.int64)
+    w_ptr += matrix * m * w_rs
+    q_ptr += matrix * m * w_rs
+    x_ptr += matrix * n * x_rs
+    form_m(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, m, n, COMPLEX, BLOCK)
+    invert_in_place(x_ptr, x_rs, x_cs, n, COMPLEX, BLOCK)
+    _assemble_q(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, q_ptr, m, n, COMPLEX, BLOCK)
+
+
+@triton.jit
+def cayley_backward_matrix(g_ptr, g_rs, g_cs, x_ptr, x_rs, x_cs, w_ptr, w_rs, w_cs, out_ptr,
+                           o_rs, o_cs, scratch_ptr, m, n, COMPLEX: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """grad_W of one matrix into out, every operand given by strides (a wide caller passes
+    transposed strides). scratch: two contiguous n x n matrices (strides x_rs, x_cs).
+
+        T   = V^H G_bot - G_top       -> scratch 0
+        S   = X^H T                   -> scratch 1
+        G_A = 2 S X^H                 -> scratch 0
+        out = [G_A - G_A^H ; V G_A + V G_A^H - 2 G_bot X^H]
+    """
+    zero = tl.zeros((BLOCK, BLOCK), scratch_ptr.dtype.element_ty)
+    first = scratch_ptr
+    second = scratch_ptr + n * x_rs
+    v_ptr = w_ptr + n * w_rs
+    g_bot = g_ptr + n * g_rs
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = load_tile(g_ptr, rows, cols, g_rs, g_cs, n, n, False, COMPLEX)
+            re, im = matmul_tile(-re, -im, v_ptr, w_cs, w_rs, True, g_bot, g_rs, g_cs, False,
+                                 rows, cols, n, n, m - n, COMPLEX, BLOCK)
+            store_tile(first, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+    tl.debug_barrier()
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, x_ptr, x_cs, x_rs, True, first, x_rs, x_cs, False,
+                                 rows, cols, n, n, n, COMPLEX, BLOCK)
+            store_tile(second, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+    tl.debug_barrier()
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, second, x_rs, x_cs, False, x_ptr, x_cs, x_rs, True,
+                                 rows, cols, n, n, n, COMPLEX, BLOCK)
+            store_tile(first, rows, cols, x_rs, x_cs, n, n, 2.0 * re, 2.0 * im, COMPLEX)
+    tl.debug_barrier()
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = load_tile(first, rows, cols, x_rs, x_cs, n, n, False, COMPLEX)
+            h_re, h_im = load_tile(first, rows, cols, x_cs, x_rs, n, n, True, COMPLEX)
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, n, re - h_re, im - h_im, COMPLEX)
+    for r0 in range(0, m - n, BLOCK):
+        rows = r0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, v_ptr, w_rs, w_cs, False, first, x_rs, x_cs, False,
+                                 rows, cols, m - n, n, n, COMPLEX, BLOCK)
+            re, im = matmul_tile(re, im, v_ptr, w_rs, w_cs, False, first, x_cs, x_rs, True,
+                                 rows, cols, m - n, n, n, COMPLEX, BLOCK)
+            c_re, c_im = matmul_tile(zero, zero, g_bot, g_rs, g_cs, False, x_ptr, x_cs, x_rs, True,
+                                     rows, cols, m - n, n, n, COMPLEX, BLOCK)
+            store_tile(out_ptr + n * o_rs, rows, cols, o_rs, o_cs, m - n, n, re - 2.0 * c_re,
+                       im - 2.0 * c_im, COMPLEX)
+
+
+@triton.jit
+def _cayley_backward_kernel(g_ptr, x_ptr, w_ptr, out_ptr, scratch_ptr, m, n, w_rs, w_cs,
+                            x_rs, x_cs, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """One matrix per program; grad_Q, W and grad_W contiguous (m x n), X (n x n), scratch
+    (2, n, n) per matrix."""
+    matrix = tl.program_id(0).to(tl.int64)
+    offset = matrix * m * w_rs
+    cayley_backward_matrix(g_ptr + offset, w_rs, w_cs, x_ptr + matrix * n * x_rs, x_rs, x_cs,
+                           w_ptr + offset, w_rs, w_cs, out_ptr + offset, w_rs, w_cs,
+                           scratch_ptr + 2 * matrix * n * x_rs, m, n, COMPLEX, BLOCK)
+
+
+def as_real(t: torch.Tensor) -> torch.Tensor:
+    """The tensor the kernels address: interleaved (re, im) for complex, t itself for real."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def matrix_strides(t: torch.Tensor) -> tuple[int, int]:
+    """(row, column) strides of the last two dims of a contiguous t, in real elements."""
+    width = 2 if t.is_complex() else 1
+    return t.shape[-1] * width, width
+
+
+def _check_tall(op: str, name: str, W: torch.Tensor):
+    """The C++ op's checks (csrc/cpu/cayley.cpp), with the same messages."""
+    if W.dtype not in DTYPES:
+        raise TypeError(f"{op}: {name} must be float32, float64, complex64 or complex128, got "
+                        f"{W.dtype}")
+    if W.dim() < 2 or W.shape[-1] < 1 or W.shape[-2] < W.shape[-1] or W.numel() == 0:
+        raise ValueError(f"{op}: {name} (..., m, n) must be non-empty with m >= n (transpose a "
+                         f"wide matrix first), got {tuple(W.shape)}")
+
+
+def cayley(W: torch.Tensor):
+    """(Q, X) for a tall W (..., m, n), as the C++ op; both contiguous, in W's dtype."""
+    _check_tall("cayley", "W", W)
+    W = W.contiguous()
+    m, n = W.shape[-2:]
+    Q = torch.empty_like(W)
+    X = W.new_empty((*W.shape[:-2], n, n))
+    launchable(_cayley_kernel)[(W.numel() // (m * n),)](
+        as_real(W), as_real(Q), as_real(X), m, n, *matrix_strides(W), *matrix_strides(X),
+        COMPLEX=W.is_complex(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return Q, X
+
+
+def cayley_backward(grad_Q: torch.Tensor, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """grad_W for the output gradient grad_Q, from the forward's X and W."""
+    op = "cayley_backward"
+    _check_tall(op, "W", W)
+    if grad_Q.shape != W.shape or grad_Q.dtype != W.dtype or grad_Q.device != W.device:
+        raise ValueError(f"{op}: grad_Q must have the shape, dtype and device of W "
+                         f"{tuple(W.shape)} ({W.dtype}), got {tuple(grad_Q.shape)} "
+                         f"({grad_Q.dtype})")
+    m, n = W.shape[-2:]
+    if X.shape != (*W.shape[:-2], n, n) or X.dtype != W.dtype or X.device != W.device:
+        raise ValueError(f"{op}: X must be the forward's (I + A)^{{-1}} of shape "
+                         f"{(*W.shape[:-2], n, n)} and W's dtype, got {tuple(X.shape)} "
+                         f"({X.dtype})")
+    grad_Q, X, W = grad_Q.contiguous(), X.contiguous(), W.contiguous()
+    grad_W = torch.empty_like(W)
+    scratch = W.new_empty((*W.shape[:-2], 2, n, n))
+    launchable(_cayley_backward_kernel)[(W.numel() // (m * n),)](
+        as_real(grad_Q), as_real(X), as_real(W), as_real(grad_W), as_real(scratch), m, n,
+        *matrix_strides(W), *matrix_strides(X), COMPLEX=W.is_complex(), BLOCK=BLOCK,
+        num_warps=NUM_WARPS)
+    return grad_W

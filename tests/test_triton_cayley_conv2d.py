@@ -1,0 +1,131 @@
+"""The Triton launchers of cayley_conv2d's frequency-domain core (lipkernels/triton/
+cayley_conv2d.py) called directly, against the reference core (`cayley_frequencies` and its autograd): output,
+inverse and both gradients for square, tall and wide responses, several tiles in every dimension,
+NaN propagation and input errors. The public op's tests are in tests/test_cayley_conv2d.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lipkernels.ops.cayley_conv2d import KERNELS
+from lipkernels.reference.cayley_conv2d import cayley_frequencies
+from tests.helpers import RELATIVE_TOLERANCE, interpreted, require_kernel
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+DTYPES = (torch.complex128, torch.complex64)
+
+
+@pytest.fixture
+def kernels(device):
+    require_kernel(device, "triton", KERNELS)
+    from lipkernels.triton import cayley_conv2d
+
+    return cayley_conv2d
+
+
+def _random(shape, dtype, seed, device, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    real = scale * torch.randn((*shape, 2), generator=generator, dtype=torch.float64)
+    return torch.view_as_complex(real).to(device=device, dtype=dtype)
+
+
+def _problem(frequencies, out_channels, in_channels, batch, dtype, device):
+    """(response, spectrum, grad_output), responses scaled to O(1) singular values."""
+    scale = 1.0 / max(out_channels, in_channels) ** 0.5
+    return (_random((frequencies, out_channels, in_channels), dtype, 0, device, scale),
+            _random((frequencies, in_channels, batch), dtype, 1, device),
+            _random((frequencies, out_channels, batch), dtype, 2, device))
+
+
+def _reference(response, spectrum, grad_output):
+    """(output, grad_response, grad_spectrum) of the reference core."""
+    response, spectrum = response.detach().requires_grad_(), spectrum.detach().requires_grad_()
+    output = cayley_frequencies(response, spectrum)
+    return (output.detach(), *torch.autograd.grad(output, (response, spectrum), grad_output))
+
+
+def _kernels(kernels, response, spectrum, grad_output):
+    output, inverse = kernels.cayley_conv2d(response, spectrum)
+    grads = kernels.cayley_conv2d_backward(grad_output, response, spectrum, inverse)
+    return (output, *grads), inverse
+
+
+def _tall_a(response):
+    """A = U - U^H + V^H V of the tall orientation of every response."""
+    tall = response if response.shape[1] >= response.shape[2] else response.mT
+    n = tall.shape[-1]
+    U, V = tall[:, :n], tall[:, n:]
+    return U - U.mH + V.mH @ V
+
+
+# (F, C_out, C_in, B): square, tall, wide; then more than one 16-wide tile along every axis,
+# channel counts not multiples of 16 (partial pivot blocks), both orientations.
+SHAPES = [(3, 5, 5, 3), (2, 7, 4, 3), (2, 4, 7, 3), (2, 18, 17, 20), (1, 17, 20, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_launchers_match_reference(kernels, device, shape, dtype):
+    """Output and gradients within twice the error of the reference run in the same precision
+    (against the complex128 reference), or the precision's tolerance; X (I + A) = I."""
+    problem = _problem(*shape, torch.complex128, device)
+    exact = _reference(*problem)
+    same_precision = _reference(*(t.to(dtype) for t in problem))
+    actual, inverse = _kernels(kernels, *(t.to(dtype) for t in problem))
+    tolerance = RELATIVE_TOLERANCE[torch.empty((), dtype=dtype).real.dtype]
+    for name, a, e, s in zip(("output", "grad_response", "grad_spectrum"), actual, exact,
+                             same_precision):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        error = (a - e).abs().max().item()
+        allowed = max(2 * (s - e).abs().max().item(), tolerance * e.abs().max().item())
+        assert error <= allowed, f"{name}: error {error:.3e} > allowed {allowed:.3e}"
+    A = _tall_a(problem[0].to(dtype))
+    eye = torch.eye(A.shape[-1], dtype=dtype, device=device)
+    assert inverse.shape == A.shape
+    torch.testing.assert_close(inverse @ (eye + A), eye.expand_as(A), rtol=0,
+                               atol=100 * tolerance)
+
+
+@pytest.mark.parametrize("channels", [(256, 256), (512, 256), (128, 512)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_lipconvnet_sizes_match_reference(kernels, device, channels):
+    """Channel counts of LipConvNet layers, many pivot blocks and column tiles (GPU only)."""
+    if interpreted(device, "triton"):
+        pytest.skip("hundreds of channels take minutes under the Triton interpreter")
+    problem = _problem(4, *channels, 128, torch.complex128, device)
+    exact = _reference(*problem)
+    same_precision = _reference(*(t.to(torch.complex64) for t in problem))
+    actual, _ = _kernels(kernels, *(t.to(torch.complex64) for t in problem))
+    for name, a, e, s in zip(("output", "grad_response", "grad_spectrum"), actual, exact,
+                             same_precision):
+        allowed = max(2 * (s - e).abs().max().item(),
+                      RELATIVE_TOLERANCE[torch.float32] * e.abs().max().item())
+        assert (a - e).abs().max().item() <= allowed, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_in_gives_nan_out(kernels, device):
+    response, spectrum, _ = _problem(2, 5, 3, 4, torch.complex64, device)
+    response[1, 4, 2] = float("nan")
+    output, _ = kernels.cayley_conv2d(response, spectrum)
+    assert torch.isfinite(output[0]).all() and torch.isnan(output[1]).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_names_the_argument(kernels, device):
+    response, spectrum, grad_output = _problem(3, 4, 2, 5, torch.complex64, device)
+    with pytest.raises(TypeError, match="cayley_conv2d: response must be complex64"):
+        kernels.cayley_conv2d(response.real.contiguous(), spectrum)
+    with pytest.raises(ValueError, match="cayley_conv2d: response must be a non-empty"):
+        kernels.cayley_conv2d(response[0], spectrum)
+    with pytest.raises(ValueError, match=r"cayley_conv2d: spectrum must have shape \(F, C_in, B\)"):
+        kernels.cayley_conv2d(response, spectrum.mT)
+    with pytest.raises(ValueError, match="cayley_conv2d: spectrum must have the dtype and device"):
+        kernels.cayley_conv2d(response, spectrum.to(torch.complex128))
+    _, inverse = kernels.cayley_conv2d(response, spectrum)
+    with pytest.raises(ValueError, match="cayley_conv2d_backward: inverse must be"):
+        kernels.cayley_conv2d_backward(grad_output, response, spectrum, inverse[:, :1])
+    with pytest.raises(ValueError, match="cayley_conv2d_backward: grad_output must have shape"):
+        kernels.cayley_conv2d_backward(grad_output[:, :3], response, spectrum, inverse)
