@@ -76,3 +76,34 @@ def check_square_filter(op: str, name: str, weight: torch.Tensor):
     if k_h != k_w or k_h % 2 == 0:
         raise ValueError(f"{op}: {name} must have a square kernel of odd size k; "
                          f"got shape {tuple(weight.shape)}")
+
+
+def check_layer_input(layer: str, x, rank: int, layout: str, size_name: str, size: int,
+                      weight: torch.Tensor):
+    """A layer's input: a `rank`-D tensor (`layout`, e.g. "(B, C, H, W)") with `size` entries at
+    dim 1 (the layer's `size_name`, e.g. in_channels), in the weight's dtype unless autocast is
+    on (then the layer casts)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: input must be a torch.Tensor; got {type(x).__name__}")
+    if x.dim() != rank:
+        raise ValueError(f"{layer}: input must be {rank}-D {layout}; got shape {tuple(x.shape)}")
+    if x.shape[1] != size:
+        raise ValueError(f"{layer}: input has size {x.shape[1]} at dim 1 but {size_name}={size}; "
+                         f"got shape {tuple(x.shape)}")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{layer}: input dtype {x.dtype} differs from the layer's {weight.dtype}; "
+                        f"cast one of them or run under torch.autocast")
+
+
+def check_stride(layer: str, stride):
+    """stride is 1 or 2 (stride 2 is an invertible pixel_unshuffle by 2)."""
+    if stride not in (1, 2) or isinstance(stride, bool):
+        raise ValueError(f"{layer}: stride must be 1 or 2 (stride 2 is pixel_unshuffle); "
+                         f"got {stride!r}")
+
+
+def check_even_image(layer: str, x: torch.Tensor):
+    """H and W even, as pixel_unshuffle(x, 2) needs."""
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"{layer}: with stride=2 the input height and width must be even "
+                         f"(pixel_unshuffle by 2); got shape {tuple(x.shape)}")

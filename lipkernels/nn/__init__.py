@@ -1,8 +1,10 @@
 """nn.Module layers over the lipkernels ops (DESIGN.md §1: lipkernels/nn/<layer>.py)."""
 
+from .cayley import CayleyConv2d, CayleyLinear
 from .householder import HouseHolder
 from .lipconvnet import LipConvNet
 from .max_min import MaxMin
 from .soc import SOCConv2d, SOCLinear
 
-__all__ = ["SOCConv2d", "SOCLinear", "MaxMin", "HouseHolder", "LipConvNet"]
+__all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "HouseHolder",
+           "LipConvNet"]

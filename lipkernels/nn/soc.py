@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from .._checks import check_count
+from .._checks import check_count, check_even_image, check_layer_input, check_stride
 from ..reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes, initial_vectors
 from ..reference.soc_exp import GRAD_MODES
+from ._eval_cache import EvalCached
 
 # Power iterations run on the fresh filter at construction (and by `update_vectors` by default),
 # as in the seed code (`init_iters=50`).
@@ -73,7 +74,7 @@ def _autocast_off(device_type: str):
     return contextlib.nullcontext()
 
 
-class _SkewOrthogonal(nn.Module):
+class _SkewOrthogonal(EvalCached):
     """The machinery shared by SOCConv2d and SOCLinear (SOCLinear is the k = 1, stride 1 case).
 
     Parameters: `weight` (C, C, k, k), N(0, 1/C) as in the seed code, and `bias` (out_channels,),
@@ -95,9 +96,7 @@ class _SkewOrthogonal(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be odd (same padding k // 2 keeps the "
                              f"Jacobian skew-symmetric); got {kernel_size}")
-        if stride not in (1, 2) or isinstance(stride, bool):
-            raise ValueError(f"{name}: stride must be 1 or 2 (stride 2 is pixel_unshuffle); "
-                             f"got {stride!r}")
+        check_stride(name, stride)
         check_count(name, "train_terms", train_terms)
         check_count(name, "eval_terms", eval_terms)
         if isinstance(correction, bool) or not isinstance(correction, (int, float)) \
@@ -120,8 +119,6 @@ class _SkewOrthogonal(nn.Module):
             self.register_parameter("bias", None)
         for index, (_, cols) in enumerate(bound_matrix_shapes(shape), start=1):
             self.register_buffer(f"u{index}", torch.empty(cols, **factory))
-        # (version key, S_n) of the eval-mode filter; see `_forward_filter`.
-        self._eval_cache = None
         self.reset_parameters()
 
     @property
@@ -179,52 +176,19 @@ class _SkewOrthogonal(nn.Module):
                                  in zip(bound_matrices(S), self._vectors())]).min()
         return (self.correction / sigma) * S
 
-    def _cacheable(self) -> bool:
-        # A cached S_n carries no graph, so it serves only calls that need no weight gradient.
-        # Compiled graphs recompute it (a Python-side cache would be a guarded side effect), and
-        # an inference-mode tensor could not be saved for a later backward w.r.t. x.
-        needs_weight_grad = torch.is_grad_enabled() and self.weight.requires_grad
-        return not (needs_weight_grad or torch.compiler.is_compiling()
-                    or torch.is_inference_mode_enabled())
-
     def _forward_filter(self) -> torch.Tensor:
         """S_n for this forward: stores the training iteration; cached in eval when possible."""
         if self.training:
             return self._normalized_filter(store_vectors=True)
-        if not self._cacheable():
+        if not self._cacheable(self.weight):
             return self._normalized_filter(store_vectors=False)
-        # In-place changes (optimizer steps, load_state_dict's copy_) bump these versions.
-        key = tuple(t._version for t in (self.weight, *self._vectors()))
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            with torch.no_grad():
-                self._eval_cache = (key, self._normalized_filter(store_vectors=False))
-        return self._eval_cache[1]
-
-    def train(self, mode: bool = True):
-        self._eval_cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to()/.double()/.cuda() may give the parameters new storage with fresh version counters.
-        self._eval_cache = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._eval_cache = None
-        super()._load_from_state_dict(*args, **kwargs)
+        return self._cached((self.weight, *self._vectors()), None,
+                            lambda: self._normalized_filter(store_vectors=False))
 
     def _check_input(self, x, rank: int, layout: str):
-        name, (in_name, _) = type(self).__name__, self._size_names
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: input must be a torch.Tensor; got {type(x).__name__}")
-        if x.dim() != rank:
-            raise ValueError(f"{name}: input must be {rank}-D {layout}; got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{name}: input has size {x.shape[1]} at dim 1 but "
-                             f"{in_name}={self.in_channels}; got shape {tuple(x.shape)}")
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"{name}: input dtype {x.dtype} differs from the layer's "
-                            f"{self.weight.dtype}; cast one of them or run under torch.autocast")
+        in_name = self._size_names[0]
+        check_layer_input(type(self).__name__, x, rank, layout, in_name, self.in_channels,
+                          self.weight)
 
     def _series(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on a validated (B, in_channels, H, W) input."""
@@ -318,9 +282,8 @@ class SOCConv2d(_SkewOrthogonal):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, 4, "(B, C, H, W)")
-        if self.stride == 2 and (x.shape[2] % 2 or x.shape[3] % 2):
-            raise ValueError(f"SOCConv2d: with stride=2 the input height and width must be even "
-                             f"(pixel_unshuffle by 2); got shape {tuple(x.shape)}")
+        if self.stride == 2:
+            check_even_image("SOCConv2d", x)
         return self._series(x)
 
     def _geometry_repr(self) -> list[str]:
