@@ -114,7 +114,7 @@ run_step bench-pytest 60 "$PY" -m pytest benchmarks/ --benchmark-only -q -p no:c
 # too, so here they only add the GPU machine's torch and Triton versions.
 bench_cap=$((BUDGET_S - SECONDS - 130))
 run_step bench "$bench_cap" "$PY" -m lipkernels.bench --device cuda --full --out "$OUT" \
-  --suite soc_exp lipconvnet conv_spectral_bounds power_iteration \
+  --suite soc_exp lipconvnet cayley_conv2d conv_spectral_bounds power_iteration conv_singular_values \
   --time-limit $((bench_cap > 80 ? bench_cap - 75 : 1))
 grep -h "time-limit reached" "$OUT/gpu_check-bench.log" | sed 's/^/bench         /' >>"$SUMMARY"
 run_step tests-rest 120 "$PY" -m pytest -m "not gpu" tests/ -q -ra -p no:cacheprovider \

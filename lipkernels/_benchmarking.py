@@ -37,6 +37,8 @@ import torch
 
 import lipkernels
 from lipkernels import reference
+from lipkernels.reference.cayley_conv2d import frequency_conv2d, frequency_responses, working_dtype
+from lipkernels.reference.conv_singular_values import frequency_response
 from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +61,8 @@ SUITES = {
     "conv_spectral_bounds": ("conv_spectral_bounds", "fantastic_four"),
     "soc_exp": ("soc_exp",),
     "lipconvnet": ("lipconvnet_train_step",),
+    "conv_singular_values": ("conv_spectral_norm",),
+    "cayley_conv2d": ("cayley_conv2d", "cayley_conv2d_eval", "fft_conv2d"),
 }
 
 # soc_exp: the activations (channels, height = width) of the SOC LipConvNet's stride-1 layers, 3x3
@@ -87,6 +91,31 @@ LIPCONVNET_TRAIN_TERMS = 6
 # Batches of small matrices beside the F4 reshapes: the per-frequency 16x16 blocks of a 16-channel
 # conv on a 16x16 grid (Sedghi / Cayley style), and BCOP's 2k-1 = 5 square 128-channel matrices.
 SMALL_BATCHES = ((256, 16, 16), (5, 128, 128))
+
+# conv_singular_values: the norm of the circular conv with a square 3x3 filter on an n x n image,
+# exact (the reference row: svdvals of the n^2 frequency responses) against the power-iteration
+# estimate of every backend (all frequencies in one fused power_iteration launch). 64..512
+# channels on 32x32 (CIFAR) and 56x56 (the first stage of an ImageNet ResNet) images; the default
+# grid keeps C64 at 32x32, for a 2-core CPU. Peers: deel-torchlip 1.0.5 has no conv operator norm
+# (no FFT; its SpectralConv2d normalises the reshaped kernel by power iteration and a
+# kernel-size coefficient), so there is none.
+CONV_NORM_CHANNELS, DEFAULT_CONV_NORM_CHANNELS = (64, 128, 256, 512), (64,)
+CONV_NORM_SIZES, DEFAULT_CONV_NORM_SIZES = (32, 56), (32,)
+CONV_NORM_ITERS = 50
+
+# cayley_conv2d: the activations (channels, height = width) of the Cayley paper's networks, 3x3
+# filters, circular padding: KWLarge's 32@32x32 and 64@16x16, ResNet9's 64@32x32, 128@16x16,
+# 256@8x8 and 512@4x4; batch 128 and 256 in float32 and bfloat16 with --full, the first two
+# layers at batch 128 in float32 by default. Ops: cayley_conv2d (fwd, fwd+bwd), the cached
+# inference of a CayleyConv2d (cayley_conv2d_eval, mode eval) and a plain FFT convolution with a
+# precomputed filter spectrum (fft_conv2d, mode eval, reference only), the yardstick of cached
+# inference.
+CAYLEY_ACTIVATIONS = ((32, 32), (64, 16), (64, 32), (128, 16), (256, 8), (512, 4))
+DEFAULT_CAYLEY_ACTIVATIONS = ((32, 32), (64, 16))
+CAYLEY_BATCHES, DEFAULT_CAYLEY_BATCHES = (128, 256), (128,)
+CAYLEY_FULL_DTYPES = (torch.float32, torch.bfloat16)
+CAYLEY_MODES = {"cayley_conv2d": ("fwd", "fwd+bwd"), "cayley_conv2d_eval": ("eval",),
+                "fft_conv2d": ("eval",)}
 
 
 def _seeded_normal(key: str, shape) -> torch.Tensor:
@@ -200,10 +229,14 @@ class Activations:
         return f"B{self.batch}-C{self.channels}-H{self.size}-W{self.size}-k{self.filter.k}"
 
     def inputs(self):
-        """((x, S), the fixed random weights of the fwd+bwd loss sum(y * weights)), float32."""
+        """((x, filter), the fixed random weights of the fwd+bwd loss sum(y * weights)),
+        float32."""
         shape = (self.batch, self.channels, self.size, self.size)
-        return ((_seeded_normal(self.label, shape), _soc_filter(self.filter)),
+        return ((_seeded_normal(self.label, shape), self.filter_tensor()),
                 _seeded_normal(f"{self.label}/dy", shape))
+
+    def filter_tensor(self) -> torch.Tensor:
+        return _soc_filter(self.filter)
 
 
 @functools.cache
@@ -212,6 +245,48 @@ def _soc_filter(data: Filter) -> torch.Tensor:
     skew = reference.skew(weight)
     bound = lipkernels.fantastic_four(skew, 50, vectors)[0]
     return (skew / (bound / _bound_scale(data))).contiguous()
+
+
+class CayleyActivations(Activations):
+    """Seeded inputs of cayley_conv2d: x (batch, C, size, size), random normal, and the seeded
+    C x C x k x k filter of `Filter` (a CayleyConv2d's scaled filter at initialisation, where
+    alpha = ||W||_F)."""
+
+    def filter_tensor(self) -> torch.Tensor:
+        return self.filter.weight()
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """A seeded square filter (`Filter`) on a size x size image with circular padding: the data
+    of conv_spectral_norm."""
+
+    channels: int
+    size: int
+    k: int = 3
+
+    @property
+    def filter(self) -> Filter:
+        return Filter(self.channels, self.k)
+
+    @property
+    def label(self) -> str:
+        return f"{self.filter.label}-H{self.size}-W{self.size}"
+
+    def inputs(self):
+        """(weight, None), float32 on the CPU; the image size is the case's."""
+        return self.filter.weight(), None
+
+
+@functools.cache
+def _exact_conv_norm(data: Spectrum) -> torch.Tensor:
+    """The circular conv's norm in float64 from svdvals of its frequency responses: only those
+    with column frequency v <= n / 2 (H at -f is conj(H_f), with the same singular values), a few
+    rows of frequencies per call, which bounds the SVD's copy and workspace (a 512-channel filter
+    at 56x56 has 13 GB of complex128 responses)."""
+    responses = frequency_response(data.filter.weight().double(), data.size)
+    half = responses[:, : data.size // 2 + 1]
+    return torch.stack([torch.linalg.svdvals(rows)[..., 0].max() for rows in half.split(8)]).max()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +342,32 @@ def _lipconvnet_train_step():
 
 # Ops that are whole-model workloads rather than lipkernels functions: every provider runs the
 # same factory's function inside its own backend context.
-MODEL_OPS = {"lipconvnet_train_step": _lipconvnet_train_step}
+def _cayley_conv2d_eval():
+    """Cached inference of a CayleyConv2d holding the case's filter (no bias, alpha = ||W||_F, so
+    its scaled filter is the filter): the untimed first call fills the layer's cache of the
+    per-frequency transforms; every later call is one rfft2, one batched product and one
+    irfft2."""
+    from lipkernels.nn import CayleyConv2d
+
+    layer = None
+
+    def run(x, weight):
+        nonlocal layer
+        if layer is None:
+            out_channels, in_channels, k, _ = weight.shape
+            layer = CayleyConv2d(in_channels, out_channels, k, bias=False, device=weight.device,
+                                 dtype=weight.dtype).eval()
+            with torch.no_grad():
+                layer.weight.copy_(weight)
+                layer.alpha.copy_(torch.linalg.vector_norm(weight))
+        with torch.no_grad():
+            return layer(x)
+
+    return run
+
+
+MODEL_OPS = {"lipconvnet_train_step": _lipconvnet_train_step,
+             "cayley_conv2d_eval": _cayley_conv2d_eval}
 
 
 @functools.cache
@@ -340,28 +440,40 @@ OPS = {
         lambda fn, batch, _, case: fn(*batch, case),
         _loss_error,
         trains=True),
+    "conv_spectral_norm": _OpSpec(
+        "conv_singular_values",
+        lambda fn, weight, _, case: fn(weight, case.data.size, "circular", case.iters),
+        _relative_error(_exact_conv_norm)),
+    **{op: _OpSpec("cayley_conv2d", lambda fn, x_and_weight, dy, case: fn(*x_and_weight),
+                   _norm_ratio_error, lambda y, dy: (y * dy).sum())
+       for op in ("cayley_conv2d", "cayley_conv2d_eval")},
+    # Not an orthogonal map: no ortho_err.
+    "fft_conv2d": _OpSpec("cayley_conv2d", lambda fn, x_and_weight, dy, case: fn(*x_and_weight),
+                          lambda y, data: None),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     op: str
-    data: Filter | Matrices | Activations | Network
-    iters: int  # iterations, or soc_exp's terms
+    data: Filter | Matrices | Activations | Network | Spectrum
+    iters: int | None  # iterations, or soc_exp's terms; None for ops that have neither
     mode: str
     grad_mode: str = "exact"  # soc_exp's "fast" gradient: shape suffix "-fast"
     dtype: torch.dtype = DTYPE
 
     @property
     def shape(self) -> str:
-        return f"{self.data.label}-T{self.iters}" + ("-fast" if self.grad_mode == "fast" else "")
+        terms = "" if self.iters is None else f"-T{self.iters}"
+        return f"{self.data.label}{terms}" + ("-fast" if self.grad_mode == "fast" else "")
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
 
-def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations | Network]:
+def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations | Network
+                                                 | Spectrum]:
     if suite == "soc_exp":
         layers = ([(c, h, 3) for c, h in SOC_ACTIVATIONS] + list(SOC_STRIDED_ACTIVATIONS) if full
                   else [(c, h, 3) for c, h in DEFAULT_SOC_ACTIVATIONS])
@@ -369,6 +481,15 @@ def _suite_data(suite: str, full: bool) -> list[Filter | Matrices | Activations 
                 for batch in (SOC_BATCHES if full else DEFAULT_SOC_BATCHES) for layer in layers]
     if suite == "lipconvnet":
         return [Network(LIPCONVNET_BATCH if full else DEFAULT_LIPCONVNET_BATCH)]
+    if suite == "cayley_conv2d":
+        layers = CAYLEY_ACTIVATIONS if full else DEFAULT_CAYLEY_ACTIVATIONS
+        return [CayleyActivations(batch, *layer)
+                for batch in (CAYLEY_BATCHES if full else DEFAULT_CAYLEY_BATCHES)
+                for layer in layers]
+    if suite == "conv_singular_values":
+        # Smaller filters first, so that a --time-limit cuts the most expensive rows.
+        return [Spectrum(c, n) for c in (CONV_NORM_CHANNELS if full else DEFAULT_CONV_NORM_CHANNELS)
+                for n in (CONV_NORM_SIZES if full else DEFAULT_CONV_NORM_SIZES)]
     filters = [Filter(c, k) for c in (SEED_CHANNELS if full else DEFAULT_CHANNELS)
                for k in KERNEL_SIZES]
     if suite == "conv_spectral_bounds":
@@ -390,6 +511,12 @@ def cases(suite: str, full: bool) -> list[Case]:
         dtypes = SOC_FULL_DTYPES if full else dtypes
     elif suite == "lipconvnet":
         variants = [(LIPCONVNET_TRAIN_TERMS, "fwd+bwd", grad_mode) for grad_mode in ("exact", "fast")]
+    elif suite == "conv_singular_values":
+        variants = [(CONV_NORM_ITERS, "fwd", "exact")]
+    elif suite == "cayley_conv2d":
+        dtypes = CAYLEY_FULL_DTYPES if full else dtypes
+        return [Case(op, data, None, mode, dtype=dtype) for data in _suite_data(suite, full)
+                for dtype in dtypes for op in SUITES[suite] for mode in CAYLEY_MODES[op]]
     else:
         variants = [(iters, mode, "exact") for iters in ITERS for mode in MODES]
     return [Case(op, data, *variant, dtype=dtype) for op in SUITES[suite]
@@ -414,10 +541,48 @@ class Provider:
         return contextlib.nullcontext()
 
 
+def _seed_cayley_eval():
+    """The seed code's inference: no cache, the transforms recomputed on every call."""
+    def run(x, weight):
+        with torch.no_grad():
+            return reference.cayley_conv2d(x, weight)
+
+    return run
+
+
+def _fft_conv2d():
+    """A plain circular FFT convolution, its filter spectrum computed in the untimed first call:
+    rfft2, one batched product per frequency, irfft2 (what cached Cayley inference should cost)."""
+    responses = {}
+
+    def run(x, weight):
+        size = tuple(x.shape[-2:])
+        with torch.no_grad():
+            if size not in responses:
+                responses[size] = frequency_responses(weight, size, working_dtype(x.dtype))
+            return frequency_conv2d(x, responses[size])
+
+    return run
+
+
+# Ops whose reference row is not the reference op itself, as factories called once per
+# measurement: conv_spectral_norm's is the exact norm (iters=None, svdvals of the frequency
+# responses), the baseline that the backends' power-iteration estimates are timed against;
+# cayley_conv2d_eval's is the seed's uncached inference; fft_conv2d has a reference row only.
+REFERENCE_ROWS = {
+    "conv_spectral_norm": lambda: lambda weight, size, padding, iters: (
+        reference.conv_spectral_norm(weight, size, padding)),
+    "cayley_conv2d_eval": _seed_cayley_eval,
+    "fft_conv2d": _fft_conv2d,
+}
+
+
 class Reference(Provider):
     name = "reference"
 
     def implementation(self, op):
+        if op in REFERENCE_ROWS:
+            return REFERENCE_ROWS[op]()
         return MODEL_OPS[op]() if op in MODEL_OPS else getattr(reference, op)
 
     def context(self):
@@ -445,11 +610,11 @@ class CompiledReference(Provider):
     name = "reference-compile"
 
     def implementation(self, op):
-        return None if op in MODEL_OPS else _compiled_reference(op)
+        return None if op in MODEL_OPS or op in REFERENCE_ROWS else _compiled_reference(op)
 
     def covers(self, case, full):
         key = (case.op, case.data.label)
-        if case.op in MODEL_OPS:
+        if case.op in MODEL_OPS or case.op in REFERENCE_ROWS:
             return False
         if case.op == "soc_exp":
             return full and key in _COMPILE_FULL_ALL_ITERS
@@ -473,7 +638,8 @@ class Backend(Provider):
         self.name = name
 
     def implementation(self, op):
-        return MODEL_OPS[op]() if op in MODEL_OPS else getattr(lipkernels, op)
+        # None where the op has no lipkernels implementation (fft_conv2d, a yardstick).
+        return MODEL_OPS[op]() if op in MODEL_OPS else getattr(lipkernels, op, None)
 
     def context(self):
         return lipkernels.use_backend(self.name)
@@ -484,8 +650,14 @@ class Peer(Provider):
     `adapters` maps an op to a factory called once per measurement, so that a stateful peer starts
     fresh in each."""
 
-    def __init__(self, name: str, module: str, adapters: dict[str, Callable[[], Callable]]):
+    def __init__(self, name: str, module: str, adapters: dict[str, Callable[[], Callable]],
+                 dtypes: dict[str, tuple[torch.dtype, ...]] | None = None):
         self.name, self.module, self._adapters = name, module, adapters
+        self._dtypes = dtypes or {}  # per op, the dtypes the peer supports (default: all)
+
+    def covers(self, case, full):
+        return (case.dtype in self._dtypes.get(case.op, (case.dtype,))
+                and super().covers(case, full))
 
     def installed(self) -> bool:
         try:
@@ -531,9 +703,33 @@ def _orthogonium_power_iteration():
     return run
 
 
+def _orthogonium_cayley_conv2d():
+    """orthogonium 0.0.4 `legacy.cayley_ortho_conv.Cayley` (the seed's CayleyConv), called on the
+    case's filter through torch.func.functional_call, with alpha = ||rfft2 of the filter||_F (its
+    own normalisation), so that it computes cayley_conv2d(x, weight). Its forward assumes square
+    images and builds its phase table at the first call (untimed)."""
+    from orthogonium.legacy.cayley_ortho_conv import Cayley
+
+    layer = None
+
+    def run(x, weight):
+        nonlocal layer
+        out_channels, in_channels, k, _ = weight.shape
+        if layer is None:
+            layer = Cayley(in_channels, out_channels, k, bias=False).to(x.device)
+        size = x.shape[-1]
+        alpha = torch.fft.rfft2(weight.detach().float(), (size, size)).norm()
+        return torch.func.functional_call(layer, {"weight": weight, "alpha": alpha}, (x,))
+
+    return run
+
+
 PEERS = (
     Peer("orthogonium", "orthogonium.reparametrizers",
-         {"power_iteration": _orthogonium_power_iteration}),
+         {"power_iteration": _orthogonium_power_iteration,
+          "cayley_conv2d": _orthogonium_cayley_conv2d},
+         # Its Cayley layer runs torch.fft on the input's dtype, which has no bfloat16 kernels.
+         {"cayley_conv2d": (torch.float32,)}),
     Peer("deel-torchlip", "deel.torchlip.normalizers",
          {"power_iteration": _deel_torchlip_power_iteration}),
 )
@@ -667,7 +863,7 @@ def clock(device: str) -> Callable[[], float]:
 # Consecutive tasks share their data (one case, every provider and mode); generating a 2048-channel
 # 3x3 filter takes a noticeable part of a second.
 @functools.lru_cache(maxsize=2)
-def _cpu_inputs(data: Filter | Matrices | Activations):
+def _cpu_inputs(data: Filter | Matrices | Activations | Spectrum):
     return data.inputs()
 
 
@@ -883,17 +1079,17 @@ def table(rows: list[dict]) -> str:
     for r, speedup in zip(rows, speedups(rows), strict=True):
         lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | "
                      f"{r['median_ms']:.4g} | {_fmt(speedup, '.2f')} | "
-                     f"{_fmt(r['peak_mem_mb'], '.3g')} | {r['ortho_err']:.2e} |")
+                     f"{_fmt(r['peak_mem_mb'], '.3g')} | {_fmt(r['ortho_err'], '.2e')} |")
     return "\n".join(lines) + "\n"
 
 
 def summary(rows: list[dict]) -> str:
-    """Per provider, op, iteration count (soc_exp: terms, with "-fast" for the fast gradient) and
-    mode: the smallest, geometric-mean and largest speed-up."""
+    """Per provider, op, iteration count (soc_exp: terms, with "-fast" for the fast gradient; "-"
+    for ops without one) and mode: the smallest, geometric-mean and largest speed-up."""
     groups: dict[tuple, list] = {}
     for r, speedup in zip(rows, speedups(rows), strict=True):
         if speedup is not None and r["provider"] != "reference":
-            iters = r["shape"].rsplit("-T", 1)[1]
+            iters = r["shape"].rsplit("-T", 1)[1] if "-T" in r["shape"] else "-"
             groups.setdefault((r["provider"], r["op"], iters, r["mode"]), []).append((speedup, r))
     lines = ["| provider | op | iters | mode | rows | min speed-up (at) | geomean | max speed-up |",
              "|---|---|---:|---|---:|---|---:|---:|"]
@@ -964,6 +1160,40 @@ SUITE_NOTES = {
         "initial network and batch through the reference ops (agreement of the whole forward "
         "pass, not an orthogonality measure)"),
         "",
+    ),
+    "conv_singular_values": ((
+        "- shapes: `C{C}-C{C}-k3-H{n}-W{n}-T{iters}`: the seeded 3x3 filter of the conv suites "
+        "on an n x n image, circular padding; with --full 64, 128, 256 and 512 channels at 32x32 "
+        "and 56x56 (default: C64 at 32x32), T50. Mode fwd only: the norm, no gradient",
+        "- providers: `reference` is the exact norm whatever T, "
+        "`reference.conv_spectral_norm(weight, n)` (iters=None: FFT of the zero-padded filter, "
+        "torch.linalg.svdvals of the n^2 C x C frequency responses); cpp / triton / cuda run "
+        "`lipkernels.conv_spectral_norm(weight, n, iters=T)`: T power iterations on every "
+        "frequency's real 2C x 2C form in one fused power_iteration launch. The speed-up is the "
+        "exact SVD's time over the estimate's. No reference-compile (the reference row is the "
+        "SVD), and no peer: deel-torchlip 1.0.5 has no conv operator norm",
+        "- ortho_err: |norm - exact| / exact, exact from torch.linalg.svdvals in float64 of the "
+        "same filter: the float32 rounding of the reference row, the power-iteration error after "
+        "T iterations (plus rounding) of the others"),
+        "",
+    ),
+    "cayley_conv2d": ((
+        "- shapes: `B{batch}-C{C}-H{H}-W{W}-k3`: x of that shape (seeded standard normal) and the "
+        "seeded C x C x 3 x 3 filter of the conv suites, circular padding; the Cayley paper's "
+        "layers 32@32x32, 64@16x16 (KWLarge) and 64@32x32, 128@16x16, 256@8x8, 512@4x4 "
+        "(ResNet9), at batch 128 and 256 in float32 and bfloat16 with --full (default: the first "
+        "two at batch 128, float32). cayley_conv2d fwd: y = cayley_conv2d(x, weight); fwd+bwd: y "
+        "and the gradients w.r.t. x and the filter of sum(y * fixed seeded random weights). "
+        "cayley_conv2d_eval (mode eval): inference of a CayleyConv2d holding the filter, no "
+        "gradient; the reference row recomputes the transforms on every call as the seed code "
+        "does, the backends' rows use the layer's cache. fft_conv2d (mode eval, reference only): "
+        "a plain circular FFT convolution with the filter's spectrum precomputed, the yardstick "
+        "of cached inference. Peer: orthogonium 0.0.4's legacy Cayley layer (the seed's "
+        "CayleyConv) on the same filter, float32 only",
+        "- ortho_err: max over the batch of | ||y_b|| / ||x_b|| - 1 | (float64 norms; the map "
+        "is orthogonal, so this is rounding); none for fft_conv2d"),
+        "- reference-compile: not run (the reference's batched solve and FFTs are library "
+        "calls that inductor does not fuse)",
     ),
 }
 

@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                              f"instead of {harness.DEFAULT_CHANNELS}, and reference-compile on "
                              "every 1-iteration shape (plus fantastic_four C64-C64-k3-T50 fwd); "
                              "soc_exp on every LipConvNet layer, strided ones included, at batch "
-                             "128 and 256 in float32 and bfloat16; lipconvnet at batch 128")
+                             "128 and 256 in float32 and bfloat16; lipconvnet at batch 128; "
+                             "cayley_conv2d on the Cayley paper's six layers at batch 128 and "
+                             "256 in float32 and bfloat16; conv_singular_values on 64..512 "
+                             "channels at 32x32 and 56x56")
     parser.add_argument("--providers", nargs="+", metavar="NAME",
                         help=f"run only these (space- or comma-separated), from "
                              f"{', '.join(harness.PROVIDER_NAMES)} "
