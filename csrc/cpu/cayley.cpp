@@ -23,6 +23,24 @@ void check_cayley_tall(const char* op, const char* name, const at::Tensor& W) {
               op, ": ", name, " must be float32, float64, complex64 or complex128, got ", dtype);
 }
 
+void check_cayley_backward_args(const at::Tensor& grad_Q, const at::Tensor& X,
+                                const at::Tensor& W) {
+  constexpr const char* op = "cayley_backward";
+  check_cayley_tall(op, "W", W);
+  TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
+                  grad_Q.device() == W.device(),
+              op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
+              W.scalar_type(), ", ", W.device(), "), got ", grad_Q.sizes(), " (",
+              grad_Q.scalar_type(), ", ", grad_Q.device(), ")");
+  std::vector<int64_t> x_shape = W.sizes().vec();
+  x_shape[x_shape.size() - 2] = W.size(-1);
+  TORCH_CHECK(X.sizes() == c10::IntArrayRef(x_shape) && X.scalar_type() == W.scalar_type() &&
+                  X.device() == W.device(),
+              op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
+              " and W's dtype and device, got ", X.sizes(), " (", X.scalar_type(), ", ",
+              X.device(), ")");
+}
+
 // A lazy-conjugate view (Tensor::mH) gives wrong values when these ATen calls run under a Python
 // dispatch mode (AOTAutograd's runtime wraps custom ops in one), so the conjugate is taken
 // physically; for real dtypes it is a plain transposed view.
@@ -84,19 +102,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_cpu(const at::Tensor& W) {
 
 at::Tensor cayley_backward_cpu(const at::Tensor& grad_Q, const at::Tensor& X,
                                const at::Tensor& W) {
-  constexpr const char* op = "cayley_backward";
-  check_cayley_tall(op, "W", W);
-  TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
-                  grad_Q.device() == W.device(),
-              op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
-              W.scalar_type(), "), got ", grad_Q.sizes(), " (", grad_Q.scalar_type(), ")");
-  const int64_t n = W.size(-1);
-  std::vector<int64_t> x_shape = W.sizes().vec();
-  x_shape[x_shape.size() - 2] = n;
-  TORCH_CHECK(X.sizes() == c10::IntArrayRef(x_shape) && X.scalar_type() == W.scalar_type() &&
-                  X.device() == W.device(),
-              op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
-              " and W's dtype, got ", X.sizes(), " (", X.scalar_type(), ")");
+  check_cayley_backward_args(grad_Q, X, W);
   return cayley_tall_backward(grad_Q, X, W);
 }
 

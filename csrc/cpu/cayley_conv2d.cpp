@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "cpu/cayley.h"
@@ -26,9 +27,10 @@ void check_complex(const char* op, const char* name, const at::Tensor& t) {
               ": ", name, " must be complex64 or complex128, got ", t.scalar_type());
 }
 
-// response (F, C_out, C_in) and spectrum (F, C_in, B), complex, of one dtype and device.
-void check_frequency_args(const char* op, const at::Tensor& response,
-                          const at::Tensor& spectrum) {
+}  // namespace
+
+void check_cayley_conv2d_args(const char* op, const at::Tensor& response,
+                              const at::Tensor& spectrum) {
   TORCH_CHECK(response.dim() == 3 && response.numel() > 0, op,
               ": response must be a non-empty (F, C_out, C_in) tensor, got ", response.sizes());
   check_complex(op, "response", response);
@@ -44,6 +46,30 @@ void check_frequency_args(const char* op, const at::Tensor& response,
               ", ", spectrum.device());
 }
 
+void check_cayley_conv2d_backward_args(const at::Tensor& grad_output, const at::Tensor& response,
+                                       const at::Tensor& spectrum, const at::Tensor& inverse) {
+  constexpr const char* op = "cayley_conv2d_backward";
+  check_cayley_conv2d_args(op, response, spectrum);
+  const int64_t frequencies = response.size(0);
+  const int64_t n = std::min(response.size(1), response.size(2));
+  TORCH_CHECK(grad_output.sizes() ==
+                      c10::IntArrayRef({frequencies, response.size(1), spectrum.size(2)}) &&
+                  grad_output.scalar_type() == response.scalar_type() &&
+                  grad_output.device() == response.device(),
+              op, ": grad_output must have shape (F, C_out, B) = (", frequencies, ", ",
+              response.size(1), ", ", spectrum.size(2), ") and response's dtype and device, got ",
+              grad_output.sizes(), " (", grad_output.scalar_type(), ", ", grad_output.device(),
+              ")");
+  TORCH_CHECK(inverse.sizes() == c10::IntArrayRef({frequencies, n, n}) &&
+                  inverse.scalar_type() == response.scalar_type() &&
+                  inverse.device() == response.device(),
+              op, ": inverse must be the forward's (I + A)^{-1} of shape (", frequencies, ", ", n,
+              ", ", n, ") and response's dtype and device, got ", inverse.sizes(), " (",
+              inverse.scalar_type(), ", ", inverse.device(), ")");
+}
+
+namespace {
+
 bool is_wide(const at::Tensor& response) { return response.size(1) < response.size(2); }
 
 // The tall orientation T (or its inverse map, for the results): a plain transpose when wide.
@@ -53,7 +79,7 @@ at::Tensor oriented(const at::Tensor& t, bool wide) {
 
 std::tuple<at::Tensor, at::Tensor> cayley_conv2d_cpu(const at::Tensor& response,
                                                      const at::Tensor& spectrum) {
-  check_frequency_args("cayley_conv2d", response, spectrum);
+  check_cayley_conv2d_args("cayley_conv2d", response, spectrum);
   const bool wide = is_wide(response);
   const auto [P, X] = cayley_tall(oriented(response, wide));
   const at::Tensor Q = wide ? P.transpose(1, 2) : P;
@@ -64,23 +90,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& response,
                                                               const at::Tensor& spectrum,
                                                               const at::Tensor& inverse) {
-  constexpr const char* op = "cayley_conv2d_backward";
-  check_frequency_args(op, response, spectrum);
-  const int64_t frequencies = response.size(0);
-  const int64_t n = std::min(response.size(1), response.size(2));
-  TORCH_CHECK(grad_output.sizes() ==
-                      c10::IntArrayRef({frequencies, response.size(1), spectrum.size(2)}) &&
-                  grad_output.scalar_type() == response.scalar_type() &&
-                  grad_output.device() == response.device(),
-              op, ": grad_output must have shape (F, C_out, B) = (", frequencies, ", ",
-              response.size(1), ", ", spectrum.size(2), ") and response's dtype and device, got ",
-              grad_output.sizes(), " (", grad_output.scalar_type(), ")");
-  TORCH_CHECK(inverse.sizes() == c10::IntArrayRef({frequencies, n, n}) &&
-                  inverse.scalar_type() == response.scalar_type() &&
-                  inverse.device() == response.device(),
-              op, ": inverse must be the forward's (I + A)^{-1} of shape (", frequencies, ", ", n,
-              ", ", n, ") and response's dtype, got ", inverse.sizes(), " (",
-              inverse.scalar_type(), ")");
+  check_cayley_conv2d_backward_args(grad_output, response, spectrum, inverse);
   const bool wide = is_wide(response);
   const at::Tensor T = oriented(response, wide);
   const at::Tensor P = cayley_from_inverse(inverse, T);
