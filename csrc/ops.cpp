@@ -31,16 +31,18 @@ TORCH_LIBRARY(lipkernels, m) {
       " int[] weight_shape) -> Tensor");
 
   // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (DESIGN.md §3.2), all terms in one call,
-  // grad_mode "exact" or "fast". Returns (y, saved): saved is what the backward needs beyond x
-  // and S, the second Horner iterate z_2 in fast mode (terms > 1) and a 0-element tensor
-  // otherwise, so no per-term activation outlives the forward.
-  m.def("soc_exp(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor)");
+  // grad_mode "exact" or "fast". Returns (y, saved): what the backward needs beyond x and S, by
+  // mode and kernel. Fast mode: [z_2], the second Horner iterate (empty when terms == 1). Exact
+  // mode: the scaled powers S^j x / j!, j = 1..terms - 2, where the kernel keeps them (the CPU
+  // kernel: memory is plentiful there and recomputing costs n - 1 convolutions), and nothing
+  // where it recomputes them in the backward (the GPU kernels: their target is peak memory).
+  m.def("soc_exp(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor[])");
   // Returns (grad_x, grad_S) for the output gradient grad_y. `start` is the tensor the weight
-  // gradients begin from: x in exact mode (whose powers S^j x are recomputed), z_2 in fast mode;
-  // unused when terms == 1.
+  // gradients begin from: x in exact mode, z_2 in fast mode (unused when terms == 1); `powers`
+  // the exact forward's kept powers (see soc_exp), empty where the kernel keeps none.
   m.def(
-      "soc_exp_backward(Tensor grad_y, Tensor S, Tensor start, int terms, str grad_mode)"
-      " -> (Tensor, Tensor)");
+      "soc_exp_backward(Tensor grad_y, Tensor S, Tensor start, Tensor[] powers, int terms,"
+      " str grad_mode) -> (Tensor, Tensor)");
 
   // MaxMin on the channel pairs of x (B, C, *spatial), C even (GroupSort(2)): pairing "halves"
   // (SOC: channel i with i + C/2) or "pairs" (2i with 2i + 1); each pair (a, b) becomes

@@ -220,6 +220,9 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
             an approximate grad_S, the weight gradient of the second Horner iterates
             z_2 = P(S) x, g_2 = P(flipT(S)) g, P(S) = sum_{j=0}^{terms-2} S^j / (j+1)!, whose
             relative error is O(||S||^2) (see `lipkernels.reference.soc_exp.FastSOCExp`).
+            Memory of the exact mode: the GPU kernels keep no term and recompute the powers in
+            the backward; the CPU kernel keeps its terms - 2 powers (like the reference), faster
+            on the CPU, where memory is rarely the limit.
 
     Returns:
         y (B, C, H, W) in `x`'s dtype; terms=1 returns x itself.

@@ -10,7 +10,7 @@ import torch
 import lipkernels
 from lipkernels.ops.cayley import KERNELS
 from lipkernels.reference.cayley import cayley_plain
-from tests.helpers import (ALL_TARGETS, KERNEL_TARGETS, RELATIVE_TOLERANCE,
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, RELATIVE_TOLERANCE,
                            assert_compiled_matches_eager, custom_ops, gradcheck, interpreted,
                            require_backend, require_kernel, run)
 

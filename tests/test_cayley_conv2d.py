@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import lipkernels
 from lipkernels.ops.cayley_conv2d import KERNELS
 from lipkernels.reference.cayley_conv2d import cayley_frequencies
-from tests.helpers import (
+from helpers import (
     KERNEL_TARGETS,
     RELATIVE_TOLERANCE,
     compare_with_reference,

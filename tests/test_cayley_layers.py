@@ -9,7 +9,7 @@ import torch
 
 import lipkernels
 from lipkernels.nn import CayleyConv2d, CayleyLinear
-from tests.helpers import require_backend
+from helpers import require_backend
 
 
 @pytest.fixture(params=["reference", "cpp"])

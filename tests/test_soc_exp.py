@@ -13,8 +13,9 @@ from lipkernels import _backend, reference
 from lipkernels.ops.soc_exp import KERNELS
 from lipkernels.reference import flip_transpose
 from lipkernels.reference.soc_exp import FastSOCExp
+import helpers
 from helpers import (KERNEL_TARGETS, assert_compiled_matches_eager, compare_with_reference,
-                     gradcheck, require_backend, run)
+                     custom_ops, gradcheck, require_backend, run)
 
 
 def conv(x, weight):
@@ -168,9 +169,7 @@ def test_fast_grad_S_error_is_second_order_in_S():
 
 def require_kernel(device, backend):
     """Skip unless soc_exp has a `backend` kernel usable on `device` tensors here."""
-    require_backend(device, backend)
-    if backend not in KERNELS:
-        pytest.skip(f"soc_exp has no {backend} kernel in this build")
+    helpers.require_kernel(device, backend, KERNELS)
 
 
 def kernel_cases(test):
@@ -285,9 +284,31 @@ def test_opcheck(device, backend, terms, grad_mode):
     op = torch.ops.lipkernels.soc_exp
     torch.library.opcheck(op, (x.requires_grad_(), S.requires_grad_(), terms, grad_mode))
     saved = op(x.detach(), S.detach(), terms, grad_mode)[1]
-    start = saved if grad_mode == "fast" and terms > 1 else x.detach()
+    fast = grad_mode == "fast"
+    start, powers = (saved[0] if fast and terms > 1 else x.detach()), ([] if fast else saved)
     torch.library.opcheck(torch.ops.lipkernels.soc_exp_backward,
-                          (g, S.detach(), start, terms, grad_mode))
+                          (g, S.detach(), start, powers, terms, grad_mode))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("size", [(4, 5), (16, 16)])  # NCHW and channels-last on the CPU
+def test_saved_tensors_per_kernel(size, backend):
+    """What each kernel keeps for the backward (ops/soc_exp.py): the CPU kernel the exact mode's
+    terms - 2 powers S^j x / j!, the Triton kernels nothing; both z_2 alone in fast mode."""
+    require_kernel("cpu", backend)
+    x, S = torch.randn(2, 3, *size, dtype=torch.float64), torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    op = custom_ops("soc_exp", backend)[0]
+    _, powers = op(x, S, 5, "exact")
+    expected, term = [], x
+    for j in range(1, 4):
+        term = conv(term, S) / j
+        expected.append(term)
+    if backend == "cpp":
+        torch.testing.assert_close(powers, expected, rtol=1e-12, atol=1e-12)
+    else:
+        assert powers == []
+    _, saved = op(x, S, 5, "fast")
+    assert len(saved) == 1 and saved[0].shape == x.shape
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
@@ -334,8 +355,13 @@ def test_kernel_op_rejects_bad_input():
         (op, (x.int(), S.int(), 3, "exact"), "soc_exp: x must be float32"),
         (op, (x, S, 0, "exact"), "soc_exp: terms must be >= 1"),
         (op, (x, S, 3, "approx"), "soc_exp: grad_mode must be"),
-        (backward, (x, S, x[:, :2], 3, "exact"), "soc_exp_backward: start must have the shape of grad_y"),
-        (backward, (x, S, x.double(), 3, "fast"), "soc_exp_backward: start must have the dtype of grad_y"),
+        (backward, (x, S, x[:, :2], [x], 3, "exact"),
+         "soc_exp_backward: start must have the shape of grad_y"),
+        (backward, (x, S, x.double(), [], 3, "fast"),
+         "soc_exp_backward: start must have the dtype of grad_y"),
+        (backward, (x, S, x, [], 4, "exact"), "soc_exp_backward: powers must hold the 2 powers"),
+        (backward, (x, S, x, [x, x[:, :2]], 4, "exact"),
+         "soc_exp_backward: powers must have the shape of grad_y"),
     ]
     for fn, args, message in cases:
         with pytest.raises(RuntimeError, match=message):

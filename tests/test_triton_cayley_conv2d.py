@@ -10,7 +10,7 @@ import torch
 
 from lipkernels.ops.cayley_conv2d import KERNELS
 from lipkernels.reference.cayley_conv2d import cayley_frequencies
-from tests.helpers import RELATIVE_TOLERANCE, interpreted, require_kernel
+from helpers import RELATIVE_TOLERANCE, interpreted, require_kernel
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 DTYPES = (torch.complex128, torch.complex64)

@@ -64,18 +64,31 @@ inline SocGradMode check_soc_exp_args(const char* op, const char* x_name, const 
   return grad_mode == "exact" ? SocGradMode::kExact : SocGradMode::kFast;
 }
 
-// soc_exp_backward(grad_y, S, start, terms, grad_mode): grad_y has the shape of x; `start`, the
-// tensor the weight gradients begin from (x in exact mode, z_2 in fast mode), too unless
-// terms == 1, where the backward needs neither.
+// soc_exp_backward(grad_y, S, start, powers, terms, grad_mode): grad_y has the shape of x;
+// `start`, the tensor the weight gradients begin from (x in exact mode, z_2 in fast mode), too
+// unless terms == 1, where the backward needs neither. `powers` holds the `power_count` scaled
+// powers S^j x / j!, j = 1..power_count, that the kernel's exact forward kept (none for a kernel
+// that recomputes them, and in fast mode), each of grad_y's shape, dtype and device.
 inline SocGradMode check_soc_exp_backward_args(const at::Tensor& grad_y, const at::Tensor& S,
-                                               const at::Tensor& start, int64_t terms,
-                                               c10::string_view grad_mode) {
+                                               const at::Tensor& start, at::TensorList powers,
+                                               int64_t terms, c10::string_view grad_mode,
+                                               bool keeps_powers) {
   constexpr const char* op = "soc_exp_backward";
   const SocGradMode mode = check_soc_exp_args(op, "grad_y", grad_y, S, terms, grad_mode);
   if (terms > 1) {
     check_matches(op, "start", start, "grad_y", grad_y);
     TORCH_CHECK(start.sizes() == grad_y.sizes(), op,
                 ": start must have the shape of grad_y ", grad_y.sizes(), ", got ", start.sizes());
+  }
+  const int64_t power_count =
+      keeps_powers && mode == SocGradMode::kExact ? std::max<int64_t>(terms - 2, 0) : 0;
+  TORCH_CHECK(static_cast<int64_t>(powers.size()) == power_count, op, ": powers must hold the ",
+              power_count, " powers S^j x / j! (j = 1..terms - 2) the ", grad_mode,
+              " forward of this kernel keeps, got ", powers.size());
+  for (const at::Tensor& power : powers) {
+    check_matches(op, "powers", power, "grad_y", grad_y);
+    TORCH_CHECK(power.sizes() == grad_y.sizes(), op, ": powers must have the shape of grad_y ",
+                grad_y.sizes(), ", got ", power.sizes());
   }
   return mode;
 }

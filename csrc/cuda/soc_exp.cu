@@ -45,6 +45,7 @@
 
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "cpu/checks.h"
 #include "kernels/soc_exp.cuh"
@@ -356,20 +357,24 @@ void launch(Kernel kernel, SeriesArgs<scalar_t, acc_t>& args, const SocShape& sh
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> soc_exp_cuda(const at::Tensor& input, const at::Tensor& S,
-                                                int64_t terms, c10::string_view grad_mode) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> soc_exp_cuda(const at::Tensor& input,
+                                                             const at::Tensor& S, int64_t terms,
+                                                             c10::string_view grad_mode) {
   const SocGradMode mode = check_soc_exp_args("soc_exp", "x", input, S, terms, grad_mode);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const int64_t n = terms - 1;
-  const at::Tensor nothing = x.new_empty({0});
   if (n == 0) {
-    return {x.clone(), nothing};  // custom ops must not return their inputs
+    return {x.clone(), {}};  // custom ops must not return their inputs
   }
+  // Exact mode keeps nothing (the backward recomputes the powers); fast mode keeps z_2, which is
+  // x itself when n == 1.
   const bool keep_z2 = mode == SocGradMode::kFast;
   at::Tensor y = at::empty(x.sizes(), x.options());
-  // z_2 is x itself when n == 1.
-  at::Tensor saved = !keep_z2 ? nothing : n == 1 ? x.clone() : at::empty(x.sizes(), x.options());
+  std::vector<at::Tensor> saved;
+  if (keep_z2) {
+    saved.push_back(n == 1 ? x.clone() : at::empty(x.sizes(), x.options()));
+  }
   if (x.numel() == 0) {
     return {y, saved};
   }
@@ -383,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor> soc_exp_cuda(const at::Tensor& input, const a
     SeriesArgs<scalar_t, acc_t> args{};
     args.input = x.const_data_ptr<scalar_t>();
     args.output = y.mutable_data_ptr<scalar_t>();
-    args.saved = keep_z2 && n >= 2 ? saved.mutable_data_ptr<scalar_t>() : nullptr;
+    args.saved = keep_z2 && n >= 2 ? saved.front().mutable_data_ptr<scalar_t>() : nullptr;
     args.scratch = scratch.mutable_data_ptr<acc_t>();
     args.filter = filter.const_data_ptr<acc_t>();
     launch(soc_exp_forward_kernel<scalar_t, acc_t>, args, shape, n, "soc_exp");
@@ -393,9 +398,11 @@ std::tuple<at::Tensor, at::Tensor> soc_exp_cuda(const at::Tensor& input, const a
 
 std::tuple<at::Tensor, at::Tensor> soc_exp_backward_cuda(const at::Tensor& grad_output,
                                                          const at::Tensor& S,
-                                                         const at::Tensor& start, int64_t terms,
+                                                         const at::Tensor& start,
+                                                         at::TensorList powers, int64_t terms,
                                                          c10::string_view grad_mode) {
-  const SocGradMode mode = check_soc_exp_backward_args(grad_output, S, start, terms, grad_mode);
+  const SocGradMode mode = check_soc_exp_backward_args(grad_output, S, start, powers, terms,
+                                                       grad_mode, /*keeps_powers=*/false);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor grad_y = grad_output.contiguous();
   const int64_t n = terms - 1;

@@ -47,13 +47,14 @@ def _op(qualified_name: str):
 
 
 def kernel_ops(op: str, launchers: Callable | None = None, schemas: tuple[str, str] | None = None,
-               **autograd) -> dict[str, Callable]:
+               triton_forward_fake: Callable | None = None, **autograd) -> dict[str, Callable]:
     """Register every built kernel backend of `op`; return {backend: forward op}.
 
     `launchers` is a zero-argument callable returning the Triton module's (forward, backward)
     launchers, called only when Triton is importable. `schemas` are the (forward, backward) schemas
     of the Triton ops, which mirror the C++ ones in csrc/ops.cpp. An op without Triton kernels
-    passes neither.
+    passes neither. `triton_forward_fake` replaces `autograd["forward_fake"]` for the Triton op
+    where its outputs differ from the C++ kernels' (soc_exp: which tensors it keeps).
     """
     ops: dict[str, Callable] = {}
     if _backend.extension_loaded():
@@ -67,6 +68,8 @@ def kernel_ops(op: str, launchers: Callable | None = None, schemas: tuple[str, s
         forward_launcher, backward_launcher = launchers()
         define_triton_op(op, forward_launcher, schemas[0])
         define_triton_op(f"{op}_backward", backward_launcher, schemas[1])
+        if triton_forward_fake is not None:
+            autograd = {**autograd, "forward_fake": triton_forward_fake}
         register_differentiable(triton_op_name(op), triton_op_name(f"{op}_backward"), **autograd)
         ops["triton"] = _op(triton_op_name(op))
     return ops

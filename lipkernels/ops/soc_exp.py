@@ -1,10 +1,13 @@
 """Registration of soc_exp: fake impls, autograd and the per-backend entry points.
 
 Forward: (y, saved) = soc_exp(x, S, terms, grad_mode), the whole series in one op call; `saved`
-is the second Horner iterate z_2 in fast mode (terms > 1) and a 0-element tensor otherwise, so
-that no per-term activation is kept for the backward. Backward: (grad_x, grad_S) from
-soc_exp_backward, which starts the weight gradients from x (exact mode, recomputing its powers)
-or from z_2 (fast mode). Kernels: C++ (csrc/cpu, csrc/cuda) and Triton (lipkernels/triton).
+is what the backward needs beyond x and S. Fast mode: [z_2], the second Horner iterate (empty
+when terms == 1). Exact mode: the powers S^j x / j!, j = 1..terms - 2, where the kernel keeps
+them, nothing where it recomputes them: the C++ CPU kernel keeps them (on the CPU memory is
+plentiful, and recomputing cost n - 1 convolutions, up to 20% of fwd+bwd at small images); the
+CUDA and Triton kernels recompute (their target is GPU peak memory). Backward: (grad_x, grad_S)
+from soc_exp_backward(grad_y, S, start, powers, ...), start = x (exact) or z_2 (fast). Kernels:
+C++ (csrc/cpu, csrc/cuda) and Triton (lipkernels/triton).
 """
 
 from __future__ import annotations
@@ -15,34 +18,54 @@ import torch
 
 from ._registration import kernel_ops
 
-
-def _keeps_z2(terms, grad_mode):
-    return grad_mode == "fast" and terms > 1
-
-
-def _forward_fake(x, S, terms, grad_mode):
-    # The kernel computes on x.contiguous(): its outputs are contiguous.
-    saved = x.new_empty(x.shape) if _keeps_z2(terms, grad_mode) else x.new_empty(0)
-    return x.new_empty(x.shape), saved
+# Images with at least this many pixels are computed channels-last by the C++ CPU kernel, whose
+# kept powers come out in that layout: kChannelsLastMinPixels in csrc/cpu/soc_exp.cpp.
+CPU_CHANNELS_LAST_MIN_PIXELS = 256
 
 
-def _backward_fake(grad_y, S, start, terms, grad_mode):
+def _kept_powers(x, terms, grad_mode, keeps_powers: bool) -> list:
+    """Fakes of the exact forward's kept powers: terms - 2 of them where the kernel keeps them
+    (in the C++ CPU kernel's layout), none otherwise."""
+    if grad_mode != "exact" or not keeps_powers or x.device.type != "cpu":
+        return []
+    channels_last = x.shape[2] * x.shape[3] >= CPU_CHANNELS_LAST_MIN_PIXELS
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return [x.new_empty(x.shape).contiguous(memory_format=layout)
+            for _ in range(max(terms - 2, 0))]
+
+
+def _make_forward_fake(keeps_powers: bool):
+    """The forward's fake for a kernel that keeps the exact powers on CPU tensors (the C++ op,
+    whose CPU kernel does) or never (Triton)."""
+    def forward_fake(x, S, terms, grad_mode):
+        # The kernels compute on x.contiguous(): y (and z_2) are contiguous.
+        if grad_mode == "fast":
+            return x.new_empty(x.shape), [x.new_empty(x.shape)] if terms > 1 else []
+        return x.new_empty(x.shape), _kept_powers(x, terms, grad_mode, keeps_powers)
+
+    return forward_fake
+
+
+def _backward_fake(grad_y, S, start, powers, terms, grad_mode):
     return grad_y.new_empty(grad_y.shape), S.new_empty(S.shape)
 
 
 def _setup_context(ctx, inputs, output):
     x, S, terms, grad_mode = inputs
     _, saved = output
+    fast = grad_mode == "fast"
     # The fast backward starts from z_2 alone, so x is kept alive only in exact mode.
-    ctx.save_for_backward(S, saved if _keeps_z2(terms, grad_mode) else x)
+    start = saved[0] if fast and saved else x
+    ctx.save_for_backward(S, start, *([] if fast else saved))
     ctx.terms, ctx.grad_mode = terms, grad_mode
-    ctx.mark_non_differentiable(saved)
+    ctx.mark_non_differentiable(*saved)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_y, grad_saved):
-        S, start = ctx.saved_tensors
-        grad_x, grad_S = backward_op(grad_y.contiguous(), S, start, ctx.terms, ctx.grad_mode)
+        S, start, *powers = ctx.saved_tensors
+        grad_x, grad_S = backward_op(grad_y.contiguous(), S, start, powers, ctx.terms,
+                                     ctx.grad_mode)
         return grad_x, grad_S, None, None
 
     return backward
@@ -68,9 +91,11 @@ KERNELS: dict[str, Callable] = {
     for backend, op in kernel_ops(
         "soc_exp",
         _triton_launchers,
-        ("(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor)",
-         "(Tensor grad_y, Tensor S, Tensor start, int terms, str grad_mode) -> (Tensor, Tensor)"),
-        forward_fake=_forward_fake,
+        ("(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor[])",
+         "(Tensor grad_y, Tensor S, Tensor start, Tensor[] powers, int terms, str grad_mode)"
+         " -> (Tensor, Tensor)"),
+        forward_fake=_make_forward_fake(keeps_powers=True),
+        triton_forward_fake=_make_forward_fake(keeps_powers=False),
         backward_fake=_backward_fake,
         setup_context=_setup_context,
         make_backward=_make_backward,

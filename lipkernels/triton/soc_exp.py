@@ -306,25 +306,29 @@ def _scratch(x: torch.Tensor, slots: int) -> torch.Tensor:
 
 
 def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
-    """(y, saved) of the series, as the C++ op: saved is z_2 in fast mode (terms > 1), else a
-    0-element tensor. Inputs are validated by the caller; outputs are contiguous."""
+    """(y, saved) of the series, as the C++ op: saved is [z_2] in fast mode (terms > 1), else
+    empty (the exact backward recomputes the powers). Inputs are validated by the caller; outputs
+    are contiguous."""
     x, S = x.contiguous(), S.contiguous()
     n = terms - 1
-    keeps_z2 = grad_mode == "fast"
-    nothing = x.new_empty(0)
     if n == 0:
-        return x.clone(), nothing  # custom ops must not return their inputs
+        return x.clone(), []  # custom ops must not return their inputs
+    keeps_z2 = grad_mode == "fast"
     y = torch.empty_like(x)
     # z_2 is x itself when n == 1; otherwise the kernel stores it at Horner step i = 2.
-    z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else nothing
+    z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else None
     _launch(_soc_exp_kernel, x, S, x, S, y, z2 if keeps_z2 and n > 1 else y, _scratch(x, 2), n,
             SAVE_Z2=keeps_z2 and n > 1)
-    return y, z2
+    return y, [z2] if keeps_z2 else []
 
 
-def soc_exp_backward(grad_y: torch.Tensor, S: torch.Tensor, start: torch.Tensor, terms: int,
-                     grad_mode: str):
-    """(grad_x, grad_S) for the output gradient grad_y; `start` is x (exact) or z_2 (fast)."""
+def soc_exp_backward(grad_y: torch.Tensor, S: torch.Tensor, start: torch.Tensor,
+                     powers: list[torch.Tensor], terms: int, grad_mode: str):
+    """(grad_x, grad_S) for the output gradient grad_y; `start` is x (exact) or z_2 (fast).
+    These kernels keep no powers (`powers` is empty): the exact backward recomputes them."""
+    if powers:
+        raise ValueError(f"soc_exp_backward: powers must be empty for the Triton kernels, which "
+                         f"recompute the powers; got {len(powers)}")
     grad_y, S, start = grad_y.contiguous(), S.contiguous(), start.contiguous()
     n = terms - 1
     if n == 0:
