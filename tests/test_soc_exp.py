@@ -296,7 +296,8 @@ def test_saved_tensors_per_kernel(size, backend):
     """What each kernel keeps for the backward (ops/soc_exp.py): the CPU kernel the exact mode's
     terms - 2 powers S^j x / j!, the Triton kernels nothing; both z_2 alone in fast mode."""
     require_kernel("cpu", backend)
-    x, S = torch.randn(2, 3, *size, dtype=torch.float64), torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    S = torch.randn(3, 3, 3, 3, dtype=torch.float64)
     op = custom_ops("soc_exp", backend)[0]
     _, powers = op(x, S, 5, "exact")
     expected, term = [], x

@@ -1,7 +1,8 @@
 """The Triton launchers of cayley_conv2d's frequency-domain core (lipkernels/triton/
-cayley_conv2d.py) called directly, against the reference core (`cayley_frequencies` and its autograd): output,
-inverse and both gradients for square, tall and wide responses, several tiles in every dimension,
-NaN propagation and input errors. The public op's tests are in tests/test_cayley_conv2d.py."""
+cayley_conv2d.py) called directly, against the reference core (`cayley_frequencies` and its
+autograd): output, inverse and both gradients for square, tall and wide responses, several tiles
+in every dimension, NaN propagation and input errors. The public op's tests are in
+tests/test_cayley_conv2d.py."""
 
 from __future__ import annotations
 

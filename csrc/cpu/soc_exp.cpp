@@ -67,9 +67,10 @@ at::Tensor weight_gradient(const at::Tensor& input, const at::Tensor& grad_outpu
       /*output_padding=*/{0, 0}, /*groups=*/1, /*output_mask=*/{false, true, false}));
 }
 
+using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>>;  // (y, saved)
+
 // The exact forward: y and the powers q_1..q_{n-1}, in the conv layout (the fake impl mirrors it).
-std::tuple<at::Tensor, std::vector<at::Tensor>> exact_forward(const at::Tensor& x, const at::Tensor& S,
-                                                              int64_t n) {
+ForwardResult exact_forward(const at::Tensor& x, const at::Tensor& S, int64_t n) {
   std::vector<at::Tensor> powers;
   powers.reserve(n - 1);
   at::Tensor q = conv(x, S);
@@ -83,8 +84,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> exact_forward(const at::Tensor& 
 }
 
 // The fast forward: y and z_2, by Horner.
-std::tuple<at::Tensor, std::vector<at::Tensor>> fast_forward(const at::Tensor& x, const at::Tensor& S,
-                                                             int64_t n) {
+ForwardResult fast_forward(const at::Tensor& x, const at::Tensor& S, int64_t n) {
   at::Tensor z = x;
   for (int64_t i = n; i >= 2; --i) {
     z = conv(z, S / static_cast<double>(i)).add_(x);
@@ -94,9 +94,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> fast_forward(const at::Tensor& x
   return {conv(z, S).add_(x).contiguous(), {z2.contiguous()}};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> soc_exp_cpu(const at::Tensor& input,
-                                                            const at::Tensor& S, int64_t terms,
-                                                            c10::string_view grad_mode) {
+ForwardResult soc_exp_cpu(const at::Tensor& input, const at::Tensor& S, int64_t terms,
+                          c10::string_view grad_mode) {
   const SocGradMode mode = check_soc_exp_args("soc_exp", "x", input, S, terms, grad_mode);
   const int64_t n = terms - 1;
   if (n == 0) {
