@@ -4,8 +4,8 @@ Forward: (Q, X) = cayley(W) for a tall W (..., m, n), m >= n; X = (I + A)^{-1} (
 returned only for the backward (non-differentiable). Backward: grad_W = cayley_backward(grad_Q,
 X, W), the closed form of `lipkernels.reference.cayley.CayleyFunction`; W itself is saved (an
 input, so no extra memory) for its bottom block V. Wide matrices are transposed around the op
-(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp)
-and Triton (lipkernels/triton/cayley.py).
+(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp,
+csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley.py).
 """
 
 from __future__ import annotations

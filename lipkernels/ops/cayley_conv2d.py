@@ -7,7 +7,7 @@ spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_ou
 response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
 beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
 autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Kernels: C++
-(csrc/cpu/cayley_conv2d.cpp) and Triton (lipkernels/triton/cayley_conv2d.py).
+(csrc/cpu/cayley_conv2d.cpp, csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley_conv2d.py).
 """
 
 from __future__ import annotations
