@@ -284,8 +284,7 @@ def _exact_conv_norm(data: Spectrum) -> torch.Tensor:
     with column frequency v <= n / 2 (H at -f is conj(H_f), with the same singular values), a few
     rows of frequencies per call, which bounds the SVD's copy and workspace (a 512-channel filter
     at 56x56 has 13 GB of complex128 responses)."""
-    responses = frequency_response(data.filter.weight().double(), data.size)
-    half = responses[:, : data.size // 2 + 1]
+    half = frequency_response(data.filter.weight().double(), data.size, onesided=True)
     return torch.stack([torch.linalg.svdvals(rows)[..., 0].max() for rows in half.split(8)]).max()
 
 

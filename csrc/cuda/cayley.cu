@@ -125,14 +125,19 @@ struct CayleyArgs {
   bool in_shared;        // the inverse (forward) or the two n x n matrices (backward)
 };
 
+// The block's dynamic shared memory: the matrix or matrices a kernel keeps there when they fit,
+// aligned for the widest scalar, complex<double>.
+template <typename S>
+__device__ inline S* dynamic_shared_matrices() {
+  extern __shared__ __align__(16) unsigned char cayley_dynamic_shared[];
+  return reinterpret_cast<S*>(cayley_dynamic_shared);
+}
+
 template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     cayley_forward_kernel(CayleyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
-  // Dynamic shared memory (the matrix or matrices kept in shared memory), aligned for the widest
-  // scalar, complex<double>.
-  extern __shared__ __align__(16) unsigned char cayley_dynamic_shared[];
-  S* const shared_matrix = reinterpret_cast<S*>(cayley_dynamic_shared);
+  S* const shared_matrix = dynamic_shared_matrices<S>();
   const DeviceBlock block;
   const int64_t m = args.m, n = args.n;
   for (int64_t b = blockIdx.x; b < args.count; b += gridDim.x) {
@@ -147,10 +152,7 @@ template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     cayley_backward_kernel(CayleyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
-  // Dynamic shared memory (the matrix or matrices kept in shared memory), aligned for the widest
-  // scalar, complex<double>.
-  extern __shared__ __align__(16) unsigned char cayley_dynamic_shared[];
-  S* const shared_matrices = reinterpret_cast<S*>(cayley_dynamic_shared);
+  S* const shared_matrices = dynamic_shared_matrices<S>();
   const DeviceBlock block;
   const int64_t m = args.m, n = args.n;
   for (int64_t b = blockIdx.x; b < args.count; b += gridDim.x) {
@@ -183,10 +185,7 @@ template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     cayley_conv2d_forward_kernel(FrequencyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
-  // Dynamic shared memory (the matrix or matrices kept in shared memory), aligned for the widest
-  // scalar, complex<double>.
-  extern __shared__ __align__(16) unsigned char cayley_dynamic_shared[];
-  S* const shared_matrix = reinterpret_cast<S*>(cayley_dynamic_shared);
+  S* const shared_matrix = dynamic_shared_matrices<S>();
   const DeviceBlock block;
   const FrequencyShape& shape = args.shape;
   const int64_t n = shape.n();
@@ -204,10 +203,7 @@ template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     cayley_conv2d_backward_kernel(FrequencyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
-  // Dynamic shared memory (the matrix or matrices kept in shared memory), aligned for the widest
-  // scalar, complex<double>.
-  extern __shared__ __align__(16) unsigned char cayley_dynamic_shared[];
-  S* const shared_matrices = reinterpret_cast<S*>(cayley_dynamic_shared);
+  S* const shared_matrices = dynamic_shared_matrices<S>();
   const DeviceBlock block;
   const FrequencyShape& shape = args.shape;
   const int64_t n = shape.n();

@@ -38,8 +38,7 @@ def frequency_responses(weight: torch.Tensor, image_size: tuple[int, int],
                         dtype: torch.dtype) -> torch.Tensor:
     """R (F, C_out, C_in) complex: the responses at the rfft2 frequencies of an H x W image, with
     weight computed in the real `dtype`."""
-    height, width = image_size
-    response = frequency_response(weight.to(dtype), (height, width))[:, : width // 2 + 1]
+    response = frequency_response(weight.to(dtype), image_size, onesided=True)
     return response.reshape(-1, *weight.shape[:2])
 
 

@@ -45,16 +45,19 @@ def _working_dtype(weight: torch.Tensor) -> torch.Tensor:
     return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
 
 
-def frequency_response(weight: torch.Tensor, input_size) -> torch.Tensor:
+def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False) -> torch.Tensor:
     """H (n1, n2, C_out, C_in) complex: the block of the circular "same" conv with `weight` at
-    each frequency (u, v) of an n1 x n2 input, phase included (see the module docstring)."""
+    each frequency (u, v) of an n1 x n2 input, phase included (see the module docstring).
+    onesided: only the columns v <= n2 // 2 of rfft2 (n1, n2 // 2 + 1, C_out, C_in)."""
     n1, n2 = input_size_pair(input_size)
     weight = _working_dtype(weight)
     k_h, k_w = weight.shape[-2:]
-    spectrum = torch.fft.fft2(weight, s=(n1, n2)).conj()
+    fft = torch.fft.rfft2 if onesided else torch.fft.fft2
+    spectrum = fft(weight, s=(n1, n2)).conj()
     # e^{-2 pi i (u l_h / n1 + v l_w / n2)}: the shift of the filter's centre to index 0.
     u = torch.arange(n1, device=weight.device, dtype=weight.dtype) * (((k_h - 1) // 2) / n1)
-    v = torch.arange(n2, device=weight.device, dtype=weight.dtype) * (((k_w - 1) // 2) / n2)
+    v = (torch.arange(spectrum.shape[-1], device=weight.device, dtype=weight.dtype)
+         * (((k_w - 1) // 2) / n2))
     phase = torch.polar(torch.ones_like(u[:, None] + v), -2 * math.pi * (u[:, None] + v))
     return (spectrum * phase).permute(2, 3, 0, 1)
 
