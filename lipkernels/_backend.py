@@ -17,6 +17,19 @@ listed in ``GPU_VALIDATED`` (a kernel that has never passed on a real GPU is not
 otherwise ``reference``. An explicit backend that cannot run raises a ``RuntimeError`` naming what
 is missing; nothing falls back silently.
 
+Transforms (DESIGN.md §3.5). The kernel ops have hand-written backward formulas only: no
+forward-mode derivative, no batching rule, no torch.func support. So a call whose tensors carry
+a torch.func transform (``vmap``, ``grad``/``vjp``/``jacrev``, ``jvp``/``jacfwd``:
+functorch-wrapped inputs) or a forward-mode AD tangent (``torch.autograd.forward_ad`` dual
+tensors) runs the reference under ``auto``, which is pure PyTorch and composes with every
+transform; an explicitly chosen kernel backend raises a ``RuntimeError`` naming the op, the
+backend and the transform. Inputs captured from outside a transform (plain tensors) do not
+count: the kernels handle them. While torch.compile traces, only whether a transform is active
+can be traced (not which, nor which tensors it wraps, nor dual tensors): then any active
+transform counts, and plain compiled calls keep their kernels. Double backward is the kernel
+ops' own business: their registered backward passes (``lipkernels.ops``) compute
+differentiably, or raise, when a graph of the gradient is asked for.
+
 The selection is kept in a plain module attribute (not a thread-local or context variable) so
 that ``torch.compile(fullgraph=True)`` traces through it; set it from one thread at a time.
 """
@@ -28,6 +41,8 @@ import importlib
 import os
 
 import torch
+
+from .reference._autograd import has_tangent, transforms
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
@@ -138,20 +153,58 @@ def use_backend(name: str):
         _selection.backend = previous
 
 
-def resolve(op: str, device_type: str, kernels) -> str:
+# The torch.func transforms a kernel op cannot follow, by functorch interpreter type, as named in
+# errors. Functionalization is absent: the kernel ops mutate nothing, so it passes them through.
+_TRANSFORM_NAMES = {
+    torch._C._functorch.TransformType.Vmap: "torch.func.vmap",
+    torch._C._functorch.TransformType.Grad: "torch.func.grad/vjp/jacrev",
+    torch._C._functorch.TransformType.Jvp: "torch.func.jvp/jacfwd",
+}
+
+
+def active_transform(tensors) -> str | None:
+    """The transform that the call on `tensors` runs under, named for an error message, or None.
+
+    A torch.func transform counts when one of `tensors` is functorch-wrapped (the innermost
+    transform is named), or, while torch.compile traces, whenever one is active; forward-mode AD
+    when one of them carries a tangent at the current dual level (not checked while compiling).
+    """
+    kinds = transforms(tensors)
+    if None in kinds:
+        return "a torch.func transform under torch.compile"
+    names = [_TRANSFORM_NAMES[kind] for kind in kinds if kind in _TRANSFORM_NAMES]
+    if names:
+        return names[-1]
+    if not torch.compiler.is_compiling() and has_tangent(tensors):
+        return "forward-mode AD (torch.autograd.forward_ad dual tensors)"
+    return None
+
+
+def resolve(op: str, device_type: str, kernels, *tensors: torch.Tensor) -> str:
     """The backend that runs `op` on `device_type` tensors under the current selection.
 
     `kernels` names the kernel backends `op` has in this build (its registered ops); the
-    reference is always there.
+    reference is always there. `tensors` are the op's tensor inputs: under a torch.func transform
+    or forward-mode AD (`active_transform`) `auto` gives the reference and an explicit kernel
+    backend is an error.
     """
     wanted = _selection.backend
+    transform = active_transform(tensors)
     if wanted != "auto":
         reason = _unavailable_reason(wanted, device_type)
         if reason is None and wanted != "reference" and wanted not in kernels:
             reason = f"{op} has no {wanted} kernel in this build"
         if reason is not None:
             raise RuntimeError(f"lipkernels.{op}: backend {wanted!r} is not available: {reason}")
+        if transform is not None and wanted != "reference":
+            raise RuntimeError(
+                f"lipkernels.{op}: the {wanted} backend does not support {transform} (kernel ops "
+                f"have no batching rule, forward-mode derivative or torch.func autograd); run it "
+                f"with lipkernels.use_backend('reference'), or 'auto', which picks the reference "
+                f"under torch.func transforms and forward-mode AD")
         return wanted
+    if transform is not None:
+        return "reference"
     if device_type == "cpu":
         usable = "cpp" in kernels and _unavailable_reason("cpp", "cpu") is None
         return "cpp" if usable else "reference"

@@ -47,7 +47,7 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
     check_tensor(op, "weight", weight, min_rank=2)
     check_like(op, "u", u, "weight", weight, (*weight.shape[:-2], weight.shape[-1]))
     check_iters(op, iters)
-    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS)
+    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS, weight, u)
     if backend == "reference":
         return reference.power_iteration(weight, u, iters)
     return _POWER_ITERATION_KERNELS[backend](weight.contiguous(), u.contiguous(), iters)
@@ -87,7 +87,8 @@ def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
         raise ValueError(f"{op}: vectors must hold 4 tensors (one per reshape); got {len(vectors)}")
     for index, (u, (_, cols)) in enumerate(zip(vectors, bound_matrix_shapes(weight.shape))):
         check_like(op, f"vectors[{index}]", u, "weight", weight, (cols,))
-    backend = _backend.resolve(op, weight.device.type, _CONV_SPECTRAL_BOUNDS_KERNELS)
+    backend = _backend.resolve(op, weight.device.type, _CONV_SPECTRAL_BOUNDS_KERNELS, weight,
+                               *vectors)
     if backend == "reference":
         return reference.conv_spectral_bounds(weight, iters, vectors)
     bounds, new_vectors, _ = _CONV_SPECTRAL_BOUNDS_KERNELS[backend](
@@ -179,7 +180,7 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     if iters is None:
         return reference.conv_spectral_norm(weight, input_size, padding)
     check_iters(op, iters)
-    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS)
+    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS, weight)
     if backend == "reference":
         return reference.conv_spectral_norm(weight, input_size, padding, iters)
     return power_iteration_norm(weight, circular_size(weight, input_size, padding), iters,
@@ -235,7 +236,7 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"{op}: grad_mode must be one of {', '.join(GRAD_MODES)}; "
                          f"got {grad_mode!r}")
-    backend = _backend.resolve(op, x.device.type, _SOC_EXP_KERNELS)
+    backend = _backend.resolve(op, x.device.type, _SOC_EXP_KERNELS, x, S)
     if backend == "reference":
         return reference.soc_exp(x, S, terms, grad_mode)
     return _SOC_EXP_KERNELS[backend](x.contiguous(), S.contiguous(), terms, grad_mode)
@@ -275,7 +276,7 @@ def max_min(x: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
     _check_channel_pairs(op, x)
     if pairing not in PAIRINGS:
         raise ValueError(f"{op}: pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
-    backend = _backend.resolve(op, x.device.type, _MAX_MIN_KERNELS)
+    backend = _backend.resolve(op, x.device.type, _MAX_MIN_KERNELS, x)
     if backend == "reference":
         return reference.max_min(x, pairing)
     return _MAX_MIN_KERNELS[backend](x.contiguous(), pairing)[0]
@@ -320,7 +321,7 @@ def householder(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     if theta.dtype != x.dtype and not (half_x and theta.dtype == torch.float32):
         raise TypeError(f"{op}: theta has dtype {theta.dtype} but x has {x.dtype}; theta must have "
                         f"x's dtype{' or torch.float32' if half_x else ''}")
-    backend = _backend.resolve(op, x.device.type, _HOUSEHOLDER_KERNELS)
+    backend = _backend.resolve(op, x.device.type, _HOUSEHOLDER_KERNELS, x, theta)
     if backend == "reference":
         return reference.householder(x, theta)
     return _HOUSEHOLDER_KERNELS[backend](x.contiguous(), theta.contiguous())
@@ -352,7 +353,7 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
     """
     op = "cayley"
     check_tensor(op, "W", W, min_rank=2, dtypes=_CAYLEY_DTYPES)
-    backend = _backend.resolve(op, W.device.type, _CAYLEY_KERNELS)
+    backend = _backend.resolve(op, W.device.type, _CAYLEY_KERNELS, W)
     if backend == "reference":
         return reference.cayley(W)
     return _CAYLEY_KERNELS[backend](W)
@@ -396,7 +397,7 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.shape[2] > x.shape[2] or weight.shape[3] > x.shape[3]:
         raise ValueError(f"{op}: the kernel of weight {tuple(weight.shape)} must fit in the "
                          f"{tuple(x.shape[2:])} image of x (k_h <= H, k_w <= W)")
-    backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS)
+    backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS, x, weight)
     if backend == "reference":
         return reference.cayley_conv2d(x, weight)
     return spectral_conv2d(x, weight, _CAYLEY_CONV2D_KERNELS[backend])

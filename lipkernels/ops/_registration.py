@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from .. import _backend
+from ..reference._autograd import needs_graph
 
 
 def triton_op_name(op: str) -> str:
@@ -30,15 +31,41 @@ def define_triton_op(op: str, launcher: Callable, schema: str):
 
 def register_differentiable(forward: str, backward: str, *, forward_fake: Callable,
                             backward_fake: Callable, setup_context: Callable,
-                            make_backward: Callable):
+                            make_backward: Callable, differentiable_backward: Callable):
     """Fake impls for `forward` and `backward` (qualified op names) and autograd for `forward`.
 
     `make_backward(backward_op)` returns the autograd backward formula calling `backward_op`.
+    `differentiable_backward(ctx, *grads)` is the same formula in differentiable torch ops, or a
+    clear error: it runs instead of the kernel when the backward must build a graph of its
+    result (`needs_graph` of the output gradients and saved tensors: create_graph=True, e.g.
+    gradient penalties), since the backward kernel has no derivative of its own. AOTAutograd and
+    torch.library.opcheck trace the backward with grad mode off, so they keep the kernel.
     """
     torch.library.register_fake(forward)(forward_fake)
     torch.library.register_fake(backward)(backward_fake)
-    backward_op = _op(backward)
-    torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
+    kernel_backward = make_backward(_op(backward))
+
+    def backward_formula(ctx, *grads):
+        if needs_graph(*grads, *ctx.saved_tensors):
+            return differentiable_backward(ctx, *grads)
+        return kernel_backward(ctx, *grads)
+
+    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+
+
+def recomputed_vjp(forward: Callable, inputs: tuple, needs_input_grad, grad_output):
+    """The vector-Jacobian product of `forward(*inputs)` (the op's reference) with `grad_output`,
+    differentiable (create_graph=True): a `differentiable_backward` for ops whose backward saves
+    their inputs. Returns one gradient per input, None where `needs_input_grad` is false."""
+    wanted = [index for index, need in enumerate(needs_input_grad[:len(inputs)]) if need]
+    with torch.enable_grad():
+        output = forward(*inputs)
+    grads = torch.autograd.grad(output, [inputs[i] for i in wanted], grad_output,
+                                create_graph=True, materialize_grads=True)
+    result = [None] * len(inputs)
+    for index, grad in zip(wanted, grads):
+        result[index] = grad
+    return tuple(result)
 
 
 def _op(qualified_name: str):

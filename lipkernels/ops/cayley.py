@@ -4,7 +4,9 @@ Forward: (Q, X) = cayley(W) for a tall W (..., m, n), m >= n; X = (I + A)^{-1} (
 returned only for the backward (non-differentiable). Backward: grad_W = cayley_backward(grad_Q,
 X, W), the closed form of `lipkernels.reference.cayley.CayleyFunction`; W itself is saved (an
 input, so no extra memory) for its bottom block V. Wide matrices are transposed around the op
-(`through_tall`), so autograd of the transposes handles them. Kernels: C++ (csrc/cpu/cayley.cpp,
+(`through_tall`), so autograd of the transposes handles them. Where a graph of grad_W is needed
+(double backward) the reference closed form runs instead, with X recomputed from W so that it is
+differentiable (`reference.cayley.cayley_backward`). Kernels: C++ (csrc/cpu/cayley.cpp,
 csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley.py).
 """
 
@@ -14,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..reference.cayley import through_tall
+from ..reference.cayley import cayley_backward, through_tall
 from ._registration import kernel_ops
 
 
@@ -40,6 +42,11 @@ def _make_backward(backward_op):
         return backward_op(grad_Q.contiguous(), X, W)
 
     return backward
+
+
+def _differentiable_backward(ctx, grad_Q, grad_X):
+    _, W = ctx.saved_tensors
+    return cayley_backward(grad_Q, W)
 
 
 def _public(op):
@@ -68,5 +75,6 @@ KERNELS: dict[str, Callable] = {
         backward_fake=_backward_fake,
         setup_context=_setup_context,
         make_backward=_make_backward,
+        differentiable_backward=_differentiable_backward,
     ).items()
 }

@@ -6,7 +6,9 @@ spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_ou
 (non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_conv2d_backward(grad_output,
 response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
 beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
-autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Kernels: C++
+autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Where a graph of the gradients is
+needed (double backward) they come from the reference core recomputed from response and spectrum
+(`reference.cayley_conv2d.cayley_frequencies`). Kernels: C++
 (csrc/cpu/cayley_conv2d.cpp, csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley_conv2d.py).
 """
 
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ._registration import kernel_ops
+from ..reference.cayley_conv2d import cayley_frequencies
+from ._registration import kernel_ops, recomputed_vjp
 
 
 def _forward_fake(response, spectrum):
@@ -41,6 +44,12 @@ def _make_backward(backward_op):
         return backward_op(grad_output.contiguous(), response, spectrum, inverse)
 
     return backward
+
+
+def _differentiable_backward(ctx, grad_output, grad_inverse):
+    response, spectrum, _ = ctx.saved_tensors
+    return recomputed_vjp(cayley_frequencies, (response, spectrum), ctx.needs_input_grad,
+                          grad_output)
 
 
 def _output_only(op):
@@ -70,5 +79,6 @@ KERNELS: dict[str, Callable] = {
         backward_fake=_backward_fake,
         setup_context=_setup_context,
         make_backward=_make_backward,
+        differentiable_backward=_differentiable_backward,
     ).items()
 }

@@ -3,12 +3,14 @@
 Forward: (bounds (4,), [u_q], [v_q]) for a filter (C_out, C_in, k_h, k_w), bounds[q] =
 sqrt(k_h k_w) v_q^T M_q u_q with M_q the q-th Fantastic Four reshape. Backward:
 d bounds[q] / d W = sqrt(k_h k_w) * unreshape_q(v_q u_q^T), computed by the backend's
-conv_spectral_bounds_backward kernel.
+conv_spectral_bounds_backward kernel, or in torch ops (`reference.conv_spectral_bounds.
+bound_gradient`) where a graph of it is needed (double backward: linear in grad_bounds,
+constant in W).
 """
 
 from __future__ import annotations
 
-from ..reference.conv_spectral_bounds import bound_matrix_shapes
+from ..reference.conv_spectral_bounds import bound_gradient, bound_matrix_shapes
 from ._registration import kernel_ops
 
 
@@ -41,6 +43,12 @@ def _make_backward(backward_op):
     return backward
 
 
+def _differentiable_backward(ctx, grad_bounds, grad_vectors, grad_left_vectors):
+    saved = ctx.saved_tensors
+    grad_weight = bound_gradient(grad_bounds, saved[:4], saved[4:], ctx.weight_shape)
+    return grad_weight, [None] * len(grad_vectors), None
+
+
 def _triton_launchers():
     from ..triton import conv_spectral_bounds as kernels
 
@@ -57,4 +65,5 @@ KERNELS = kernel_ops(
     backward_fake=_backward_fake,
     setup_context=_setup_context,
     make_backward=_make_backward,
+    differentiable_backward=_differentiable_backward,
 )

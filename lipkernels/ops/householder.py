@@ -2,12 +2,14 @@
 
 Forward: y = householder(x, theta). Backward: (grad_x, grad_theta) = householder_backward(
 grad_y, x, theta), which recomputes each element's branch from x: grad_theta needs the input's
-values on reflected elements, so x is what the backward keeps.
+values on reflected elements, so x is what the backward keeps. Where a graph of the gradients is
+needed (double backward), they come from the reference recomputed from x and theta.
 """
 
 from __future__ import annotations
 
-from ._registration import kernel_ops
+from ..reference.householder import householder as reference_householder
+from ._registration import kernel_ops, recomputed_vjp
 
 
 def _forward_fake(x, theta):
@@ -32,6 +34,11 @@ def _make_backward(backward_op):
     return backward
 
 
+def _differentiable_backward(ctx, grad_y):
+    x, theta = ctx.saved_tensors
+    return recomputed_vjp(reference_householder, (x, theta), ctx.needs_input_grad, grad_y)
+
+
 def _triton_launchers():
     from ..triton import householder as kernels
 
@@ -48,4 +55,5 @@ KERNELS = kernel_ops(
     backward_fake=_backward_fake,
     setup_context=_setup_context,
     make_backward=_make_backward,
+    differentiable_backward=_differentiable_backward,
 )

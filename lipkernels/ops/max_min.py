@@ -3,14 +3,15 @@
 Forward: (y, mask) = max_min(x, pairing); mask (B, C/2, *spatial) bool is true where a pair kept
 its order (a >= b), one byte per pair, which is all the backward needs: x itself is not kept
 alive. Backward: grad_x = max_min_backward(grad_y, mask, pairing), the output gradient routed
-back through each pair's permutation.
+back through each pair's permutation; where a graph of it is needed (double backward) the same
+permutation in torch ops (`reference.max_min.swap_pairs`), linear in grad_y.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..reference.max_min import pair_shape
+from ..reference.max_min import pair_shape, swap_pairs
 from ._registration import kernel_ops
 
 
@@ -39,6 +40,11 @@ def _make_backward(backward_op):
     return backward
 
 
+def _differentiable_backward(ctx, grad_y, grad_mask):
+    (mask,) = ctx.saved_tensors
+    return swap_pairs(grad_y, mask, ctx.pairing), None
+
+
 def _triton_launchers():
     from ..triton import max_min as kernels
 
@@ -56,4 +62,5 @@ KERNELS = kernel_ops(
     backward_fake=_backward_fake,
     setup_context=_setup_context,
     make_backward=_make_backward,
+    differentiable_backward=_differentiable_backward,
 )

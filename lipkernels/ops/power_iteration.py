@@ -2,13 +2,16 @@
 
 Forward: (sigma, u, v) = power_iteration(W, u, iters) for W (..., m, n). Backward: only sigma is
 differentiable, d sigma / d W = v u^T (u and v constant, as in spectral normalisation), computed
-by the backend's power_iteration_backward kernel.
+by the backend's power_iteration_backward kernel, or by the same outer product in torch ops
+(`reference.power_iteration.sigma_gradient`) where a graph of it is needed (double backward:
+linear in grad_sigma, constant in W).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..reference.power_iteration import sigma_gradient
 from ._registration import kernel_ops
 
 
@@ -35,6 +38,11 @@ def _make_backward(backward_op):
     return backward
 
 
+def _differentiable_backward(ctx, grad_sigma, grad_u, grad_v):
+    u, v = ctx.saved_tensors
+    return sigma_gradient(grad_sigma, u, v), None, None
+
+
 def _triton_launchers():
     from ..triton import power_iteration as kernels
 
@@ -51,4 +59,5 @@ KERNELS = kernel_ops(
     backward_fake=_backward_fake,
     setup_context=_setup_context,
     make_backward=_make_backward,
+    differentiable_backward=_differentiable_backward,
 )

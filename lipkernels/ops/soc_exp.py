@@ -6,7 +6,10 @@ when terms == 1). Exact mode: the powers S^j x / j!, j = 1..terms - 2, where the
 them, nothing where it recomputes them: the C++ CPU kernel keeps them (on the CPU memory is
 plentiful, and recomputing cost n - 1 convolutions, up to 20% of fwd+bwd at small images); the
 CUDA and Triton kernels recompute (their target is GPU peak memory). Backward: (grad_x, grad_S)
-from soc_exp_backward(grad_y, S, start, powers, ...), start = x (exact) or z_2 (fast). Kernels:
+from soc_exp_backward(grad_y, S, start, powers, ...), start = x (exact) or z_2 (fast). Where a
+graph of the gradients is needed (double backward), the exact mode differentiates the reference
+series recomputed from x and S; the fast mode runs the reference's fast backward from z_2, whose
+gradients raise `reference.soc_exp.FAST_DOUBLE_BACKWARD` if differentiated again. Kernels:
 C++ (csrc/cpu, csrc/cuda) and Triton (lipkernels/triton).
 """
 
@@ -16,7 +19,9 @@ from typing import Callable
 
 import torch
 
-from ._registration import kernel_ops
+from ..reference.soc_exp import fast_backward
+from ..reference.soc_exp import soc_exp as reference_soc_exp
+from ._registration import kernel_ops, recomputed_vjp
 
 # Images with at least this many pixels are computed channels-last by the C++ CPU kernel, whose
 # kept powers come out in that layout: kChannelsLastMinPixels in csrc/cpu/soc_exp.cpp.
@@ -71,6 +76,16 @@ def _make_backward(backward_op):
     return backward
 
 
+def _differentiable_backward(ctx, grad_y, grad_saved):
+    S, start, *_ = ctx.saved_tensors
+    if ctx.grad_mode == "fast" and ctx.terms > 1:  # start is z_2
+        grads = fast_backward(grad_y, start, S, ctx.terms, ctx.needs_input_grad)
+    else:
+        grads = recomputed_vjp(lambda x, S: reference_soc_exp(x, S, ctx.terms), (start, S),
+                               ctx.needs_input_grad, grad_y)
+    return (*grads, None, None)
+
+
 def _output_only(op):
     """The functional API's signature: y alone, `saved` being for the backward only."""
     def soc_exp(x, S, terms, grad_mode):
@@ -99,5 +114,6 @@ KERNELS: dict[str, Callable] = {
         backward_fake=_backward_fake,
         setup_context=_setup_context,
         make_backward=_make_backward,
+        differentiable_backward=_differentiable_backward,
     ).items()
 }

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .power_iteration import power_iteration
+from .power_iteration import power_iteration, sigma_gradient
 
 
 def bound_matrices(weight: torch.Tensor) -> list[torch.Tensor]:
@@ -35,6 +35,22 @@ def bound_matrix_shapes(weight_shape) -> list[tuple[int, int]]:
     c_out, c_in, k_h, k_w = weight_shape
     return [(c_out * k_h, c_in * k_w), (c_out * k_w, c_in * k_h),
             (c_out, c_in * k_h * k_w), (c_in, c_out * k_h * k_w)]
+
+
+def bound_gradient(grad_bounds: torch.Tensor, vectors, left_vectors, weight_shape) -> torch.Tensor:
+    """The filter gradient sum_q grad_bounds[q] d bounds[q] / d W = sqrt(k_h k_w) sum_q
+    grad_bounds[q] unreshape_q(v_q u_q^T), from the right and left vectors u_q, v_q, in
+    differentiable torch ops (the kernels' backward where a graph of it is needed).
+    unreshape_q undoes the q-th reshape of `bound_matrices` (each is a permutation of entries,
+    so its adjoint is its inverse)."""
+    c_out, c_in, k_h, k_w = weight_shape
+    g_1, g_2, g_3, g_4 = (sigma_gradient(g, u, v)
+                          for g, u, v in zip(grad_bounds.unbind(), vectors, left_vectors))
+    grad = (g_1.reshape(c_out, k_h, c_in, k_w).transpose(1, 2)
+            + g_2.reshape(c_out, k_w, k_h, c_in).transpose(1, 3)
+            + g_3.reshape(c_out, c_in, k_h, k_w)
+            + g_4.reshape(c_in, c_out, k_h, k_w).transpose(0, 1))
+    return math.sqrt(k_h * k_w) * grad
 
 
 def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):

@@ -51,5 +51,13 @@ def max_min(x: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
     pair).
     """
     a, b = split_pairs(x, pairing)
-    keep = a >= b
+    return swap_pairs(x, a >= b, pairing)
+
+
+def swap_pairs(x: torch.Tensor, keep: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
+    """Every channel pair (a, b) of x as (a, b) where `keep` (B, C/2, *spatial) is true and as
+    (b, a) elsewhere. A swap is its own inverse and its own transpose, so with max_min's mask
+    keep = (a >= b) this is both max_min and its backward (the gradient routed back through each
+    pair's permutation), in differentiable torch ops."""
+    a, b = split_pairs(x, pairing)
     return merge_pairs(torch.where(keep, a, b), torch.where(keep, b, a), pairing)

@@ -19,8 +19,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._autograd import forward_mode, no_double_backward
+
 # How the gradient w.r.t. S is computed; the forward output is the same in both.
 GRAD_MODES = ("exact", "fast")
+
+# The error of differentiating the fast gradient again (shared by the reference and the kernels).
+FAST_DOUBLE_BACKWARD = (
+    "lipkernels.soc_exp: grad_mode='fast' does not support double backward (create_graph=True, "
+    "gradient penalties, torch.func.grad of a gradient, Hessians): its weight gradient is an "
+    "approximation, whose derivative is not the second derivative of the series; use "
+    "grad_mode='exact'")
 
 
 def flip_transpose(weight: torch.Tensor) -> torch.Tensor:
@@ -51,8 +60,9 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
     "exact" differentiates the truncated series; "fast" uses the NeurIPS 2022 gradient
     (`FastSOCExp`), exact for x and approximate for S.
     """
-    # terms=1 is the identity: there is no S term whose gradient could be approximated.
-    if grad_mode == "fast" and terms > 1:
+    # terms=1 is the identity: there is no S term whose gradient could be approximated. Under
+    # forward-mode AD the exact form runs: FastSOCExp has no jvp (see its docstring).
+    if grad_mode == "fast" and terms > 1 and not forward_mode(x, S):
         return FastSOCExp.apply(x, S, terms)
     y = term = x
     for i in range(1, terms):
@@ -70,7 +80,34 @@ def _second_horner_iterate(x: torch.Tensor, S: torch.Tensor, terms: int) -> torc
     return z
 
 
-class FastSOCExp(torch.autograd.Function):
+class _FastSOCExpFunction(torch.autograd.Function):
+    """The autograd.Function of `FastSOCExp`: forward(x, S, terms) returns (y, z_2), z_2 a
+    second, non-differentiable output because torch.func requires the `setup_context` form,
+    whose forward has no other way to hand an intermediate to the backward. Its math, its
+    backward and its transforms are documented on `FastSOCExp`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, S, terms):
+        z_2 = _second_horner_iterate(x, S, terms)
+        return x + _conv(z_2, S), z_2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, S, terms = inputs
+        _, z_2 = output
+        ctx.mark_non_differentiable(z_2)
+        ctx.save_for_backward(z_2, S)
+        ctx.terms = terms
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_z_2):
+        z_2, S = ctx.saved_tensors
+        return (*fast_backward(grad_y, z_2, S, ctx.terms, ctx.needs_input_grad), None)
+
+
+class FastSOCExp:
     """soc_exp with the NeurIPS 2022 "fast" gradient (Singla, Singla & Feizi 2022, SOC_Function).
 
     Write n = terms - 1, P(S) = sum_{j=0}^{n-1} S^j / (j+1)!, S^T for the conv with flipT(S) and
@@ -94,23 +131,33 @@ class FastSOCExp(torch.autograd.Function):
     a constant", means the S-derivative through z_2 is dropped: W(z_2, g) alone would give only
     the a = 0 terms; running g back through the adjoint Horner loop to g_2 restores the a >= 1
     terms, with the decoupled weights above. The relative error of grad_S is O(||S||^2).
+
+    `FastSOCExp.apply(x, S, terms)` returns y, like an autograd.Function's apply; the
+    autograd.Function proper, `_FastSOCExpFunction`, returns (y, z_2). Transforms: vmap is
+    generated from the batched torch ops; a single torch.func.grad / vjp / jacrev gives the fast
+    gradient. Double backward
+    raises `FAST_DOUBLE_BACKWARD` when attempted: the derivative of the approximate gradient is
+    not a second derivative of the series. There is no `jvp` (torch.compile cannot trace an
+    autograd.Function that defines one): under forward-mode AD (torch.func.jvp, jacfwd,
+    forward_ad dual tensors) `soc_exp` runs the exact series instead, which is this forward, so
+    its tangents, and any gradient taken inside that forward-mode pass, are exact.
     """
 
     @staticmethod
-    def forward(ctx, x, S, terms):
-        z_2 = _second_horner_iterate(x, S, terms)
-        ctx.save_for_backward(z_2, S)
-        ctx.terms = terms
-        return x + _conv(z_2, S)
+    def apply(x: torch.Tensor, S: torch.Tensor, terms: int) -> torch.Tensor:
+        return _FastSOCExpFunction.apply(x, S, terms)[0]
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        z_2, S = ctx.saved_tensors
+
+def fast_backward(grad_y: torch.Tensor, z_2: torch.Tensor, S: torch.Tensor, terms: int,
+                  needs_input_grad) -> tuple:
+    """(grad_x, grad_S) of `FastSOCExp` from the output gradient, the second Horner iterate z_2
+    and S (None where `needs_input_grad` is false); differentiating them again raises
+    `FAST_DOUBLE_BACKWARD`. Also the kernels' fast backward where a graph of it is asked for."""
+    with torch.no_grad():
         adjoint = flip_transpose(S)
-        g_2 = _second_horner_iterate(grad_y, adjoint, ctx.terms)
-        grad_x = grad_y + _conv(g_2, adjoint) if ctx.needs_input_grad[0] else None
+        g_2 = _second_horner_iterate(grad_y, adjoint, terms)
+        grad_x = grad_y + _conv(g_2, adjoint) if needs_input_grad[0] else None
         grad_S = None
-        if ctx.needs_input_grad[1]:
+        if needs_input_grad[1]:
             grad_S = torch.nn.grad.conv2d_weight(z_2, S.shape, g_2, padding=S.shape[-1] // 2)
-        return grad_x, grad_S, None
+    return no_double_backward(FAST_DOUBLE_BACKWARD, (grad_x, grad_S), (grad_y, z_2, S))
