@@ -18,9 +18,11 @@ VALUE_CHECKS = os.environ.get("LIPKERNELS_CHECK", "0") == "1"
 
 
 def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_rank: int | None = None,
-                 dtypes: tuple = SUPPORTED_DTYPES):
-    """`tensor` is a non-empty tensor of one of `dtypes` (default: the floating types every op
-    supports; an op that also takes complex tensors passes its own) and of the given rank."""
+                 dtypes: tuple = SUPPORTED_DTYPES, batch_dims: int = 0):
+    """`tensor` is a tensor of one of `dtypes` (default: the floating types every op supports; an
+    op that also takes complex tensors passes its own) and of the given rank, empty only in its
+    first `batch_dims` dims (a negative count: all but the last -batch_dims). An empty batch gives
+    an empty result, as torch's layers do; a zero channel, image or matrix size is an error."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype not in dtypes:
@@ -31,8 +33,10 @@ def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_ran
     if min_rank is not None and tensor.dim() < min_rank:
         raise ValueError(f"{op}: {name} must have at least {min_rank} dims; "
                          f"got shape {tuple(tensor.shape)}")
-    if tensor.numel() == 0:
-        raise ValueError(f"{op}: {name} must not be empty; got shape {tuple(tensor.shape)}")
+    batch = batch_dims if batch_dims >= 0 else max(tensor.dim() + batch_dims, 0)
+    if 0 in tensor.shape[batch:]:
+        where = "" if batch == 0 else f" outside its first {batch} (batch) dims"
+        raise ValueError(f"{op}: {name} must not be empty{where}; got shape {tuple(tensor.shape)}")
     if VALUE_CHECKS and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{op}: {name} has NaN or inf entries (LIPKERNELS_CHECK=1)")
 
@@ -51,17 +55,34 @@ def check_like(op: str, name: str, tensor: torch.Tensor, reference_name: str,
                         f"{reference.dtype}; they must match")
 
 
+# Upper bounds of the iteration and term counts. A power iteration converges linearly, so a
+# million iterations reach float64 accuracy at any relative spectral gap above 2e-5; after 128
+# terms the truncation bound e^a a^n / n! of the series of exp(A) is below 1e-40 for every
+# a = ||A|| <= 20, far beyond the normalised operators (||A|| about 1) the layers build. Larger
+# counts are mistakes, and without a bound they fail deep inside (an int64 overflow in the op
+# schema, an allocation of the kept terms).
+MAX_ITERS = 1_000_000
+MAX_TERMS = 128
+
+
 def check_iters(op: str, iters) -> int:
-    """`iters` is a Python int >= 1."""
-    return check_count(op, "iters", iters)
+    """`iters` is a Python int from 1 to MAX_ITERS."""
+    return check_count(op, "iters", iters, maximum=MAX_ITERS)
 
 
-def check_count(op: str, name: str, value) -> int:
-    """`value` (an iteration or term count) is a Python int >= 1."""
+def check_terms(op: str, name: str, terms) -> int:
+    """`terms` (series terms counting the identity) is a Python int from 1 to MAX_TERMS."""
+    return check_count(op, name, terms, maximum=MAX_TERMS)
+
+
+def check_count(op: str, name: str, value, maximum: int | None = None) -> int:
+    """`value` (a size, an iteration or term count) is a Python int >= 1 (and <= `maximum`)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{op}: {name} must be >= 1; got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{op}: {name} must be <= {maximum}; got {value}")
     return value
 
 
@@ -78,6 +99,12 @@ def check_square_filter(op: str, name: str, weight: torch.Tensor):
                          f"got shape {tuple(weight.shape)}")
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for any device type; False where autocast does not exist (meta,
+    used for deferred initialisation), where torch's own query raises."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def check_layer_input(layer: str, x, rank: int, layout: str, size_name: str, size: int,
                       weight: torch.Tensor):
     """A layer's input: a `rank`-D tensor (`layout`, e.g. "(B, C, H, W)") with `size` entries at
@@ -90,7 +117,7 @@ def check_layer_input(layer: str, x, rank: int, layout: str, size_name: str, siz
     if x.shape[1] != size:
         raise ValueError(f"{layer}: input has size {x.shape[1]} at dim 1 but {size_name}={size}; "
                          f"got shape {tuple(x.shape)}")
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and not autocast_enabled(x.device.type):
         raise TypeError(f"{layer}: input dtype {x.dtype} differs from the layer's {weight.dtype}; "
                         f"cast one of them or run under torch.autocast")
 

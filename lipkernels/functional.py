@@ -7,10 +7,12 @@ The backend comes from ``lipkernels.use_backend`` / ``LIPKERNELS_BACKEND`` (see
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _backend, reference
-from ._checks import check_count, check_iters, check_like, check_square_filter, check_tensor
+from ._checks import check_iters, check_like, check_square_filter, check_tensor, check_terms
 from .ops.cayley import KERNELS as _CAYLEY_KERNELS
 from .ops.cayley_conv2d import KERNELS as _CAYLEY_CONV2D_KERNELS
 from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
@@ -27,6 +29,23 @@ from .reference.max_min import PAIRINGS
 from .reference.soc_exp import GRAD_MODES
 
 
+# The angle step of the fixed start vector that replaces an all-zero u: pi (3 - sqrt 5), the
+# golden angle, whose multiples never repeat modulo 2 pi, so the vector has no zero pattern and
+# no simple symmetry a structured matrix could be orthogonal to.
+_START_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+
+
+def _nonzero_start(u: torch.Tensor) -> torch.Tensor:
+    """u, with every all-zero vector (last dim) replaced by the fixed unit vector
+    cos(j * golden angle), j = 1..n, normalised. A zero start would make the power iteration
+    return sigma = 0 for any matrix, a finite wrong answer; NaN entries are kept (NaN out).
+    Elementwise on the device: no host sync."""
+    steps = torch.arange(1, u.shape[-1] + 1, device=u.device, dtype=torch.float64)
+    fallback = torch.cos(steps * _START_ANGLE)
+    fallback = (fallback / fallback.norm()).to(u.dtype)
+    return torch.where((u == 0).all(-1, keepdim=True), fallback, u)
+
+
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
     """Largest singular value of each matrix in a batch, by power iteration.
 
@@ -36,7 +55,10 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
         iters: number of iterations (>= 1), all run in one kernel launch.
 
     Repeats `iters` times: v = normalize(W u); u = normalize(W^T v); then sigma = v^T W u.
-    normalize(x) = x / max(||x||, 1e-12), so an all-zero matrix gives sigma 0.
+    normalize(x) = x / max(||x||, 1e-12), so an all-zero matrix gives sigma 0. An all-zero u (which
+    would give sigma 0 for any matrix) is replaced by a fixed unit vector (`_nonzero_start`); like
+    every power iteration, a start orthogonal to the top right singular vectors (a u in the
+    null space of W, say) converges to a smaller singular value.
 
     Returns:
         (sigma (...), u (..., n), v (..., m)) in `weight`'s dtype. sigma is differentiable w.r.t.
@@ -44,9 +66,10 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
         u and v are not differentiable. Store the returned u to continue the iteration next call.
     """
     op = "power_iteration"
-    check_tensor(op, "weight", weight, min_rank=2)
+    check_tensor(op, "weight", weight, min_rank=2, batch_dims=-2)
     check_like(op, "u", u, "weight", weight, (*weight.shape[:-2], weight.shape[-1]))
     check_iters(op, iters)
+    u = _nonzero_start(u)
     backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS, weight, u)
     if backend == "reference":
         return reference.power_iteration(weight, u, iters)
@@ -72,7 +95,7 @@ def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
         iters: power iterations per reshape (>= 1).
         vectors: four 1-D right vectors of lengths C_in k_w, C_in k_h, C_in k_h k_w,
             C_out k_h k_w (the ones this function returned last time), or None for random
-            unit vectors.
+            unit vectors; an all-zero vector is replaced as in `power_iteration`.
 
     Returns:
         (bounds (4,), vectors): bounds differentiable w.r.t. `weight` like `power_iteration`'s
@@ -87,6 +110,7 @@ def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
         raise ValueError(f"{op}: vectors must hold 4 tensors (one per reshape); got {len(vectors)}")
     for index, (u, (_, cols)) in enumerate(zip(vectors, bound_matrix_shapes(weight.shape))):
         check_like(op, f"vectors[{index}]", u, "weight", weight, (cols,))
+    vectors = [_nonzero_start(u) for u in vectors]
     backend = _backend.resolve(op, weight.device.type, _CONV_SPECTRAL_BOUNDS_KERNELS, weight,
                                *vectors)
     if backend == "reference":
@@ -138,7 +162,9 @@ def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
 
     Returns:
         (n1, n2, min(C_in, C_out)) in `weight`'s dtype, descending at each frequency (u, v);
-        differentiable w.r.t. `weight` (through torch.linalg.svdvals).
+        differentiable w.r.t. `weight` (through torch.linalg.svdvals). NaN at every frequency
+        whose response is not finite (all of them for a NaN or inf in `weight`), never an
+        exception.
     """
     _check_conv_spectrum_input("conv_singular_values", weight, input_size, kernel_must_fit=True)
     return reference.conv_singular_values(weight, input_size)
@@ -164,13 +190,14 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
             each as its real 2 C_out x 2 C_in form [[Re H, -Im H], [Im H, Re H]] (same singular
             values), through the selected backend's `power_iteration` (one fused launch for all
             frequencies), from one fixed pseudo-random start (deterministic), and returns the
-            largest estimate Re(v^H H u): never above the exact value, converging to it with a
-            spectral gap.
+            largest estimate Re(v^H H u): in exact arithmetic never above the exact value
+            (computed, it can exceed it by rounding, up to about 2e-7 relative in float32), so
+            an estimate rather than a certified bound; it converges with a spectral gap.
 
     Returns:
         A 0-d tensor in `weight`'s dtype, differentiable w.r.t. `weight` (exact: autograd through
         svdvals, valid where the top singular value is simple; iters: u, v held constant, as in
-        `power_iteration`).
+        `power_iteration`); NaN if `weight` has a NaN or inf entry.
     """
     op = "conv_spectral_norm"
     if padding not in CONV_PADDINGS:
@@ -229,10 +256,10 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
         y (B, C, H, W) in `x`'s dtype; terms=1 returns x itself.
     """
     op = "soc_exp"
-    check_tensor(op, "x", x, rank=4)
+    check_tensor(op, "x", x, rank=4, batch_dims=1)
     check_square_filter(op, "S", S)
     check_like(op, "S", S, "x", x, (x.shape[1], x.shape[1], *S.shape[2:]))
-    check_count(op, "terms", terms)
+    check_terms(op, "terms", terms)
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"{op}: grad_mode must be one of {', '.join(GRAD_MODES)}; "
                          f"got {grad_mode!r}")
@@ -244,7 +271,7 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
 
 def _check_channel_pairs(op: str, x):
     """x is a (B, C, *spatial) tensor with C even: the input of the channel-pair activations."""
-    check_tensor(op, "x", x, min_rank=2)
+    check_tensor(op, "x", x, min_rank=2, batch_dims=1)
     if x.shape[1] % 2:
         raise ValueError(f"{op}: x must have an even number of channels (dim 1) to form channel "
                          f"pairs; got shape {tuple(x.shape)}")
@@ -352,7 +379,9 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
         (see `lipkernels.reference.cayley.CayleyFunction`).
     """
     op = "cayley"
-    check_tensor(op, "W", W, min_rank=2, dtypes=_CAYLEY_DTYPES)
+    check_tensor(op, "W", W, min_rank=2, dtypes=_CAYLEY_DTYPES, batch_dims=-2)
+    if W.numel() == 0:  # an empty batch of matrices: the kernels take none, the reference works
+        return reference.cayley(W)
     backend = _backend.resolve(op, W.device.type, _CAYLEY_KERNELS, W)
     if backend == "reference":
         return reference.cayley(W)
@@ -386,7 +415,7 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         (B, C_out, H, W) in x's dtype, differentiable w.r.t. x and weight.
     """
     op = "cayley_conv2d"
-    check_tensor(op, "x", x, rank=4)
+    check_tensor(op, "x", x, rank=4, batch_dims=1)
     check_tensor(op, "weight", weight, rank=4)
     if weight.device != x.device:
         raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}; both must "
@@ -397,6 +426,10 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.shape[2] > x.shape[2] or weight.shape[3] > x.shape[3]:
         raise ValueError(f"{op}: the kernel of weight {tuple(weight.shape)} must fit in the "
                          f"{tuple(x.shape[2:])} image of x (k_h <= H, k_w <= W)")
+    if x.shape[0] == 0:
+        # torch.fft rejects an empty batch: the empty output, whose graph still reaches x and
+        # weight (zero gradients, as torch's layers give).
+        return x.new_zeros((0, weight.shape[0], *x.shape[2:])) + 0 * (x.sum() + weight.sum())
     backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS, x, weight)
     if backend == "reference":
         return reference.cayley_conv2d(x, weight)

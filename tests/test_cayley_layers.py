@@ -58,7 +58,7 @@ def test_scaled_weight_and_alpha():
     torch.manual_seed(0)
     layer = CayleyConv2d(3, 3, 3, dtype=torch.float64)
     # alpha starts at ||W||_F, so the scaled filter is the filter itself.
-    torch.testing.assert_close(layer.alpha, torch.linalg.vector_norm(layer.weight))
+    torch.testing.assert_close(layer.alpha, torch.linalg.vector_norm(layer.weight).reshape(1))
     torch.testing.assert_close(layer.scaled_weight(), layer.weight)
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(layer(x), lipkernels.cayley_conv2d(x, layer.weight)
@@ -78,28 +78,30 @@ def test_eval_cache_matches_and_follows_changes(make_layer, shape, backend):
     x = torch.randn(shape, dtype=torch.float64)
     expected = layer(x)
     layer.eval()
-    with torch.no_grad():
+    with torch.no_grad(), lipkernels.nn.cached():
         first = layer(x)
         assert layer._eval_cache is not None
-        cached = layer._eval_cache[1]
+        cached = layer._eval_cache[-1]
         torch.testing.assert_close(first, expected, rtol=0, atol=1e-13)
-        assert layer(x) is not first and layer._eval_cache[1] is cached  # reused
+        assert layer(x) is not first and layer._eval_cache[-1] is cached  # reused
         for parameter in (layer.weight, layer.alpha):
             parameter.mul_(1.5 if parameter is layer.alpha else -1.0)
             changed = layer(x)
-            assert layer._eval_cache[1] is not cached
-            cached = layer._eval_cache[1]
+            assert layer._eval_cache[-1] is not cached
+            cached = layer._eval_cache[-1]
             layer.train()
             torch.testing.assert_close(changed, layer(x), rtol=0, atol=1e-13)
             layer.eval()
-    # Gradients w.r.t. the weight bypass the cache.
-    assert layer(x).requires_grad
+        # Gradients w.r.t. the weight bypass the cache.
+        with torch.enable_grad():
+            assert layer(x).requires_grad
+    assert layer._eval_cache is None  # the block's exit frees it
 
 
 def test_conv_cache_is_per_image_size(backend):
     torch.manual_seed(0)
     layer = CayleyConv2d(2, 2, 3, dtype=torch.float64).eval()
-    with torch.no_grad():
+    with torch.no_grad(), lipkernels.nn.cached():
         for size in ((4, 4), (6, 5), (4, 4)):
             x = torch.randn(1, 2, *size, dtype=torch.float64)
             torch.testing.assert_close(layer(x), lipkernels.cayley_conv2d(x, layer.weight)
@@ -116,12 +118,20 @@ def test_state_dict_round_trip(make_layer, shape):
     assert set(source.state_dict()) <= {"weight", "alpha", "bias"}
     x = torch.randn(shape)
     target.eval()
-    with torch.no_grad():
+    with torch.no_grad(), lipkernels.nn.cached():
         target(x)  # fill the cache, which loading must drop
-    target.load_state_dict(source.state_dict())
-    source.eval()
-    with torch.no_grad():
+        target.load_state_dict(source.state_dict())
+        source.eval()
         torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+def test_state_dict_with_a_scalar_alpha_loads():
+    """alpha is (1,) for FSDP2; a 0-d alpha of an older state_dict still loads."""
+    source, target = CayleyLinear(4, 4), CayleyLinear(4, 4)
+    state = source.state_dict()
+    state["alpha"] = state["alpha"].reshape(())
+    target.load_state_dict(state)
+    assert target.alpha.shape == (1,) and torch.equal(target.alpha, source.alpha)
 
 
 @pytest.mark.parametrize("make_layer, shape", [

@@ -178,6 +178,18 @@ def test_low_precision_inputs(dtype):
         assert norm.dtype == dtype and norm.dim() == 0
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_weight_gives_nan_not_an_exception(value, dtype):
+    """LAPACK's SVD raises on NaN or inf; those frequencies (here all: the FFT spreads one
+    non-finite tap everywhere) get NaN singular values instead, and so the norms are NaN."""
+    weight = torch.randn(3, 2, 3, 3, dtype=dtype)
+    weight[1, 0, 2, 1] = value
+    assert torch.isnan(lipkernels.conv_singular_values(weight, (4, 5))).all()
+    for padding in ("circular", "zeros"):
+        assert torch.isnan(lipkernels.conv_spectral_norm(weight, (4, 5), padding))
+
+
 W = torch.randn(2, 3, 3, 3)
 
 

@@ -91,10 +91,15 @@ def test_lipschitz_bound_covers_measured_difference_quotients(activation, mode):
 
 
 def test_lipschitz_bound_includes_each_layer_tail():
+    """The product of every layer's bound at the image size it sees (32 x 32, halved by each
+    stride-2 layer before it), the SOCLinear head's at every size."""
     net = LipConvNet(5, init_channels=INIT, eval_terms=4).eval()
-    bounds = [layer.lipschitz_bound() for layer in net.soc_layers()]
+    convs = [layer for layer in net.soc_layers() if isinstance(layer, SOCConv2d)]
+    sizes = [32 // 2 ** sum(c.stride == 2 for c in convs[:index]) for index in range(len(convs))]
+    bounds = [layer.lipschitz_bound(size) for layer, size in zip(convs, sizes)]
+    bounds.append(net.head.lipschitz_bound())
     assert len(bounds) == 6 and all(b > 1 for b in bounds)
-    assert net.lipschitz_bound() == pytest.approx(math.prod(bounds))
+    assert net.lipschitz_bound() == pytest.approx(math.prod(bounds), rel=1e-12)
 
 
 def test_update_vectors_touches_every_layer():

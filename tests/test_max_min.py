@@ -212,7 +212,7 @@ def test_module():
          r"max_min: x must have an even number of channels \(dim 1\).*got shape \(2, 3, 4\)"),
         (torch.randn(2, 4), "interleaved", ValueError,
          "max_min: pairing must be one of halves, pairs; got 'interleaved'"),
-        (torch.randn(0, 4), "halves", ValueError, "x must not be empty"),
+        (torch.randn(2, 0), "halves", ValueError, "x must not be empty outside its first 1"),
         (torch.randint(0, 3, (2, 4)), "halves", TypeError, "max_min: x must have dtype"),
         ([[1.0, 2.0]], "halves", TypeError, "max_min: x must be a torch.Tensor"),
     ],

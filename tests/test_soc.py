@@ -195,9 +195,9 @@ def test_vectors_update_in_training_only():
 def test_eval_cache_follows_weight_and_vector_changes():
     layer = make((4, 4, 3, 1), "eval")
     x = torch.randn(2, 4, SIZE, SIZE, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), lipkernels.nn.cached():
         first = layer(x)
-        assert torch.equal(layer(x), first)
+        assert layer._eval_cache is not None and torch.equal(layer(x), first)
         layer.weight.mul_(1.5).add_(0.1 * torch.randn_like(layer.weight))  # an optimizer step
         changed = layer(x)
         torch.testing.assert_close(changed, expected_output(layer, x, 15, vectors_of(layer)),
@@ -206,8 +206,9 @@ def test_eval_cache_follows_weight_and_vector_changes():
         layer.update_vectors(3)
         torch.testing.assert_close(layer(x), expected_output(layer, x, 15, vectors_of(layer)),
                                    rtol=1e-10, atol=1e-12)
-    # With a weight gradient needed the filter is rebuilt with its graph.
-    layer(x).square().sum().backward()
+        # With a weight gradient needed the filter is rebuilt with its graph.
+        with torch.enable_grad():
+            layer(x).square().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().max() > 0
 
 
@@ -220,10 +221,11 @@ def test_state_dict_round_trip_reproduces_outputs():
     assert set(state) == {"weight", "bias", "u1", "u2", "u3", "u4"}
     target = SOCConv2d(3, 6, stride=2, correction=0.9)
     target.eval()
-    target(x)  # fills target's eval cache, which loading must invalidate
-    target.load_state_dict(state)
-    source.eval()
-    assert torch.equal(target(x), source(x))
+    with torch.no_grad(), lipkernels.nn.cached():
+        target(x)  # fills target's eval cache, which loading must invalidate
+        target.load_state_dict(state)
+        source.eval()
+        assert torch.equal(target(x), source(x))
     source.train(), target.train()
     assert torch.equal(target(x), source(x))
     assert all(torch.equal(a, b) for a, b in zip(vectors_of(target), vectors_of(source)))
@@ -341,8 +343,8 @@ def test_torch_compile_fullgraph(mode):
         expected, actual = eager(x), compiled(x)
         torch.testing.assert_close(actual, expected)
         torch.testing.assert_close(vectors_of(compiled_layer), vectors_of(eager))
-    if mode == "eval":  # without gradients eager mode caches S_n; compiled code recomputes it
-        with torch.no_grad():
+    if mode == "eval":  # eager mode reuses S_n inside cached(); compiled code recomputes it
+        with torch.no_grad(), lipkernels.nn.cached():
             torch.testing.assert_close(compiled(x), eager(x))
     expected.square().sum().backward()
     actual.square().sum().backward()

@@ -1,5 +1,6 @@
 """nn.Module layers over the lipkernels ops (DESIGN.md §1: lipkernels/nn/<layer>.py)."""
 
+from ._eval_cache import cached
 from .cayley import CayleyConv2d, CayleyLinear
 from .householder import HouseHolder
 from .lipconvnet import LipConvNet
@@ -7,4 +8,4 @@ from .max_min import MaxMin
 from .soc import SOCConv2d, SOCLinear
 
 __all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "HouseHolder",
-           "LipConvNet"]
+           "LipConvNet", "cached"]

@@ -27,8 +27,12 @@ class HouseHolder(nn.Module):
             raise ValueError(f"HouseHolder: channels must be even (the layer acts on channel "
                              f"pairs); got {channels}")
         self.channels = channels
-        self.theta = nn.Parameter(torch.full((channels // 2,), math.pi / 2, device=device,
-                                             dtype=dtype))
+        self.theta = nn.Parameter(torch.empty(channels // 2, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """theta = pi/2 (also after deferred construction on the meta device and to_empty)."""
+        nn.init.constant_(self.theta, math.pi / 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return functional.householder(x, self.theta)

@@ -21,25 +21,31 @@ from __future__ import annotations
 
 import contextlib
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from .._checks import check_count, check_even_image, check_layer_input, check_stride
-from ..reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes, initial_vectors
+from ..bounds import _skew_conv_norm_bound
+from ..functional import _check_conv_spectrum_input
+from .._checks import (autocast_enabled, check_count, check_layer_input, check_stride,
+                       check_terms)
+from ..reference.conv_singular_values import input_size_pair
+from ..reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
 from ..reference.soc_exp import GRAD_MODES
+from ._distributed import full_parameters
 from ._eval_cache import EvalCached
+from ._unshuffle import unshuffle
 
 # Power iterations run on the fresh filter at construction (and by `update_vectors` by default),
 # as in the seed code (`init_iters=50`).
 INIT_ITERS = 50
 
-# Relative slack on the float64 spectral norms and tail sum in `lipschitz_bound`: a backward-stable
-# SVD of an n x m matrix is exact for a perturbation of relative size ~ max(n, m) * 1e-16, well
-# below this even for the 2048-channel LipConvNet filters.
-_ROUNDING_MARGIN = 1e-10
+# Cells of [0, a] on which `truncated_exp_bound` bounds |T(ix)|^2 (a power of two, at most 2^12,
+# so that its margin covers the rounding of the cells' centres).
+_SERIES_CELLS = 2 ** 10
 
 # exp(a) overflows float64 above ~709.78; beyond this the bound is reported as inf.
 _MAX_SERIES_ARGUMENT = 700.0
@@ -66,10 +72,119 @@ def exp_series_tail(a: float, terms: int) -> float:
     return tail + 2.0 * term
 
 
+def _squared_modulus_coefficients(terms: int) -> dict[int, Fraction]:
+    """|T(ix)|^2 = 1 + sum_s c_s x^s for T(z) = sum_{j<terms} z^j / j! and real x, with
+    c_s = i^s sum_{m+n=s; m,n<terms} (-1)^n / (m! n!): zero for s < terms (there the sum is
+    (1 - 1)^s / s!) and for odd s (|T(ix)|^2 is even). Returns the nonzero c_s (exact), all with
+    terms <= s <= 2 terms - 2."""
+    coefficients = {}
+    for s in range(terms + terms % 2, 2 * terms - 1, 2):
+        total = sum(Fraction((-1) ** n, math.factorial(s - n) * math.factorial(n))
+                    for n in range(s - terms + 1, terms))
+        if total:
+            coefficients[s] = total * (-1) ** (s // 2)
+    return coefficients
+
+
+def truncated_exp_bound(a: float, terms: int) -> float:
+    """sup ||T(A)|| over real skew-symmetric A with ||A|| <= a, T(A) = sum_{i<terms} A^i / i!:
+    a Python float, rounded up.
+
+    A skew A is normal with eigenvalues i x, |x| <= a, so ||T(A)|| = max |T(i x)| over them, and
+    the supremum is max_{0 <= x <= a} |T(i x)| (T has real coefficients, so |T(-ix)| = |T(ix)|;
+    a 2 x 2 rotation generator attains it). It is at most 1 + sum_{i>=terms} a^i / i!
+    (`exp_series_tail`; |e^{ix}| = 1) and often far below: 1.00474 against 1.0438 at terms = 6,
+    a = 1.7, and 1.00474 for every a in [1.6, 3.3], where the 6-term series of a rotation by x
+    is no longer than that. When the tail is below float64 resolution it is returned as is.
+
+    Otherwise P(x) = |T(ix)|^2 = 1 + sum_s c_s x^s (`_squared_modulus_coefficients`) is bounded on
+    cells [m - h', m + h'] covering [0, a], m = (2j + 1) h, h = a / 2^11 (exact), h' =
+    h (1 + 2^-38) (covering the rounding of the computed centres, |error| <= u a (1 + u) <
+    h' - h), by the smaller of two bounds, with l = max(m - h', 0) and r = m + h': Taylor's,
+    P(m) + |P'(m)| h' + max(M, 0) h'^2 / 2 with M = sum_s s (s-1) c_s (r or l)^(s-2) >= max P''
+    on the cell (positive terms at r, negative ones at l; near a maximum M < 0), and the
+    monotone one, 1 + sum_{c_s > 0} c_s r^s + sum_{c_s < 0} c_s l^s, exact where P is flat at 1
+    (a contraction near x = 0, as for 4 terms). r and l are widened by more than 2 u a against
+    their own rounding. Each sum is evaluated in float64 from rounded coefficients and powers
+    formed by repeated products, so within gamma_{2 terms + 2} of its sum of absolute terms;
+    that error, doubled, is added. nan for a = nan.
+    """
+    if math.isnan(a):
+        return math.nan
+    tail = exp_series_tail(a, terms)
+    if tail <= 2.0 ** -53:
+        return math.nextafter(1.0 + tail, math.inf)
+    if math.isinf(a):
+        return math.inf
+    coefficients = _squared_modulus_coefficients(terms)
+    if not coefficients:
+        return 1.0  # terms = 1: T(A) = I
+    half_width = a / (2 * _SERIES_CELLS)
+    centres = (2 * torch.arange(_SERIES_CELLS, dtype=torch.float64) + 1) * half_width
+    width = half_width * (1 + 2.0 ** -38)
+    reach = width * (1 + 2.0 ** -40)
+
+    def powers(x):  # x^0 .. x^(2 terms - 2) by repeated products: x^s has s - 1 roundings
+        table = [torch.ones_like(x)]
+        for _ in range(2 * terms - 2):
+            table.append(table[-1] * x)
+        return table
+
+    middle, right = powers(centres), powers(centres + reach)
+    left = powers((centres - reach).clamp(min=0))
+    zero = torch.zeros_like(centres)
+    excess = slope = curvature = monotone = taylor_scale = monotone_scale = zero
+    for s, coefficient in coefficients.items():
+        c = float(coefficient)
+        excess = excess + c * middle[s]
+        slope = slope + (s * c) * middle[s - 1]
+        # An upper bound on P'' over the cell: its positive terms at r, its negative ones at l.
+        curvature = curvature + (s * (s - 1) * c) * (right if c > 0 else left)[s - 2]
+        monotone = monotone + c * (right if c > 0 else left)[s]
+        taylor_scale = taylor_scale + abs(c) * (middle[s] + s * width * middle[s - 1]
+                                                + s * (s - 1) * width * width * right[s - 2])
+        monotone_scale = monotone_scale + abs(c) * right[s]
+    rounding = 4 * (2 * terms + 4) * 2.0 ** -53
+    taylor = (excess + slope.abs() * width + curvature.clamp(min=0) * (width * width / 2)
+              + rounding * taylor_scale)
+    cells = torch.minimum(taylor, monotone + rounding * monotone_scale)
+    # 1 + max(cells): one rounding, then the square root's; 2^-40 covers the rounding of
+    # exp_series_tail's products and sum.
+    bound = math.sqrt(1.0 + max(float(cells.max()), 0.0) * (1 + rounding)) * (1 + 2.0 ** -52)
+    return math.nextafter(min(bound, 1.0 + tail * (1 + 2.0 ** -40)), math.inf)
+
+
+def _reshape_products_norms(S: torch.Tensor, vectors) -> torch.Tensor:
+    """||M_q u_q|| (4,) for the Fantastic Four reshapes M_q of S (C, C, k, k) (`bound_matrices`)
+    and vectors u_q, without forming the three reshapes that are copies.
+
+    With S as the (C, C k^2) matrix of rows o and columns (c, a, b): M_3 u_3 is its product
+    with u_3; M_1 u_1 [o, a'] = sum_{c,b} S[o, c, a', b] u_1[c, b] and M_2 u_2 [o, b'] =
+    sum_{a,c} S[o, c, a, b'] u_2[a, c] are its products with the (C k^2, k) matrices
+    u_1[c, b] [a = a'] and u_2[a, c] [b = b'] (one product for the three); M_4 u_4 [c] =
+    sum_{o,k} S[o, c, k] u_4[o, k] is the sum of the diagonal over k of S^T u_4 (C k^2, k^2).
+    Differentiable like the products themselves.
+    """
+    channels, k = S.shape[0], S.shape[-1]
+    u1, u2, u3, u4 = vectors
+    eye = torch.eye(k, dtype=S.dtype, device=S.device)
+    first = u1.view(channels, 1, k, 1) * eye.view(1, k, 1, k)  # [c, a, b, a']
+    second = u2.view(k, channels).T.view(channels, k, 1, 1) * eye.view(1, 1, k, k)  # [c, a, b, b']
+    rows = S.reshape(channels, -1)
+    columns = torch.cat([first.reshape(-1, k), second.reshape(-1, k), u3[:, None]], 1)
+    products = rows @ columns
+    fourth = (rows.T @ u4.view(channels, k * k)).view(channels, k * k, k * k)
+    return torch.stack([torch.linalg.vector_norm(products[:, :k]),
+                        torch.linalg.vector_norm(products[:, k:2 * k]),
+                        torch.linalg.vector_norm(products[:, 2 * k]),
+                        torch.linalg.vector_norm(fourth.diagonal(dim1=1, dim2=2).sum(1))])
+
+
 def _autocast_off(device_type: str):
     """Disable autocast for the spectral normalisation: its power iteration and division stay in
-    the parameters' precision (float32) even when the series runs in bfloat16 or float16."""
-    if torch.is_autocast_enabled(device_type):
+    the parameters' precision (float32) even when the series runs in bfloat16 or float16. Devices
+    without autocast (meta, for deferred initialisation) have nothing to disable."""
+    if autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -97,8 +212,8 @@ class _SkewOrthogonal(EvalCached):
             raise ValueError(f"{name}: kernel_size must be odd (same padding k // 2 keeps the "
                              f"Jacobian skew-symmetric); got {kernel_size}")
         check_stride(name, stride)
-        check_count(name, "train_terms", train_terms)
-        check_count(name, "eval_terms", eval_terms)
+        check_terms(name, "train_terms", train_terms)
+        check_terms(name, "eval_terms", eval_terms)
         if isinstance(correction, bool) or not isinstance(correction, (int, float)) \
                 or not math.isfinite(correction) or correction <= 0:
             raise ValueError(f"{name}: correction must be a finite number > 0; got {correction!r}")
@@ -157,7 +272,8 @@ class _SkewOrthogonal(EvalCached):
                 buffer.copy_(vector)
 
     def _normalized_filter(self, store_vectors: bool) -> torch.Tensor:
-        """S_n = correction * skew(W) / sigma, differentiable w.r.t. W through skew(W) and sigma.
+        """S_n = correction * skew(W) / sigma (0 where sigma = 0), differentiable w.r.t. W through
+        skew(W) and sigma.
 
         Training: one power iteration from the stored vectors (`fantastic_four`, one launch);
         sigma = its minimum bound / k (the bound is k * min_q sigma_q for a k x k filter), with
@@ -172,18 +288,23 @@ class _SkewOrthogonal(EvalCached):
                 self._store_vectors(vectors)
             sigma = bound / self.kernel_size
         else:
-            sigma = torch.stack([torch.linalg.vector_norm(matrix @ u) for matrix, u
-                                 in zip(bound_matrices(S), self._vectors())]).min()
-        return (self.correction / sigma) * S
+            sigma = _reshape_products_norms(S, self._vectors()).min()
+        # sigma = 0 means S = 0 (skew(W) = 0, a zero or flip-symmetric W): S_n = 0 and the layer
+        # is the identity map, exp(0) = I. The inner where keeps c / sigma finite in the branch
+        # not taken, so the gradient there is 0, not 0 * inf = NaN. A NaN sigma fails the test
+        # too, and 0 * S keeps S's NaN entries: NaN in, NaN out.
+        positive = sigma > 0
+        safe = torch.where(positive, sigma, torch.ones_like(sigma))
+        scale = torch.where(positive, self.correction / safe, torch.zeros_like(sigma))
+        return scale * S
 
     def _forward_filter(self) -> torch.Tensor:
-        """S_n for this forward: stores the training iteration; cached in eval when possible."""
+        """S_n for this forward: stores the training iteration; reused in eval inside
+        `lipkernels.nn.cached()`."""
         if self.training:
             return self._normalized_filter(store_vectors=True)
-        if not self._cacheable(self.weight):
-            return self._normalized_filter(store_vectors=False)
-        return self._cached((self.weight, *self._vectors()), None,
-                            lambda: self._normalized_filter(store_vectors=False))
+        return self._derived(self.weight, (self.weight, *self._vectors()), None,
+                             lambda: self._normalized_filter(store_vectors=False))
 
     def _check_input(self, x, rank: int, layout: str):
         in_name = self._size_names[0]
@@ -195,11 +316,11 @@ class _SkewOrthogonal(EvalCached):
         with _autocast_off(self.weight.device.type):
             S = self._forward_filter()
         if self.stride == 2:
-            x = F.pixel_unshuffle(x, 2)
+            x = unshuffle(type(self).__name__, x)
         if x.shape[1] < self.channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
         device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
+        if autocast_enabled(device_type):
             # The series is the costly part: it runs in the autocast dtype, like a conv would.
             dtype = torch.get_autocast_dtype(device_type)
             x, S = x.to(dtype), S.to(dtype)
@@ -209,7 +330,7 @@ class _SkewOrthogonal(EvalCached):
         return y
 
     @torch.no_grad()
-    def lipschitz_bound(self) -> float:
+    def lipschitz_bound(self, input_size=None) -> float:
         """A provable upper bound (a Python float) on the layer's Lipschitz constant (l2 norms).
 
         It holds for the map the next forward call computes in the current mode, with
@@ -219,25 +340,45 @@ class _SkewOrthogonal(EvalCached):
         The layer is slice o T(A) o pad (o unshuffle) plus a bias: pad and pixel_unshuffle are
         isometries, keeping the first channels has norm <= 1 and the bias does not change
         differences, so the constant is at most ||T(A)||, with A the skew-symmetric Jacobian of
-        conv(., S_n) and T(A) = sum_{i<terms} A^i / i! the truncated series. exp(A) is orthogonal
-        and T(A) = exp(A) - sum_{i>=terms} A^i / i!, hence
+        the zero-padded conv(., S_n) on the image the series sees and T(A) = sum_{i<terms} A^i / i!
+        the truncated series. A is normal with eigenvalues i x, |x| <= ||A|| <= a, so
 
-            ||T(A)|| <= 1 + sum_{i>=terms} a^i / i!     for any a >= ||A||.
+            ||T(A)|| <= max_{0 <= x <= a} |T(i x)|     (`truncated_exp_bound`),
 
-        a = min_q k * sigma_max(M_q(S_n)): the Fantastic Four bound, valid at every input size,
-        with the four spectral norms computed exactly (SVD, float64), never from the power
-        iteration, whose estimates are lower bounds of sigma_max. The tail is summed upward
-        (`exp_series_tail`). a and the tail are enlarged by a relative 1e-10 and the result
-        rounded up, to cover float64 rounding; the bound is for exact arithmetic on the stored
-        parameters, so rounding inside the forward pass itself (notably under autocast) is not
-        included.
+        at most 1 + sum_{i>=terms} a^i / i! and often far less (a 6-term series stays within
+        1.0048 of an isometry for a up to 3.3). a is `lipkernels.bounds.skew_conv_norm_bound`
+        of S_n: ||A|| certified by float64 Cholesky factorisations of the per-frequency blocks,
+        never a power-iteration estimate (those are lower bounds of sigma_max), within about
+        0.5% to 3% of the norm it certifies (the circular norm on the (n + k // 2)-torus for a
+        given size, the supremum of the symbol over 1.0197 otherwise; see there). A zero skew(W) gives S_n = 0 and
+        the bound 1; a NaN or inf weight gives nan. The bound is for exact arithmetic on the
+        stored parameters (S_n as the layer computes it), so rounding inside the forward pass
+        itself (notably under autocast) is not included.
+
+        Args:
+            input_size: None (default): a bound valid for inputs of every size. An int or
+                (H, W) (SOCConv2d only): valid for every input of at most H x W, tighter on small
+                images (a zero-padded conv on few pixels has a smaller norm) and cheaper, one
+                Cholesky factorisation per frequency of the (H / stride + k // 2) x
+                (W / stride + k // 2) torus instead of the 32 (k // 2) x 32 (k // 2) grid
+                (which serves where it is the smaller). With stride 2, H and W must be even.
         """
-        with _autocast_off(self.weight.device.type):
-            S = self._normalized_filter(store_vectors=False).double()
-        a = self.kernel_size * min(torch.linalg.matrix_norm(m, ord=2).item()
-                                   for m in bound_matrices(S))
-        tail = exp_series_tail(a * (1 + _ROUNDING_MARGIN), self.terms) * (1 + _ROUNDING_MARGIN)
-        return math.nextafter(1.0 + tail, math.inf)
+        if input_size is not None:
+            input_size = self._series_input_size(input_size)
+        with _autocast_off(self.weight.device.type), full_parameters(self):
+            S = self._normalized_filter(store_vectors=False)
+        return truncated_exp_bound(_skew_conv_norm_bound(S, input_size), self.terms)
+
+    def _series_input_size(self, input_size) -> tuple[int, int]:
+        """(H, W) of the series' input for layer inputs of `input_size`: halved by the stride-2
+        unshuffle."""
+        name = type(self).__name__
+        _check_conv_spectrum_input(name, self.weight, input_size, kernel_must_fit=False)
+        height, width = input_size_pair(input_size)
+        if self.stride == 2 and (height % 2 or width % 2):
+            raise ValueError(f"{name}: with stride=2 input_size must be even (pixel_unshuffle "
+                             f"by 2); got {input_size!r}")
+        return height // self.stride, width // self.stride
 
     def _geometry_repr(self) -> list[str]:
         return []
@@ -268,10 +409,11 @@ class SOCConv2d(_SkewOrthogonal):
 
     Input (B, in_channels, H, W); output (B, out_channels, H / stride, W / stride). The filter is
     square, C x C x k x k with C = max(out_channels, in_channels * stride^2). In training each
-    forward runs one power iteration and updates the vectors `u1`..`u4`; eval runs none and, when
-    no weight gradient is needed (and not under torch.compile), reuses S_n until the weight or
-    the vectors change. Under torch.autocast the series runs in the autocast dtype (output in
-    that dtype) and the spectral normalisation stays in the parameters' dtype.
+    forward runs one power iteration and updates the vectors `u1`..`u4`; eval runs none and,
+    inside `lipkernels.nn.cached()` when no weight gradient is needed, computes S_n once (outside
+    it every call recomputes S_n, so it is never stale). Under torch.autocast the series runs in
+    the autocast dtype (output in that dtype) and the spectral normalisation stays in the
+    parameters' dtype.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -282,8 +424,6 @@ class SOCConv2d(_SkewOrthogonal):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, 4, "(B, C, H, W)")
-        if self.stride == 2:
-            check_even_image("SOCConv2d", x)
         return self._series(x)
 
     def _geometry_repr(self) -> list[str]:
@@ -319,3 +459,9 @@ class SOCLinear(_SkewOrthogonal):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, 2, "(B, in_features)")
         return self._series(x[:, :, None, None]).flatten(1)
+
+    def lipschitz_bound(self) -> float:
+        """A provable upper bound on the layer's Lipschitz constant: that of SOCConv2d (there for
+        the 1 x 1 filter, whose frequency response is S_n itself at every frequency, so it is
+        valid for every input and ||A|| is certified by one Cholesky factorisation)."""
+        return super().lipschitz_bound()

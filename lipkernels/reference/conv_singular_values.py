@@ -65,8 +65,16 @@ def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False)
 def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
     """Singular values (n1, n2, min(C_in, C_out)) of the circular "same" conv with weight (C_out,
     C_in, k_h, k_w) on an n1 x n2 input (`input_size` an int or (n1, n2)), descending per frequency,
-    in `weight`'s dtype (half filters are computed in float32). Differentiable w.r.t. weight."""
-    return torch.linalg.svdvals(frequency_response(weight, input_size)).to(weight.dtype)
+    in `weight`'s dtype (half filters are computed in float32). Differentiable w.r.t. weight.
+
+    A frequency whose response has a NaN or inf entry gets NaN singular values (a non-finite
+    weight reaches every frequency through the FFT, so then all are NaN): LAPACK's SVD raises on
+    such input, so those responses are replaced by zeros before svdvals and the NaN put back
+    after, without reading any value on the host."""
+    responses = frequency_response(weight, input_size)
+    finite = torch.isfinite(responses).flatten(-2).all(-1)
+    values = torch.linalg.svdvals(torch.where(finite[..., None, None], responses, 0))
+    return torch.where(finite[..., None], values, math.nan).to(weight.dtype)
 
 
 def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circular", iters=None):
@@ -81,9 +89,12 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     iters=None takes the exact SVD. An int >= 1 runs that many power iterations on all frequency
     responses at once (v = normalize(H u); u = normalize(H^H v)) from one fixed pseudo-random unit
     start (seed 0, the same at every frequency, so results are deterministic), then returns
-    max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. Each
-    term is at most sigma_max(H_f), so the estimate is at most the exact norm; it converges to it
-    geometrically, at a rate set by sigma_2 / sigma_1 of the frequency holding the maximum.
+    max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. In
+    exact arithmetic each term is at most sigma_max(H_f), so the estimate is at most the exact
+    norm; computed, it can exceed it by rounding (a few units in the last place: up to 2e-7
+    relative in float32 once converged), so it is an estimate, not a certified bound (for one,
+    see `lipkernels.bounds.skew_conv_norm_bound`). It converges geometrically, at a rate set by
+    sigma_2 / sigma_1 of the frequency holding the maximum.
     Here the iteration is the reference `power_iteration`; `lipkernels.conv_spectral_norm` runs
     the same one (`power_iteration_norm`) through the selected backend's fused kernel.
     """
