@@ -7,8 +7,6 @@ The backend comes from ``lipkernels.use_backend`` / ``LIPKERNELS_BACKEND`` (see
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _backend, reference
@@ -26,23 +24,15 @@ from .reference.conv_singular_values import PADDINGS as CONV_PADDINGS
 from .reference.conv_singular_values import circular_size, power_iteration_norm
 from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
 from .reference.max_min import PAIRINGS
+from .reference.power_iteration import fixed_start
 from .reference.soc_exp import GRAD_MODES
 
 
-# The angle step of the fixed start vector that replaces an all-zero u: pi (3 - sqrt 5), the
-# golden angle, whose multiples never repeat modulo 2 pi, so the vector has no zero pattern and
-# no simple symmetry a structured matrix could be orthogonal to.
-_START_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
-
-
 def _nonzero_start(u: torch.Tensor) -> torch.Tensor:
-    """u, with every all-zero vector (last dim) replaced by the fixed unit vector
-    cos(j * golden angle), j = 1..n, normalised. A zero start would make the power iteration
-    return sigma = 0 for any matrix, a finite wrong answer; NaN entries are kept (NaN out).
-    Elementwise on the device: no host sync."""
-    steps = torch.arange(1, u.shape[-1] + 1, device=u.device, dtype=torch.float64)
-    fallback = torch.cos(steps * _START_ANGLE)
-    fallback = (fallback / fallback.norm()).to(u.dtype)
+    """u, with every all-zero vector (last dim) replaced by `fixed_start`. A zero start would make
+    the power iteration return sigma = 0 for any matrix, a finite wrong answer; NaN entries are
+    kept (NaN out). Elementwise on the device: no host sync."""
+    fallback = fixed_start(u.shape[-1], u.device, u.dtype)
     return torch.where((u == 0).all(-1, keepdim=True), fallback, u)
 
 
@@ -189,7 +179,8 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
             runs that many power iterations on all per-frequency C_out x C_in matrices at once,
             each as its real 2 C_out x 2 C_in form [[Re H, -Im H], [Im H, Re H]] (same singular
             values), through the selected backend's `power_iteration` (one fused launch for all
-            frequencies), from one fixed pseudo-random start (deterministic), and returns the
+            frequencies), from one fixed start (`fixed_start` of
+            `lipkernels.reference.power_iteration`, deterministic), and returns the
             largest estimate Re(v^H H u): in exact arithmetic never above the exact value
             (computed, it can exceed it by rounding, up to about 2e-7 relative in float32), so
             an estimate rather than a certified bound; it converges with a spectral gap.

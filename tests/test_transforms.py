@@ -227,14 +227,8 @@ def test_forward_mode_ad_matches_finite_differences(name, device, backend):
 
 @cases
 @targets
-def test_vmap_matches_a_loop(name, device, backend, request):
+def test_vmap_matches_a_loop(name, device, backend):
     case, fn, primals, refuses = _setup(name, device, backend)
-    if name == "conv_spectral_norm_iters" and not refuses:
-        # Strict: turns into a failure once fixed, to drop this mark.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=RuntimeError,
-            reason="reference.conv_singular_values.power_iteration_norm draws its start vector "
-                   "with torch.randn, which vmap refuses in its default randomness='error' mode"))
     batched = [torch.stack((p, p + 0.01 * torch.randn_like(p))) for p in primals]
     with lipkernels.use_backend(backend):
         if refuses:

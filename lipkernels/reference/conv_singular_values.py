@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .power_iteration import power_iteration
+from .power_iteration import fixed_start, power_iteration
 
 # Boundary handling of conv_spectral_norm: exact for "circular", an upper bound for "zeros".
 PADDINGS = ("circular", "zeros")
@@ -87,8 +87,8 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     the zero margin, never wrapped pixels of x; so zero-padded conv = R C E and ||R C E|| <= ||C||.
 
     iters=None takes the exact SVD. An int >= 1 runs that many power iterations on all frequency
-    responses at once (v = normalize(H u); u = normalize(H^H v)) from one fixed pseudo-random unit
-    start (seed 0, the same at every frequency, so results are deterministic), then returns
+    responses at once (v = normalize(H u); u = normalize(H^H v)) from one fixed unit start
+    (`fixed_start`, the same at every frequency, so results are deterministic), then returns
     max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. In
     exact arithmetic each term is at most sigma_max(H_f), so the estimate is at most the exact
     norm; computed, it can exceed it by rounding (a few units in the last place: up to 2e-7
@@ -121,14 +121,12 @@ def power_iteration_norm(weight: torch.Tensor, size: tuple[int, int], iters: int
     `power_iteration` (the reference, or a backend's fused kernel: same signature and outputs)
     runs once on the real forms [[Re H, -Im H], [Im H, Re H]] (2m x 2n) of all frequencies,
     whose singular values are those of H, each twice: the complex iteration u <- H^H H u written
-    on (Re u, Im u). The start (Re u, Im u) is one fixed pseudo-random unit vector (seed 0).
+    on (Re u, Im u). The start (Re u, Im u) is `fixed_start`, the same at every frequency.
     """
     responses = frequency_response(weight, size)
     real, imag = responses.real, responses.imag
     realified = torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
-    generator = torch.Generator().manual_seed(0)
-    start = torch.randn(realified.shape[-1], generator=generator, dtype=torch.float64)
-    u = (start / start.norm()).to(device=realified.device, dtype=realified.dtype)
+    u = fixed_start(realified.shape[-1], realified.device, realified.dtype)
     # The kernels read u as a dense (..., n) tensor: materialise the broadcast start.
     u = u.expand(*realified.shape[:-2], -1).contiguous()
     sigma, _, _ = power_iteration(realified, u, iters)
