@@ -8,6 +8,8 @@ relative tolerance, whichever is larger.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -175,3 +177,16 @@ def matrix_with_spectrum(singular_values, rows, cols, batch=(), dtype=torch.floa
     right = torch.linalg.qr(torch.randn(*batch, cols, k, dtype=torch.float64))[0]
     s = torch.tensor(singular_values, dtype=torch.float64)
     return ((left * s) @ right.transpose(-2, -1)).to(device=device, dtype=dtype)
+
+
+def layer_jacobian(layer, input_shape):
+    """The matrix of a bias-free layer (a linear map) on inputs of `input_shape`, from one forward
+    call on the identity basis (one call: a training forward updates the vectors)."""
+    n = math.prod(input_shape)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *input_shape)
+    with torch.no_grad():
+        return layer(basis).reshape(n, -1)
+
+
+def largest_singular_value(matrix):
+    return torch.linalg.matrix_norm(matrix, ord=2).item()

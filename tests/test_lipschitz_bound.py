@@ -14,7 +14,7 @@ from lipkernels import bounds
 from lipkernels.bounds import skew_conv_norm_bound
 from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, SOCConv2d, SOCLinear
 from lipkernels.nn.soc import exp_series_tail, truncated_exp_bound
-
+from helpers import largest_singular_value, layer_jacobian
 
 
 def grid_factor(points_per_degree):
@@ -59,18 +59,6 @@ def circular_norm(S, n1, n2):
     angle = w1[:, None, None, None] * a[:, None] + w2[:, None, None] * b
     symbol = torch.einsum("ocab,uvab->uvoc", S.to(torch.complex128), torch.exp(1j * angle))
     return torch.linalg.matrix_norm(symbol, ord=2).max().item()
-
-
-def layer_jacobian(layer, input_shape):
-    """The matrix of a bias-free layer on inputs of `input_shape`, from one forward call."""
-    n = math.prod(input_shape)
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *input_shape)
-    with torch.no_grad():
-        return layer(basis).reshape(n, -1)
-
-
-def largest_singular_value(matrix):
-    return torch.linalg.matrix_norm(matrix, ord=2).item()
 
 
 FILTERS = {

@@ -16,7 +16,7 @@ from lipkernels import reference
 from lipkernels.nn import SOCConv2d, SOCLinear
 from lipkernels.nn.soc import exp_series_tail
 from lipkernels.reference.conv_spectral_bounds import bound_matrices
-from helpers import require_backend
+from helpers import largest_singular_value, layer_jacobian, require_backend
 
 SIZE = 6  # spatial size of the explicit-Jacobian inputs: small enough for a dense SVD
 
@@ -58,19 +58,6 @@ def make(case, mode="eval", **kwargs):
     in_channels, out_channels, k, stride = case
     layer = SOCConv2d(in_channels, out_channels, k, stride, **kwargs).double()
     return layer.train(mode == "train")
-
-
-def layer_jacobian(layer, input_shape):
-    """The matrix of a bias-free layer (a linear map) on inputs of `input_shape`, from one forward
-    call on the identity basis (one call: a training forward updates the vectors)."""
-    n = math.prod(input_shape)
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, *input_shape)
-    with torch.no_grad():
-        return layer(basis).reshape(n, -1)
-
-
-def largest_singular_value(matrix):
-    return torch.linalg.matrix_norm(matrix, ord=2).item()
 
 
 def test_exp_series_tail_is_an_upper_bound_close_to_the_sum():
