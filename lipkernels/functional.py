@@ -420,7 +420,8 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.shape[0] == 0:
         # torch.fft rejects an empty batch: the empty output, whose graph still reaches x and
         # weight (zero gradients, as torch's layers give).
-        return x.new_zeros((0, weight.shape[0], *x.shape[2:])) + 0 * (x.sum() + weight.sum())
+        graph = (0 * (x.sum() + weight.sum())).to(x.dtype)
+        return x.new_zeros((0, weight.shape[0], *x.shape[2:])) + graph
     backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS, x, weight)
     if backend == "reference":
         return reference.cayley_conv2d(x, weight)
