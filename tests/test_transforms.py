@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch.autograd import forward_ad
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lipkernels
 from helpers import ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend
@@ -503,3 +504,57 @@ def test_layer_grad_of_parameters_matches_autograd(layer_name, backend, mode):
         expected = dict(zip(leaves, torch.autograd.grad(loss(leaves), list(leaves.values()))))
     torch.testing.assert_close(actual, expected)
     assert any(g.abs().max() > 0 for g in actual.values())
+
+
+class _FirstKernelCall(TorchDispatchMode):
+    """Records the first lipkernels op a call dispatches: (op, args, kwargs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.call = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.call is None and func.namespace == "lipkernels":
+            self.call = (func, args, kwargs or {})
+        return func(*args, **(kwargs or {}))
+
+
+RAW_TRANSFORMS = {
+    "jvp": ("torch.func.jvp/jacfwd",
+            lambda fn, primals: jvp(fn, primals, tuple(map(torch.ones_like, primals)))),
+    "grad": ("torch.func.grad/vjp/jacrev",
+             lambda fn, primals: grad(lambda *p: fn(*p).sum())(*primals)),
+    "forward_ad": ("forward-mode AD", lambda fn, primals: _dual_call(fn, primals)),
+}
+
+
+def _dual_call(fn, primals):
+    with forward_ad.dual_level():
+        return fn(*(forward_ad.make_dual(p, torch.ones_like(p)) for p in primals))
+
+
+@cases
+@targets
+@pytest.mark.parametrize("transform", list(RAW_TRANSFORMS))
+def test_raw_kernel_ops_refuse_transforms(name, device, backend, transform):
+    """torch.ops.lipkernels.* called directly (as a peer library might) under a transform: an
+    error naming the op and the transform, not the zero tangent torch.library would give."""
+    case, fn, primals, refuses = _setup(name, device, backend)
+    if not refuses:
+        pytest.skip("not a kernel backend of this op")
+    with lipkernels.use_backend(backend), _FirstKernelCall() as recorder:
+        fn(*primals)
+    op, args, kwargs = recorder.call
+    positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)
+                 and (a.is_floating_point() or a.is_complex())]
+
+    def raw(*tensors):
+        full = list(args)
+        for position, tensor in zip(positions, tensors):
+            full[position] = tensor
+        return op(*full, **kwargs)[0]
+
+    message, run = RAW_TRANSFORMS[transform]
+    with pytest.raises(RuntimeError, match=re.escape(f"torch.ops.lipkernels.{op._opname} does "
+                                                     f"not support {message}")):
+        run(raw, tuple(args[i] for i in positions))

@@ -4,10 +4,15 @@ C++ kernels are declared in csrc/ops.cpp and implemented per device key; Triton 
 custom ops here. Both get the same fake (meta) functions and the same autograd formula, so every
 backend traces under torch.compile and is checked by torch.library.opcheck.
 
-Triton launchers are wrapped with ``torch.library.custom_op`` (an opaque op) rather than
+Triton launchers are defined as opaque dispatcher ops, as the C++ ones are, rather than with
 ``torch.library.triton_op``: under the Triton interpreter, which is how CPU-only CI runs them,
 triton_op's functionalisation traces into the launcher and reads fake tensors' data, so neither
 opcheck nor torch.compile works; the opaque op behaves the same on a GPU and is testable here.
+
+The autograd kernel is torch.library's (the one ``register_autograd`` installs) behind a check
+that no torch.func transform or forward-mode tangent reaches it: torch.library has no
+forward-mode hook, so without the check ``torch.func.jvp`` of a raw ``torch.ops.lipkernels`` op
+would return a zero tangent, and forward-AD dual inputs would give an output without one.
 """
 
 from __future__ import annotations
@@ -24,9 +29,35 @@ def triton_op_name(op: str) -> str:
     return f"lipkernels::{op}_triton"
 
 
+# Holds the Python registrations of the lipkernels namespace (Triton ops, autograd kernels).
+_LIBRARY = torch.library.Library("lipkernels", "FRAGMENT")
+
+
 def define_triton_op(op: str, launcher: Callable, schema: str):
-    """Register `launcher` as the custom op lipkernels::<op>_triton with the given schema."""
-    return torch.library.custom_op(triton_op_name(op), launcher, mutates_args=(), schema=schema)
+    """Register `launcher` as the op lipkernels::<op>_triton with the given schema, on every
+    device (the Triton interpreter runs it on the CPU)."""
+    name = triton_op_name(op).split("::")[1]
+    _LIBRARY.define(name + schema)
+    _LIBRARY.impl(name, launcher, "CompositeExplicitAutograd")
+
+
+def _register_autograd(forward: str, backward_formula: Callable, setup_context: Callable):
+    """torch.library's autograd kernel for `forward`, refusing torch.func transforms and
+    forward-mode AD with an error that names them (see the module docstring)."""
+    autograd_kernel = torch._library.autograd.make_autograd_impl(
+        _op(forward), torch._library.autograd.Info(backward_formula, setup_context))
+
+    def checked_autograd_kernel(keyset, *args, **keyword_only_args):
+        transform = _backend.active_transform(args)
+        if transform is not None:
+            raise RuntimeError(
+                f"torch.ops.{forward.replace('::', '.')} does not support {transform}: the "
+                f"kernel ops have no batching rule, forward-mode derivative or torch.func "
+                f"autograd. Call the lipkernels.functional op, which runs the reference under "
+                f"transforms with the 'auto' backend")
+        return autograd_kernel(keyset, *args, **keyword_only_args)
+
+    _LIBRARY.impl(forward.split("::")[1], checked_autograd_kernel, "Autograd", with_keyset=True)
 
 
 def register_differentiable(forward: str, backward: str, *, forward_fake: Callable,
@@ -50,7 +81,7 @@ def register_differentiable(forward: str, backward: str, *, forward_fake: Callab
             return differentiable_backward(ctx, *grads)
         return kernel_backward(ctx, *grads)
 
-    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+    _register_autograd(forward, backward_formula, setup_context)
 
 
 def recomputed_vjp(forward: Callable, inputs: tuple, needs_input_grad, grad_output):
