@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU validation (DESIGN.md §6), for a bare GPU machine: torch with CUDA, Triton, nvcc, ninja,
+# GPU validation (docs/design.md §6), for a bare GPU machine: torch with CUDA, Triton, nvcc, ninja,
 # pytest and pytest-benchmark installed, no network (nothing is downloaded). From anywhere:
 #
 #     OUT=/some/dir bash benchmarks/gpu_check.sh        # OUT defaults to benchmarks/results

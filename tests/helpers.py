@@ -1,9 +1,9 @@
 """Shared test machinery: the backend/device grid and the accuracy rule.
 
-Accuracy rule (DESIGN.md §4, after flash-attention's): run the reference twice, in float64 (the
-"exact" answer) and in the kernel's own precision. The kernel's error against the exact answer
-must be at most twice the reference's own error in that precision, or within the precision's
-relative tolerance, whichever is larger.
+Accuracy rule (docs/design.md §4, after flash-attention's): run the reference twice, in float64
+(the "exact" answer) and in the kernel's own precision. The kernel's error against the exact
+answer must be at most twice the reference's own error in that precision, or within the
+precision's relative tolerance, whichever is larger.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Backend selection rules (DESIGN.md §2): auto picks only validated kernels, explicit choices
+"""Backend selection rules (docs/design.md §2): auto picks only validated kernels, explicit choices
 that cannot run are errors naming what is missing, and build_info tells the truth."""
 
 import pytest

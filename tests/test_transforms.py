@@ -1,5 +1,5 @@
-"""torch.func transforms, forward-mode AD and double backward (DESIGN.md §3.5: nothing silently
-wrong under torch.func).
+"""torch.func transforms, forward-mode AD and double backward (docs/design.md §3.5: nothing
+silently wrong under torch.func).
 
 The rule (`lipkernels._backend`): under jvp / vmap / grad / jacrev / forward-mode AD, the
 reference gives the right derivative, `auto` runs the reference, and an explicit kernel backend

@@ -1,4 +1,4 @@
-"""nn.Module layers over the lipkernels ops (DESIGN.md §1: lipkernels/nn/<layer>.py)."""
+"""nn.Module layers over the lipkernels ops (docs/design.md §1: lipkernels/nn/<layer>.py)."""
 
 from ._eval_cache import cached
 from .cayley import CayleyConv2d, CayleyLinear

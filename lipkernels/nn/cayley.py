@@ -83,7 +83,7 @@ class _ScaledCayley(EvalCached):
 
         The Cayley transform of any finite matrix has orthonormal columns (or rows, for a wide
         one): I + A has Hermitian part V^H V + I >= I, so it is invertible and
-        Q^H Q = I (DESIGN.md 3.3). CayleyConv2d applies such a Q_f at every frequency of the
+        Q^H Q = I (docs/design.md §3.3). CayleyConv2d applies such a Q_f at every frequency of the
         unitary DFT (and pixel_unshuffle is a permutation), so every layer here has norm 1 at
         every input size, whatever the weight and alpha (a zero weight gives the identity), and
         the bias does not change differences. Like SOC's bound it is exact arithmetic on the

@@ -438,7 +438,7 @@ void test_cayley_conv2d(int64_t c_out, int64_t c_in, int64_t batch, uint64_t see
   }
 }
 
-// NaN in gives NaN out (DESIGN.md section 4): one NaN entry of W poisons all of Q and X, by
+// NaN in gives NaN out (docs/design.md §4): one NaN entry of W poisons all of Q and X, by
 // either path (the NaN spreads through M's row and column and then through every sweep).
 template <typename S>
 void test_nan_propagates(int64_t m, int64_t n, int64_t row, int64_t col) {

@@ -14,9 +14,9 @@ using lipkernels::kernels::F4Shape;
 
 namespace {
 
-// M_q as torch builds it: permute the filter dims by perm (the transposes of DESIGN.md: M_1
-// swaps dims 1 and 2, M_2 dims 1 and 3, M_3 none, M_4 dims 0 and 1), flatten the permuted tensor
-// row-major, and cut it into rows of the trailing `col_dims` permuted dims.
+// M_q as torch builds it: permute the filter dims by perm (the transposes of docs/design.md
+// §3.1: M_1 swaps dims 1 and 2, M_2 dims 1 and 3, M_3 none, M_4 dims 0 and 1), flatten the
+// permuted tensor row-major, and cut it into rows of the trailing `col_dims` permuted dims.
 F4Index reshape_by_hand(const F4Shape& s, int q, const F4Coord& e) {
   static const int perms[4][4] = {{0, 2, 1, 3}, {0, 3, 2, 1}, {0, 1, 2, 3}, {1, 0, 2, 3}};
   static const int col_dims[4] = {2, 2, 3, 3};
