@@ -42,7 +42,7 @@ import os
 
 import torch
 
-from .reference._autograd import has_tangent, transforms
+from ._autograd import has_tangent, transforms
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
@@ -121,6 +121,8 @@ def _unavailable_reason(backend: str, device_type: str) -> str | None:
     if backend == "triton":
         if _triton_error:
             return _triton_error
+        if _extension_error:
+            return f"the Triton ops take their schemas from lipkernels._C: {_extension_error}"
         if device_type == "cpu" and not _triton_interpreted:
             return ("Triton kernels run on CPU tensors only under the Triton interpreter "
                     "(set TRITON_INTERPRET=1 before importing lipkernels)")

@@ -38,9 +38,9 @@ import torch
 
 import lipkernels
 from lipkernels import reference
-from lipkernels.reference.cayley_conv2d import frequency_conv2d, frequency_responses, working_dtype
-from lipkernels.reference.conv_singular_values import frequency_response
-from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
+from lipkernels._conventions import bound_matrix_shapes
+from lipkernels._precision import working_dtype
+from lipkernels._spectral import bound_matrices, frequency_conv2d, frequency_response, frequency_responses
 
 # ----------------------------------------------------------------------------------------------
 # The grid

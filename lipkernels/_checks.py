@@ -41,6 +41,15 @@ def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_ran
         raise ValueError(f"{op}: {name} has NaN or inf entries (LIPKERNELS_CHECK=1)")
 
 
+def check_channel_pairs(op: str, name: str, x):
+    """x is a (B, C, *spatial) tensor with C even: the input of the channel-pair activations (or
+    its gradient, named `name`)."""
+    check_tensor(op, name, x, min_rank=2, batch_dims=1)
+    if x.shape[1] % 2:
+        raise ValueError(f"{op}: {name} must have an even number of channels (dim 1) to form "
+                         f"channel pairs; got shape {tuple(x.shape)}")
+
+
 def check_like(op: str, name: str, tensor: torch.Tensor, reference_name: str,
                reference: torch.Tensor, shape: tuple[int, ...]):
     """`tensor` has the given shape and the dtype and device of `reference`."""

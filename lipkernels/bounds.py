@@ -62,8 +62,9 @@ import math
 import torch
 
 from ._checks import check_tensor
+from ._conventions import input_size_pair
+from ._precision import working_dtype
 from .functional import _check_conv_spectrum_input
-from .reference.conv_singular_values import input_size_pair
 
 _UNIT_ROUNDOFF = 2.0 ** -53  # float64
 _SMALLEST_SUBNORMAL = 2.0 ** -1074
@@ -328,8 +329,7 @@ def _skew_conv_norm_bound(S: torch.Tensor, input_size) -> float:
     channels, _, k1, k2 = S.shape
     # Tap k = (a, b) row-major: S_k = S[:, :, a, b].
     taps = S.detach().permute(2, 3, 0, 1).contiguous().view(k1 * k2, channels, channels)
-    if taps.dtype not in (torch.float32, torch.float64):
-        taps = taps.float()
+    taps = taps.to(working_dtype(taps.dtype))
     # sum_k ||S_k||_F >= max_w ||S^(w)|| (the triangle inequality): a bound of its own that caps
     # mu, and the test of finiteness (nan or inf) and of S = 0. Accumulated in float64: within
     # gamma_{C^2 + K} of the exact sum.

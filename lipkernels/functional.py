@@ -10,22 +10,24 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import check_iters, check_like, check_square_filter, check_tensor, check_terms
-from .ops.cayley import KERNELS as _CAYLEY_KERNELS
-from .ops.cayley_conv2d import KERNELS as _CAYLEY_CONV2D_KERNELS
-from .ops.conv_spectral_bounds import KERNELS as _CONV_SPECTRAL_BOUNDS_KERNELS
-from .ops.householder import KERNELS as _HOUSEHOLDER_KERNELS
-from .ops.max_min import KERNELS as _MAX_MIN_KERNELS
-from .ops.power_iteration import KERNELS as _POWER_ITERATION_KERNELS
-from .ops.soc_exp import KERNELS as _SOC_EXP_KERNELS
-from .reference.cayley import DTYPES as _CAYLEY_DTYPES
-from .reference.cayley_conv2d import spectral_conv2d
-from .reference.conv_singular_values import PADDINGS as CONV_PADDINGS
-from .reference.conv_singular_values import circular_size, power_iteration_norm
-from .reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
-from .reference.max_min import PAIRINGS
-from .reference.power_iteration import fixed_start
-from .reference.soc_exp import GRAD_MODES
+from ._checks import check_iters, check_square_filter, check_tensor
+from ._conventions import CAYLEY_DTYPES, PADDINGS, circular_size, fixed_start, initial_vectors
+from ._spectral import power_iteration_norm
+from .ops import KERNELS
+from .ops import conv_spectral_bounds as conv_spectral_bounds_ops
+from .ops import householder as householder_ops
+from .ops import max_min as max_min_ops
+from .ops import power_iteration as power_iteration_ops
+from .ops import soc_exp as soc_exp_ops
+
+
+def _dispatch(op: str, device_type: str, tensors: tuple, *args):
+    """`op` on validated `args`, on the backend `_backend.resolve` picks for `tensors` (its tensor
+    inputs on `device_type`): the reference, or the op's kernel entry in `lipkernels.ops.KERNELS`,
+    which has the reference's signature and result."""
+    backend = _backend.resolve(op, device_type, KERNELS[op], *tensors)
+    implementation = getattr(reference, op) if backend == "reference" else KERNELS[op][backend]
+    return implementation(*args)
 
 
 def _nonzero_start(u: torch.Tensor) -> torch.Tensor:
@@ -55,15 +57,9 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):
         `weight` with d sigma / d W = v u^T (u and v held constant, as in spectral normalisation);
         u and v are not differentiable. Store the returned u to continue the iteration next call.
     """
-    op = "power_iteration"
-    check_tensor(op, "weight", weight, min_rank=2, batch_dims=-2)
-    check_like(op, "u", u, "weight", weight, (*weight.shape[:-2], weight.shape[-1]))
-    check_iters(op, iters)
+    power_iteration_ops.check_inputs(weight, u, iters)
     u = _nonzero_start(u)
-    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS, weight, u)
-    if backend == "reference":
-        return reference.power_iteration(weight, u, iters)
-    return _POWER_ITERATION_KERNELS[backend](weight.contiguous(), u.contiguous(), iters)
+    return _dispatch("power_iteration", weight.device.type, (weight, u), weight, u, iters)
 
 
 def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
@@ -91,23 +87,13 @@ def conv_spectral_bounds(weight: torch.Tensor, iters: int = 1, vectors=None):
         (bounds (4,), vectors): bounds differentiable w.r.t. `weight` like `power_iteration`'s
         sigma; vectors a tuple of the four updated right vectors.
     """
-    op = "conv_spectral_bounds"
-    check_tensor(op, "weight", weight, rank=4)
-    check_iters(op, iters)
     if vectors is None:
+        check_tensor("conv_spectral_bounds", "weight", weight, rank=4)
         vectors = initial_vectors(weight)
-    if len(vectors) != 4:
-        raise ValueError(f"{op}: vectors must hold 4 tensors (one per reshape); got {len(vectors)}")
-    for index, (u, (_, cols)) in enumerate(zip(vectors, bound_matrix_shapes(weight.shape))):
-        check_like(op, f"vectors[{index}]", u, "weight", weight, (cols,))
+    conv_spectral_bounds_ops.check_inputs(weight, vectors, iters)
     vectors = [_nonzero_start(u) for u in vectors]
-    backend = _backend.resolve(op, weight.device.type, _CONV_SPECTRAL_BOUNDS_KERNELS, weight,
-                               *vectors)
-    if backend == "reference":
-        return reference.conv_spectral_bounds(weight, iters, vectors)
-    bounds, new_vectors, _ = _CONV_SPECTRAL_BOUNDS_KERNELS[backend](
-        weight.contiguous(), [u.contiguous() for u in vectors], iters)
-    return bounds, tuple(new_vectors)
+    return _dispatch("conv_spectral_bounds", weight.device.type, (weight, *vectors), weight,
+                     iters, vectors)
 
 
 def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
@@ -180,7 +166,7 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
             each as its real 2 C_out x 2 C_in form [[Re H, -Im H], [Im H, Re H]] (same singular
             values), through the selected backend's `power_iteration` (one fused launch for all
             frequencies), from one fixed start (`fixed_start` of
-            `lipkernels.reference.power_iteration`, deterministic), and returns the
+            `lipkernels._conventions`, deterministic), and returns the
             largest estimate Re(v^H H u): in exact arithmetic never above the exact value
             (computed, it can exceed it by rounding, up to about 2e-7 relative in float32), so
             an estimate rather than a certified bound; it converges with a spectral gap.
@@ -191,18 +177,19 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
         `power_iteration`); NaN if `weight` has a NaN or inf entry.
     """
     op = "conv_spectral_norm"
-    if padding not in CONV_PADDINGS:
-        raise ValueError(f"{op}: padding must be one of {', '.join(CONV_PADDINGS)}; "
+    if padding not in PADDINGS:
+        raise ValueError(f"{op}: padding must be one of {', '.join(PADDINGS)}; "
                          f"got {padding!r}")
     _check_conv_spectrum_input(op, weight, input_size, kernel_must_fit=padding == "circular")
     if iters is None:
         return reference.conv_spectral_norm(weight, input_size, padding)
     check_iters(op, iters)
-    backend = _backend.resolve(op, weight.device.type, _POWER_ITERATION_KERNELS, weight)
+    kernels = KERNELS["power_iteration"]
+    backend = _backend.resolve(op, weight.device.type, kernels, weight)
     if backend == "reference":
         return reference.conv_spectral_norm(weight, input_size, padding, iters)
     return power_iteration_norm(weight, circular_size(weight, input_size, padding), iters,
-                                _POWER_ITERATION_KERNELS[backend])
+                                kernels[backend])
 
 
 def skew(weight: torch.Tensor) -> torch.Tensor:
@@ -246,26 +233,8 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str = "exac
     Returns:
         y (B, C, H, W) in `x`'s dtype; terms=1 returns x itself.
     """
-    op = "soc_exp"
-    check_tensor(op, "x", x, rank=4, batch_dims=1)
-    check_square_filter(op, "S", S)
-    check_like(op, "S", S, "x", x, (x.shape[1], x.shape[1], *S.shape[2:]))
-    check_terms(op, "terms", terms)
-    if grad_mode not in GRAD_MODES:
-        raise ValueError(f"{op}: grad_mode must be one of {', '.join(GRAD_MODES)}; "
-                         f"got {grad_mode!r}")
-    backend = _backend.resolve(op, x.device.type, _SOC_EXP_KERNELS, x, S)
-    if backend == "reference":
-        return reference.soc_exp(x, S, terms, grad_mode)
-    return _SOC_EXP_KERNELS[backend](x.contiguous(), S.contiguous(), terms, grad_mode)
-
-
-def _check_channel_pairs(op: str, x):
-    """x is a (B, C, *spatial) tensor with C even: the input of the channel-pair activations."""
-    check_tensor(op, "x", x, min_rank=2, batch_dims=1)
-    if x.shape[1] % 2:
-        raise ValueError(f"{op}: x must have an even number of channels (dim 1) to form channel "
-                         f"pairs; got shape {tuple(x.shape)}")
+    soc_exp_ops.check_inputs(x, S, terms, grad_mode)
+    return _dispatch("soc_exp", x.device.type, (x, S), x, S, terms, grad_mode)
 
 
 def max_min(x: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
@@ -290,14 +259,8 @@ def max_min(x: torch.Tensor, pairing: str = "halves") -> torch.Tensor:
         (torch.maximum would split a tie's gradient 0.5 / 0.5). A NaN compares false and swaps its
         pair: it stays in the output. The kernels keep one byte per pair for the backward, not x.
     """
-    op = "max_min"
-    _check_channel_pairs(op, x)
-    if pairing not in PAIRINGS:
-        raise ValueError(f"{op}: pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
-    backend = _backend.resolve(op, x.device.type, _MAX_MIN_KERNELS, x)
-    if backend == "reference":
-        return reference.max_min(x, pairing)
-    return _MAX_MIN_KERNELS[backend](x.contiguous(), pairing)[0]
+    max_min_ops.check_inputs(x, pairing)
+    return _dispatch("max_min", x.device.type, (x,), x, pairing)
 
 
 def householder(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -325,24 +288,8 @@ def householder(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         Kernels compute in float32 (float64 for float64). A NaN selector (NaN in x or theta)
         takes the reflection and gives NaN out, as the seed code's mask products do.
     """
-    op = "householder"
-    _check_channel_pairs(op, x)
-    check_tensor(op, "theta", theta)
-    pairs = x.shape[1] // 2
-    if tuple(theta.shape) != (pairs,):
-        raise ValueError(f"{op}: theta must have shape ({pairs},), one angle per channel pair of x "
-                         f"{tuple(x.shape)}; got {tuple(theta.shape)}")
-    if theta.device != x.device:
-        raise ValueError(f"{op}: theta is on {theta.device} but x is on {x.device}; both must be "
-                         f"on the same device")
-    half_x = x.dtype in (torch.float16, torch.bfloat16)
-    if theta.dtype != x.dtype and not (half_x and theta.dtype == torch.float32):
-        raise TypeError(f"{op}: theta has dtype {theta.dtype} but x has {x.dtype}; theta must have "
-                        f"x's dtype{' or torch.float32' if half_x else ''}")
-    backend = _backend.resolve(op, x.device.type, _HOUSEHOLDER_KERNELS, x, theta)
-    if backend == "reference":
-        return reference.householder(x, theta)
-    return _HOUSEHOLDER_KERNELS[backend](x.contiguous(), theta.contiguous())
+    householder_ops.check_inputs(x, theta)
+    return _dispatch("householder", x.device.type, (x, theta), x, theta)
 
 
 def cayley(W: torch.Tensor) -> torch.Tensor:
@@ -370,14 +317,10 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
         (see `lipkernels.reference.cayley.CayleyFunction`).
     """
     op = "cayley"
-    check_tensor(op, "W", W, min_rank=2, dtypes=_CAYLEY_DTYPES, batch_dims=-2)
+    check_tensor(op, "W", W, min_rank=2, dtypes=CAYLEY_DTYPES, batch_dims=-2)
     if W.numel() == 0:  # an empty batch of matrices: the kernels take none, the reference works
         return reference.cayley(W)
-    backend = _backend.resolve(op, W.device.type, _CAYLEY_KERNELS, W)
-    if backend == "reference":
-        return reference.cayley(W)
-    return _CAYLEY_KERNELS[backend](W)
-
+    return _dispatch(op, W.device.type, (W,), W)
 
 
 def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -422,10 +365,7 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # weight (zero gradients, as torch's layers give).
         graph = (0 * (x.sum() + weight.sum())).to(x.dtype)
         return x.new_zeros((0, weight.shape[0], *x.shape[2:])) + graph
-    backend = _backend.resolve(op, x.device.type, _CAYLEY_CONV2D_KERNELS, x, weight)
-    if backend == "reference":
-        return reference.cayley_conv2d(x, weight)
-    return spectral_conv2d(x, weight, _CAYLEY_CONV2D_KERNELS[backend])
+    return _dispatch(op, x.device.type, (x, weight), x, weight)
 
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
            "conv_singular_values", "conv_spectral_norm", "skew", "soc_exp",

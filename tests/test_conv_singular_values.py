@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import lipkernels
 from lipkernels import reference
-from lipkernels.reference.conv_singular_values import frequency_response
+from lipkernels._spectral import frequency_response
 from helpers import (KERNEL_TARGETS, compare_with_reference, dtypes_for, filter_with_spectral_gap,
                      require_backend, run)
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import lipkernels
 from lipkernels import reference
-from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
+from lipkernels._conventions import bound_matrix_shapes
+from lipkernels._spectral import bound_matrices
 from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
                      assert_rounded_once, compare_with_reference, custom_ops, dtypes_for,
                      filter_with_spectral_gap, gradcheck, require_backend, run)

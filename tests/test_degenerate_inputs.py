@@ -22,7 +22,8 @@ from lipkernels.ops import (cayley, cayley_conv2d, householder, max_min, power_i
                             soc_exp)
 from lipkernels.ops import conv_spectral_bounds
 from lipkernels.nn._unshuffle import unshuffle
-from lipkernels.reference.conv_spectral_bounds import bound_matrices, bound_matrix_shapes
+from lipkernels._conventions import bound_matrix_shapes
+from lipkernels._spectral import bound_matrices
 from helpers import (ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend,
                      require_kernel)
 

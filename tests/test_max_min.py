@@ -8,7 +8,8 @@ import torch
 import lipkernels
 from lipkernels import _backend, reference
 from lipkernels.ops.max_min import KERNELS
-from lipkernels.reference.max_min import merge_pairs, pair_shape, split_pairs
+from lipkernels.reference.max_min import merge_pairs, split_pairs
+from lipkernels._conventions import pair_shape
 from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
                      compare_with_reference, custom_ops, gradcheck, require_backend, run)
 

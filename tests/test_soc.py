@@ -15,7 +15,7 @@ import lipkernels
 from lipkernels import reference
 from lipkernels.nn import SOCConv2d, SOCLinear
 from lipkernels.nn.soc import exp_series_tail
-from lipkernels.reference.conv_spectral_bounds import bound_matrices
+from lipkernels._spectral import bound_matrices
 from helpers import largest_singular_value, layer_jacobian, require_backend
 
 SIZE = 6  # spatial size of the explicit-Jacobian inputs: small enough for a dense SVD

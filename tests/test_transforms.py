@@ -35,7 +35,7 @@ from lipkernels.ops.householder import KERNELS as HOUSEHOLDER_KERNELS
 from lipkernels.ops.max_min import KERNELS as MAX_MIN_KERNELS
 from lipkernels.ops.power_iteration import KERNELS as POWER_ITERATION_KERNELS
 from lipkernels.ops.soc_exp import KERNELS as SOC_EXP_KERNELS
-from lipkernels.reference.conv_spectral_bounds import initial_vectors
+from lipkernels._conventions import initial_vectors
 from lipkernels.reference.soc_exp import FAST_DOUBLE_BACKWARD
 
 DTYPE = torch.float64

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import functional
-from ..reference.max_min import PAIRINGS
+from .._conventions import PAIRINGS
 
 
 class MaxMin(nn.Module):

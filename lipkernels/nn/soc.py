@@ -28,13 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from ..bounds import _skew_conv_norm_bound
-from ..functional import _check_conv_spectrum_input
 from .._checks import (autocast_enabled, check_count, check_layer_input, check_stride,
                        check_terms)
-from ..reference.conv_singular_values import input_size_pair
-from ..reference.conv_spectral_bounds import bound_matrix_shapes, initial_vectors
-from ..reference.soc_exp import GRAD_MODES
+from .._conventions import GRAD_MODES, bound_matrix_shapes, initial_vectors, input_size_pair
+from ..bounds import _skew_conv_norm_bound
+from ..functional import _check_conv_spectrum_input
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached
 from ._unshuffle import unshuffle

@@ -1,1 +1,20 @@
-"""Op registration: fake impls, autograd formulas and backend entry points, one module per op."""
+"""Op registration: fake impls, autograd formulas and backend entry points, one module per op.
+
+`KERNELS` is the one registry the functional API dispatches through: for each public op, its
+entry point per kernel backend built here ({backend: entry}), each entry with the signature and
+result of the op's reference in lipkernels.reference. Adding an op adds its module and one line
+below.
+"""
+
+from . import cayley, cayley_conv2d, conv_spectral_bounds, householder, max_min, power_iteration
+from . import soc_exp
+
+KERNELS = {
+    "power_iteration": power_iteration.KERNELS,
+    "conv_spectral_bounds": conv_spectral_bounds.KERNELS,
+    "soc_exp": soc_exp.KERNELS,
+    "max_min": max_min.KERNELS,
+    "householder": householder.KERNELS,
+    "cayley": cayley.KERNELS,
+    "cayley_conv2d": cayley_conv2d.KERNELS,
+}

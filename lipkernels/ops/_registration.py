@@ -1,8 +1,10 @@
 """The one mechanism that turns a kernel pair (forward, backward) into a traceable, differentiable op.
 
-C++ kernels are declared in csrc/ops.cpp and implemented per device key; Triton launchers become
-custom ops here. Both get the same fake (meta) functions and the same autograd formula, so every
-backend traces under torch.compile and is checked by torch.library.opcheck.
+Every op's schema is declared once, in csrc/ops.cpp, and its C++ kernels are implemented per
+device key; Triton launchers become ops here under the same schemas (lipkernels::<op>_triton).
+Both get the same fake (meta) functions and the same autograd formula, so every backend traces
+under torch.compile and is checked by torch.library.opcheck. The registry of entry points, one
+per op and backend, is `lipkernels.ops.KERNELS`.
 
 Triton launchers are defined as opaque dispatcher ops, as the C++ ones are, rather than with
 ``torch.library.triton_op``: under the Triton interpreter, which is how CPU-only CI runs them,
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 
 from .. import _backend
-from ..reference._autograd import needs_graph
+from .._autograd import needs_graph
 
 
 def triton_op_name(op: str) -> str:
@@ -33,12 +35,28 @@ def triton_op_name(op: str) -> str:
 _LIBRARY = torch.library.Library("lipkernels", "FRAGMENT")
 
 
-def define_triton_op(op: str, launcher: Callable, schema: str):
+def _contiguous(value):
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return [t.contiguous() for t in value]
+    return value
+
+
+def define_triton_op(op: str, launcher: Callable, schema: str, check: Callable | None = None):
     """Register `launcher` as the op lipkernels::<op>_triton with the given schema, on every
-    device (the Triton interpreter runs it on the CPU)."""
+    device (the Triton interpreter runs it on the CPU). The op is public (torch.ops), so it runs
+    `check` on its arguments first, the checks of the functional API, and hands the launcher
+    contiguous tensors, which is what the launchers index."""
     name = triton_op_name(op).split("::")[1]
+
+    def checked_launcher(*args):
+        if check is not None:
+            check(*args)
+        return launcher(*map(_contiguous, args))
+
     _LIBRARY.define(name + schema)
-    _LIBRARY.impl(name, launcher, "CompositeExplicitAutograd")
+    _LIBRARY.impl(name, checked_launcher, "CompositeExplicitAutograd")
 
 
 def _register_autograd(forward: str, backward_formula: Callable, setup_context: Callable):
@@ -104,30 +122,54 @@ def _op(qualified_name: str):
     return getattr(getattr(torch.ops, namespace), name).default
 
 
-def kernel_ops(op: str, launchers: Callable | None = None, schemas: tuple[str, str] | None = None,
-               triton_forward_fake: Callable | None = None, **autograd) -> dict[str, Callable]:
-    """Register every built kernel backend of `op`; return {backend: forward op}.
+def _triton_schema(op: str) -> str:
+    """The C++ op's schema without its name, "(args) -> returns": the Triton twin of
+    lipkernels::<op> takes it from the op csrc/ops.cpp declares, so each schema is written once."""
+    schema = str(_op(f"lipkernels::{op}")._schema)
+    return schema[len(f"lipkernels::{op}"):]
 
-    `launchers` is a zero-argument callable returning the Triton module's (forward, backward)
-    launchers, called only when Triton is importable. `schemas` are the (forward, backward) schemas
-    of the Triton ops, which mirror the C++ ones in csrc/ops.cpp. An op without Triton kernels
-    passes neither. `triton_forward_fake` replaces `autograd["forward_fake"]` for the Triton op
-    where its outputs differ from the C++ kernels' (soc_exp: which tensors it keeps).
+
+# The hooks an op's module (lipkernels/ops/<op>.py) defines for `kernel_ops`, by name.
+_AUTOGRAD_HOOKS = ("forward_fake", "backward_fake", "setup_context", "make_backward",
+                   "differentiable_backward")
+
+
+def kernel_ops(op: str, module) -> dict[str, Callable]:
+    """Register every built kernel backend of `op` from the hooks its module defines; return
+    {backend: entry point}.
+
+    Hooks: `_entry(forward_op)`, the backend's entry point: the function with the signature and
+    the result of the op's reference in lipkernels.reference (what lipkernels.functional calls
+    once the inputs are validated), running `forward_op`; the autograd hooks `_forward_fake`,
+    `_backward_fake`, `_setup_context`, `_make_backward`, `_differentiable_backward` (see
+    `register_differentiable`); and, for an op with Triton kernels, `_triton_launchers()`, which
+    returns the Triton module's (forward, backward) launchers and is called only when Triton is
+    importable, `check_inputs(*forward_args)`, the forward's argument checks the functional API
+    runs too, and `check_backward_inputs(*backward_args)`, the backward's (the C++ ops check
+    their own, with the same words), and optionally `_triton_forward_fake`, where the
+    Triton op's outputs differ from the C++ kernels' (soc_exp: which tensors it keeps). The
+    launchers become lipkernels::<op>_triton and <op>_backward_triton with the schemas of the
+    C++ ops, so the Triton backend needs the extension.
     """
     ops: dict[str, Callable] = {}
-    if _backend.extension_loaded():
-        register_differentiable(f"lipkernels::{op}", f"lipkernels::{op}_backward", **autograd)
-        # The C++ op serves as the cpp backend where it has a CPU kernel and as the cuda backend
-        # where it has a CUDA kernel (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu).
-        for backend, key in (("cpp", "CPU"), ("cuda", "CUDA")):
-            if torch._C._dispatch_has_kernel_for_dispatch_key(f"lipkernels::{op}", key):
-                ops[backend] = _op(f"lipkernels::{op}")
+    if not _backend.extension_loaded():
+        return ops
+    autograd = {name: getattr(module, f"_{name}") for name in _AUTOGRAD_HOOKS}
+    register_differentiable(f"lipkernels::{op}", f"lipkernels::{op}_backward", **autograd)
+    # The C++ op serves as the cpp backend where it has a CPU kernel and as the cuda backend
+    # where it has a CUDA kernel (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu).
+    for backend, key in (("cpp", "CPU"), ("cuda", "CUDA")):
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"lipkernels::{op}", key):
+            ops[backend] = module._entry(_op(f"lipkernels::{op}"))
+    launchers = getattr(module, "_triton_launchers", None)
     if launchers is not None and _backend.triton_importable():
         forward_launcher, backward_launcher = launchers()
-        define_triton_op(op, forward_launcher, schemas[0])
-        define_triton_op(f"{op}_backward", backward_launcher, schemas[1])
-        if triton_forward_fake is not None:
-            autograd = {**autograd, "forward_fake": triton_forward_fake}
-        register_differentiable(triton_op_name(op), triton_op_name(f"{op}_backward"), **autograd)
-        ops["triton"] = _op(triton_op_name(op))
+        define_triton_op(op, forward_launcher, _triton_schema(op),
+                         getattr(module, "check_inputs", None))
+        define_triton_op(f"{op}_backward", backward_launcher, _triton_schema(f"{op}_backward"),
+                         getattr(module, "check_backward_inputs", None))
+        triton_forward_fake = getattr(module, "_triton_forward_fake", autograd["forward_fake"])
+        register_differentiable(triton_op_name(op), triton_op_name(f"{op}_backward"),
+                                **{**autograd, "forward_fake": triton_forward_fake})
+        ops["triton"] = module._entry(_op(triton_op_name(op)))
     return ops

@@ -12,11 +12,10 @@ csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley.py).
 
 from __future__ import annotations
 
-from typing import Callable
+import sys
 
-import torch
-
-from ..reference.cayley import cayley_backward, through_tall
+from .._conventions import through_tall
+from ..reference.cayley import cayley_backward
 from ._registration import kernel_ops
 
 
@@ -49,8 +48,8 @@ def _differentiable_backward(ctx, grad_Q, grad_X):
     return cayley_backward(grad_Q, W)
 
 
-def _public(op):
-    """The functional API's signature: Q alone for W of either orientation."""
+def _entry(op):
+    """The reference's signature and result: Q alone for W of either orientation."""
     def cayley(W):
         return through_tall(lambda tall: op(tall.contiguous())[0], W)
 
@@ -63,18 +62,5 @@ def _triton_launchers():
     return kernels.cayley, kernels.cayley_backward
 
 
-# {backend: forward callable} for every kernel backend built here (the reference is not an op).
-KERNELS: dict[str, Callable] = {
-    backend: _public(op)
-    for backend, op in kernel_ops(
-        "cayley",
-        _triton_launchers,
-        ("(Tensor W) -> (Tensor, Tensor)",
-         "(Tensor grad_Q, Tensor X, Tensor W) -> Tensor"),
-        forward_fake=_forward_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        make_backward=_make_backward,
-        differentiable_backward=_differentiable_backward,
-    ).items()
-}
+# {backend: entry with the reference's signature} for every kernel backend built here.
+KERNELS = kernel_ops("cayley", sys.modules[__name__])

@@ -6,7 +6,7 @@ spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_ou
 (non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_conv2d_backward(grad_output,
 response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
 beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
-autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Where a graph of the gradients is
+autograd (`lipkernels._spectral.spectral_conv2d`). Where a graph of the gradients is
 needed (double backward) they come from the reference core recomputed from response and spectrum
 (`reference.cayley_conv2d.cayley_frequencies`). Kernels: C++
 (csrc/cpu/cayley_conv2d.cpp, csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley_conv2d.py).
@@ -14,8 +14,9 @@ needed (double backward) they come from the reference core recomputed from respo
 
 from __future__ import annotations
 
-from typing import Callable
+import sys
 
+from .._spectral import spectral_conv2d
 from ..reference.cayley_conv2d import cayley_frequencies
 from ._registration import kernel_ops, recomputed_vjp
 
@@ -52,12 +53,16 @@ def _differentiable_backward(ctx, grad_output, grad_inverse):
                           grad_output)
 
 
-def _output_only(op):
-    """The reference core's signature: output alone, `inverse` being for the backward only."""
-    def cayley_frequencies(response, spectrum):
+def _entry(op):
+    """The reference's signature and result, cayley_conv2d(x, weight) -> y: the FFTs around the
+    op's per-frequency core (output alone, `inverse` being for the backward only)."""
+    def frequency_core(response, spectrum):
         return op(response.contiguous(), spectrum.contiguous())[0]
 
-    return cayley_frequencies
+    def cayley_conv2d(x, weight):
+        return spectral_conv2d(x, weight, frequency_core)
+
+    return cayley_conv2d
 
 
 def _triton_launchers():
@@ -66,19 +71,6 @@ def _triton_launchers():
     return kernels.cayley_conv2d, kernels.cayley_conv2d_backward
 
 
-# {backend: (response, spectrum) -> output} for every kernel backend built here.
-KERNELS: dict[str, Callable] = {
-    backend: _output_only(op)
-    for backend, op in kernel_ops(
-        "cayley_conv2d",
-        _triton_launchers,
-        ("(Tensor response, Tensor spectrum) -> (Tensor, Tensor)",
-         "(Tensor grad_output, Tensor response, Tensor spectrum, Tensor inverse)"
-         " -> (Tensor, Tensor)"),
-        forward_fake=_forward_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        make_backward=_make_backward,
-        differentiable_backward=_differentiable_backward,
-    ).items()
-}
+# {backend: entry with the public op's (and its reference's) signature} for every kernel backend
+# built here.
+KERNELS = kernel_ops("cayley_conv2d", sys.modules[__name__])

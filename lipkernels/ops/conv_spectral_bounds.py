@@ -10,8 +10,42 @@ constant in W).
 
 from __future__ import annotations
 
-from ..reference.conv_spectral_bounds import bound_gradient, bound_matrix_shapes
+import sys
+
+from .._checks import check_iters, check_like, check_tensor
+from .._conventions import bound_matrix_shapes
+from ..reference.conv_spectral_bounds import bound_gradient
 from ._registration import kernel_ops
+
+
+def check_inputs(weight, vectors, iters):
+    """The arguments of conv_spectral_bounds(weight, vectors, iters), as every entry checks them."""
+    op = "conv_spectral_bounds"
+    check_tensor(op, "weight", weight, rank=4)
+    check_iters(op, iters)
+    if len(vectors) != 4:
+        raise ValueError(f"{op}: vectors must hold 4 tensors (one per reshape); got {len(vectors)}")
+    for index, (u, (_, cols)) in enumerate(zip(vectors, bound_matrix_shapes(weight.shape))):
+        check_like(op, f"vectors[{index}]", u, "weight", weight, (cols,))
+
+
+def check_backward_inputs(grad_bounds, vectors, left_vectors, weight_shape):
+    """The arguments of conv_spectral_bounds_backward(grad_bounds (4,), vectors, left_vectors,
+    weight_shape): the right and left vectors of the four reshapes of a weight_shape filter."""
+    op = "conv_spectral_bounds_backward"
+    if len(weight_shape) != 4 or min(weight_shape) < 1:
+        raise ValueError(f"{op}: weight_shape must be [C_out, C_in, k_h, k_w] with every size "
+                         f">= 1; got {list(weight_shape)}")
+    check_tensor(op, "grad_bounds", grad_bounds, rank=1)
+    if tuple(grad_bounds.shape) != (4,):
+        raise ValueError(f"{op}: grad_bounds must have shape (4,); got {tuple(grad_bounds.shape)}")
+    if len(vectors) != 4 or len(left_vectors) != 4:
+        raise ValueError(f"{op}: vectors and left_vectors must hold 4 tensors each (one per "
+                         f"reshape); got {len(vectors)} and {len(left_vectors)}")
+    shapes = bound_matrix_shapes(tuple(weight_shape))
+    for index, (u, v, (rows, cols)) in enumerate(zip(vectors, left_vectors, shapes)):
+        check_like(op, f"vectors[{index}]", u, "grad_bounds", grad_bounds, (cols,))
+        check_like(op, f"left_vectors[{index}]", v, "grad_bounds", grad_bounds, (rows,))
 
 
 def _forward_fake(weight, vectors, iters):
@@ -55,15 +89,15 @@ def _triton_launchers():
     return kernels.conv_spectral_bounds, kernels.conv_spectral_bounds_backward
 
 
-# {backend: forward op} for every kernel backend built here (the reference is not an op).
-KERNELS = kernel_ops(
-    "conv_spectral_bounds",
-    _triton_launchers,
-    ("(Tensor weight, Tensor[] vectors, int iters) -> (Tensor, Tensor[], Tensor[])",
-     "(Tensor grad_bounds, Tensor[] vectors, Tensor[] left_vectors, int[] weight_shape) -> Tensor"),
-    forward_fake=_forward_fake,
-    backward_fake=_backward_fake,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-    differentiable_backward=_differentiable_backward,
-)
+def _entry(op):
+    """The reference's signature and result: (bounds, the four right vectors), the left ones
+    being for the backward only."""
+    def conv_spectral_bounds(weight, iters, vectors):
+        bounds, right, _ = op(weight.contiguous(), [u.contiguous() for u in vectors], iters)
+        return bounds, tuple(right)
+
+    return conv_spectral_bounds
+
+
+# {backend: entry with the reference's signature} for every kernel backend built here.
+KERNELS = kernel_ops("conv_spectral_bounds", sys.modules[__name__])

@@ -9,10 +9,39 @@ permutation in torch ops (`reference.max_min.swap_pairs`), linear in grad_y.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
-from ..reference.max_min import pair_shape, swap_pairs
+from .._checks import check_channel_pairs, check_tensor
+from .._conventions import PAIRINGS, pair_shape
+from ..reference.max_min import swap_pairs
 from ._registration import kernel_ops
+
+
+def _check_pairing(op: str, pairing):
+    if pairing not in PAIRINGS:
+        raise ValueError(f"{op}: pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
+
+
+def check_inputs(x, pairing):
+    """The arguments of max_min(x, pairing), as every entry checks them."""
+    check_channel_pairs("max_min", "x", x)
+    _check_pairing("max_min", pairing)
+
+
+def check_backward_inputs(grad_y, mask, pairing):
+    """The arguments of max_min_backward(grad_y, mask, pairing): mask is the forward's bool
+    (B, C/2, *spatial) output."""
+    op = "max_min_backward"
+    check_channel_pairs(op, "grad_y", grad_y)
+    _check_pairing(op, pairing)
+    check_tensor(op, "mask", mask, dtypes=(torch.bool,), batch_dims=1)
+    expected = pair_shape(grad_y.shape)
+    if tuple(mask.shape) != tuple(expected) or mask.device != grad_y.device:
+        raise ValueError(f"{op}: mask must have shape {tuple(expected)} (one entry per channel "
+                         f"pair of grad_y {tuple(grad_y.shape)}) on grad_y's device "
+                         f"{grad_y.device}; got {tuple(mask.shape)} on {mask.device}")
 
 
 def _forward_fake(x, pairing):
@@ -51,16 +80,13 @@ def _triton_launchers():
     return kernels.max_min, kernels.max_min_backward
 
 
-# {backend: forward op returning (y, mask)} for every kernel backend built here (the reference is
-# not an op).
-KERNELS = kernel_ops(
-    "max_min",
-    _triton_launchers,
-    ("(Tensor x, str pairing) -> (Tensor, Tensor)",
-     "(Tensor grad_y, Tensor mask, str pairing) -> Tensor"),
-    forward_fake=_forward_fake,
-    backward_fake=_backward_fake,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-    differentiable_backward=_differentiable_backward,
-)
+def _entry(op):
+    """The reference's signature and result: y alone, the mask being for the backward only."""
+    def max_min(x, pairing):
+        return op(x.contiguous(), pairing)[0]
+
+    return max_min
+
+
+# {backend: entry with the reference's signature} for every kernel backend built here.
+KERNELS = kernel_ops("max_min", sys.modules[__name__])

@@ -9,10 +9,30 @@ linear in grad_sigma, constant in W).
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
+from .._checks import check_iters, check_like, check_tensor
 from ..reference.power_iteration import sigma_gradient
 from ._registration import kernel_ops
+
+
+def check_inputs(weight, u, iters):
+    """The arguments of power_iteration(weight, u, iters), as every entry checks them."""
+    op = "power_iteration"
+    check_tensor(op, "weight", weight, min_rank=2, batch_dims=-2)
+    check_like(op, "u", u, "weight", weight, (*weight.shape[:-2], weight.shape[-1]))
+    check_iters(op, iters)
+
+
+def check_backward_inputs(grad_sigma, u, v):
+    """The arguments of power_iteration_backward(grad_sigma (...), u (..., n), v (..., m))."""
+    op = "power_iteration_backward"
+    check_tensor(op, "u", u, min_rank=1, batch_dims=-1)
+    check_tensor(op, "v", v, min_rank=1, batch_dims=-1)
+    check_like(op, "v", v, "u", u, (*u.shape[:-1], v.shape[-1]))
+    check_like(op, "grad_sigma", grad_sigma, "u", u, u.shape[:-1])
 
 
 def _forward_fake(weight, u, iters):
@@ -49,15 +69,12 @@ def _triton_launchers():
     return kernels.power_iteration, kernels.power_iteration_backward
 
 
-# {backend: forward op} for every kernel backend built here (the reference is not an op).
-KERNELS = kernel_ops(
-    "power_iteration",
-    _triton_launchers,
-    ("(Tensor weight, Tensor u, int iters) -> (Tensor, Tensor, Tensor)",
-     "(Tensor grad_sigma, Tensor u, Tensor v) -> Tensor"),
-    forward_fake=_forward_fake,
-    backward_fake=_backward_fake,
-    setup_context=_setup_context,
-    make_backward=_make_backward,
-    differentiable_backward=_differentiable_backward,
-)
+def _entry(op):
+    def power_iteration(weight, u, iters):
+        return op(weight.contiguous(), u.contiguous(), iters)
+
+    return power_iteration
+
+
+# {backend: entry with the reference's signature} for every kernel backend built here.
+KERNELS = kernel_ops("power_iteration", sys.modules[__name__])

@@ -15,13 +15,45 @@ C++ (csrc/cpu, csrc/cuda) and Triton (lipkernels/triton).
 
 from __future__ import annotations
 
-from typing import Callable
+import sys
 
 import torch
 
+from .._checks import check_like, check_square_filter, check_tensor, check_terms
+from .._conventions import GRAD_MODES
 from ..reference.soc_exp import fast_backward
 from ..reference.soc_exp import soc_exp as reference_soc_exp
 from ._registration import kernel_ops, recomputed_vjp
+
+
+def _check_series_args(op: str, x_name: str, x, S, terms, grad_mode):
+    """x (B, C, H, W) (or its gradient, named `x_name`), S (C, C, k, k) like x, k odd, a term
+    count and a gradient mode: what the forward and the backward op share."""
+    check_tensor(op, x_name, x, rank=4, batch_dims=1)
+    check_square_filter(op, "S", S)
+    check_like(op, "S", S, x_name, x, (x.shape[1], x.shape[1], *S.shape[2:]))
+    check_terms(op, "terms", terms)
+    if grad_mode not in GRAD_MODES:
+        raise ValueError(f"{op}: grad_mode must be one of {', '.join(GRAD_MODES)}; "
+                         f"got {grad_mode!r}")
+
+
+def check_inputs(x, S, terms, grad_mode):
+    """The arguments of soc_exp(x, S, terms, grad_mode), as every entry checks them."""
+    _check_series_args("soc_exp", "x", x, S, terms, grad_mode)
+
+
+def check_backward_inputs(grad_y, S, start, powers, terms, grad_mode):
+    """The arguments of the Triton soc_exp_backward(grad_y, S, start, powers, terms, grad_mode):
+    start (x or z_2) shaped like grad_y unless terms == 1, and no powers (the Triton forward keeps
+    none; its exact backward recomputes them)."""
+    op = "soc_exp_backward"
+    _check_series_args(op, "grad_y", grad_y, S, terms, grad_mode)
+    if terms > 1:
+        check_like(op, "start", start, "grad_y", grad_y, grad_y.shape)
+    if len(powers):
+        raise ValueError(f"{op}: powers must be empty (the Triton forward keeps no power); got "
+                         f"{len(powers)}")
 
 # Images with at least this many pixels are computed channels-last by the C++ CPU kernel, whose
 # kept powers come out in that layout: kChannelsLastMinPixels in csrc/cpu/soc_exp.cpp.
@@ -49,6 +81,10 @@ def _make_forward_fake(keeps_powers: bool):
         return x.new_empty(x.shape), _kept_powers(x, terms, grad_mode, keeps_powers)
 
     return forward_fake
+
+
+_forward_fake = _make_forward_fake(keeps_powers=True)
+_triton_forward_fake = _make_forward_fake(keeps_powers=False)
 
 
 def _backward_fake(grad_y, S, start, powers, terms, grad_mode):
@@ -86,10 +122,10 @@ def _differentiable_backward(ctx, grad_y, grad_saved):
     return (*grads, None, None)
 
 
-def _output_only(op):
-    """The functional API's signature: y alone, `saved` being for the backward only."""
+def _entry(op):
+    """The reference's signature and result: y alone, `saved` being for the backward only."""
     def soc_exp(x, S, terms, grad_mode):
-        return op(x, S, terms, grad_mode)[0]
+        return op(x.contiguous(), S.contiguous(), terms, grad_mode)[0]
 
     return soc_exp
 
@@ -100,20 +136,5 @@ def _triton_launchers():
     return kernels.soc_exp, kernels.soc_exp_backward
 
 
-# {backend: forward callable} for every kernel backend built here (the reference is not an op).
-KERNELS: dict[str, Callable] = {
-    backend: _output_only(op)
-    for backend, op in kernel_ops(
-        "soc_exp",
-        _triton_launchers,
-        ("(Tensor x, Tensor S, int terms, str grad_mode) -> (Tensor, Tensor[])",
-         "(Tensor grad_y, Tensor S, Tensor start, Tensor[] powers, int terms, str grad_mode)"
-         " -> (Tensor, Tensor)"),
-        forward_fake=_make_forward_fake(keeps_powers=True),
-        triton_forward_fake=_make_forward_fake(keeps_powers=False),
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        make_backward=_make_backward,
-        differentiable_backward=_differentiable_backward,
-    ).items()
-}
+# {backend: entry with the reference's signature} for every kernel backend built here.
+KERNELS = kernel_ops("soc_exp", sys.modules[__name__])

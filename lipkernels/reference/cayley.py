@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from ._autograd import forward_mode, needs_graph
-
-# linalg.solve has no float16/bfloat16 kernels on the CPU; the complex types are the ones the
-# FFT convolution (cayley_conv2d) feeds in.
-DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+from .._autograd import forward_mode, needs_graph
+from .._conventions import through_tall
 
 
 def _split(W: torch.Tensor):
@@ -40,13 +37,6 @@ def _split(W: torch.Tensor):
 
 def _identity_like(A: torch.Tensor) -> torch.Tensor:
     return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-
-
-def through_tall(fn, W: torch.Tensor) -> torch.Tensor:
-    """fn(W) for m >= n; for a wide W, fn(W^T)^T (plain transpose, as the seed code)."""
-    if W.shape[-2] < W.shape[-1]:
-        return fn(W.mT).mT
-    return fn(W)
 
 
 def _cayley_plain_tall(W: torch.Tensor) -> torch.Tensor:

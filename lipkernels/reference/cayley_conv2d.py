@@ -25,56 +25,13 @@ from __future__ import annotations
 
 import torch
 
+from .._spectral import spectral_conv2d
 from .cayley import cayley
-from .conv_singular_values import frequency_response
-
-
-def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The real dtype the FFTs run in: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def frequency_responses(weight: torch.Tensor, image_size: tuple[int, int],
-                        dtype: torch.dtype) -> torch.Tensor:
-    """R (F, C_out, C_in) complex: the responses at the rfft2 frequencies of an H x W image, with
-    weight computed in the real `dtype`."""
-    response = frequency_response(weight.to(dtype), image_size, onesided=True)
-    return response.reshape(-1, *weight.shape[:2])
-
-
-def to_spectrum(x: torch.Tensor) -> torch.Tensor:
-    """rfft2 of x (B, C, H, W) as (F, C, B), in the working precision."""
-    spectrum = torch.fft.rfft2(x.to(working_dtype(x.dtype)))
-    return spectrum.permute(2, 3, 1, 0).reshape(-1, x.shape[1], x.shape[0])
-
-
-def from_spectrum(spectrum: torch.Tensor, image_size: tuple[int, int],
-                  dtype: torch.dtype) -> torch.Tensor:
-    """The inverse of `to_spectrum`: (F, C, B) back to real images (B, C, H, W) of `dtype`."""
-    height, width = image_size
-    channels, batch = spectrum.shape[1:]
-    half = spectrum.reshape(height, width // 2 + 1, channels, batch).permute(3, 2, 0, 1)
-    return torch.fft.irfft2(half, s=(height, width)).to(dtype)
 
 
 def cayley_frequencies(response: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     """output (F, C_out, B) = cayley(response_f) @ spectrum_f for every frequency f."""
     return cayley(response) @ spectrum
-
-
-def spectral_conv2d(x: torch.Tensor, weight: torch.Tensor, apply) -> torch.Tensor:
-    """irfft2(apply(R, rfft2(x))): x (B, C_in, H, W) through `apply(response, spectrum)`, the
-    per-frequency map, back to (B, C_out, H, W) in x's dtype."""
-    image_size = tuple(x.shape[-2:])
-    response = frequency_responses(weight, image_size, working_dtype(x.dtype))
-    return from_spectrum(apply(response, to_spectrum(x)), image_size, x.dtype)
-
-
-def frequency_conv2d(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """irfft2(matrices_f rfft2(x)_f): x (B, C_in, H, W) through given per-frequency matrices
-    (F, C_out, C_in) (e.g. the cached Cayley transforms of an eval-mode layer)."""
-    image_size = tuple(x.shape[-2:])
-    return from_spectrum(matrices @ to_spectrum(x), image_size, x.dtype)
 
 
 def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -27,39 +27,9 @@ import math
 
 import torch
 
-from .power_iteration import fixed_start, power_iteration
-
-# Boundary handling of conv_spectral_norm: exact for "circular", an upper bound for "zeros".
-PADDINGS = ("circular", "zeros")
-
-
-def input_size_pair(input_size) -> tuple[int, int]:
-    """(n1, n2) from an int (square input) or a pair."""
-    if isinstance(input_size, int):
-        return input_size, input_size
-    return tuple(input_size)
-
-
-def _working_dtype(weight: torch.Tensor) -> torch.Tensor:
-    # torch.fft and the SVD have no half-precision kernels: half filters are computed in float32.
-    return weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
-
-
-def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False) -> torch.Tensor:
-    """H (n1, n2, C_out, C_in) complex: the block of the circular "same" conv with `weight` at
-    each frequency (u, v) of an n1 x n2 input, phase included (see the module docstring).
-    onesided: only the columns v <= n2 // 2 of rfft2 (n1, n2 // 2 + 1, C_out, C_in)."""
-    n1, n2 = input_size_pair(input_size)
-    weight = _working_dtype(weight)
-    k_h, k_w = weight.shape[-2:]
-    fft = torch.fft.rfft2 if onesided else torch.fft.fft2
-    spectrum = fft(weight, s=(n1, n2)).conj()
-    # e^{-2 pi i (u l_h / n1 + v l_w / n2)}: the shift of the filter's centre to index 0.
-    u = torch.arange(n1, device=weight.device, dtype=weight.dtype) * (((k_h - 1) // 2) / n1)
-    v = (torch.arange(spectrum.shape[-1], device=weight.device, dtype=weight.dtype)
-         * (((k_w - 1) // 2) / n2))
-    phase = torch.polar(torch.ones_like(u[:, None] + v), -2 * math.pi * (u[:, None] + v))
-    return (spectrum * phase).permute(2, 3, 0, 1)
+from .._conventions import circular_size
+from .._spectral import frequency_response, power_iteration_norm
+from .power_iteration import power_iteration
 
 
 def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
@@ -104,30 +74,3 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     return power_iteration_norm(weight, size, iters, power_iteration)
 
 
-def circular_size(weight: torch.Tensor, input_size, padding: str) -> tuple[int, int]:
-    """The image size of the circular conv whose norm `conv_spectral_norm` returns: input_size for
-    padding="circular", grown by k - 1 per axis for "zeros"."""
-    n1, n2 = input_size_pair(input_size)
-    if padding == "zeros":
-        return n1 + weight.shape[-2] - 1, n2 + weight.shape[-1] - 1
-    return n1, n2
-
-
-def power_iteration_norm(weight: torch.Tensor, size: tuple[int, int], iters: int,
-                         power_iteration) -> torch.Tensor:
-    """max over frequencies of the power-iteration estimate of sigma_max(H_f), H the frequency
-    responses of the circular conv on a `size` image, in `weight`'s dtype.
-
-    `power_iteration` (the reference, or a backend's fused kernel: same signature and outputs)
-    runs once on the real forms [[Re H, -Im H], [Im H, Re H]] (2m x 2n) of all frequencies,
-    whose singular values are those of H, each twice: the complex iteration u <- H^H H u written
-    on (Re u, Im u). The start (Re u, Im u) is `fixed_start`, the same at every frequency.
-    """
-    responses = frequency_response(weight, size)
-    real, imag = responses.real, responses.imag
-    realified = torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
-    u = fixed_start(realified.shape[-1], realified.device, realified.dtype)
-    # The kernels read u as a dense (..., n) tensor: materialise the broadcast start.
-    u = u.expand(*realified.shape[:-2], -1).contiguous()
-    sigma, _, _ = power_iteration(realified, u, iters)
-    return sigma.max().to(weight.dtype)

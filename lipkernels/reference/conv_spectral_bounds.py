@@ -16,25 +16,9 @@ import math
 
 import torch
 
+from .._conventions import initial_vectors
+from .._spectral import bound_matrices
 from .power_iteration import power_iteration, sigma_gradient
-
-
-def bound_matrices(weight: torch.Tensor) -> list[torch.Tensor]:
-    """The four reshapes M_1..M_4 of a (C_out, C_in, k_h, k_w) filter."""
-    c_out, c_in, k_h, k_w = weight.shape
-    return [
-        weight.transpose(1, 2).reshape(c_out * k_h, c_in * k_w),
-        weight.transpose(1, 3).reshape(c_out * k_w, c_in * k_h),
-        weight.reshape(c_out, c_in * k_h * k_w),
-        weight.transpose(0, 1).reshape(c_in, c_out * k_h * k_w),
-    ]
-
-
-def bound_matrix_shapes(weight_shape) -> list[tuple[int, int]]:
-    """(rows, cols) of M_1..M_4 for a filter of shape (C_out, C_in, k_h, k_w)."""
-    c_out, c_in, k_h, k_w = weight_shape
-    return [(c_out * k_h, c_in * k_w), (c_out * k_w, c_in * k_h),
-            (c_out, c_in * k_h * k_w), (c_in, c_out * k_h * k_w)]
 
 
 def bound_gradient(grad_bounds: torch.Tensor, vectors, left_vectors, weight_shape) -> torch.Tensor:
@@ -76,10 +60,3 @@ def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
     return bounds.min(), vectors
 
 
-def initial_vectors(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Random unit right vectors for the four reshapes, on the filter's device and dtype."""
-    vectors = []
-    for _, cols in bound_matrix_shapes(weight.shape):
-        u = torch.randn(cols, device=weight.device, dtype=torch.float32)
-        vectors.append((u / u.norm()).to(weight.dtype))
-    return tuple(vectors)

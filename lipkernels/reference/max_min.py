@@ -15,15 +15,6 @@ from __future__ import annotations
 
 import torch
 
-# The channel pairings max_min understands; householder always uses "halves".
-PAIRINGS = ("halves", "pairs")
-
-
-def pair_shape(shape) -> tuple[int, ...]:
-    """(B, C/2, *spatial): the shape of a and b for x of shape (B, C, *spatial), and of any
-    per-pair tensor (the kernels' max_min mask)."""
-    return (shape[0], shape[1] // 2, *shape[2:])
-
 
 def split_pairs(x: torch.Tensor, pairing: str = "halves"):
     """(a, b), each (B, C/2, *spatial): the first and the second channel of every pair of

@@ -13,8 +13,6 @@ d sigma = v^T dW u; the gradient v u^T is constant in W, so the second derivativ
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -45,16 +43,3 @@ def sigma_gradient(grad_sigma: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -
     return grad_sigma[..., None, None] * v.unsqueeze(-1) * u.unsqueeze(-2)
 
 
-# The angle step of `fixed_start`: pi (3 - sqrt 5), the golden angle, whose multiples never repeat
-# modulo 2 pi, so the vector has no zero entry pattern and no simple symmetry a structured matrix
-# could be orthogonal to.
-_START_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
-
-
-def fixed_start(n: int, device, dtype) -> torch.Tensor:
-    """The deterministic unit start vector (n,) of power iterations that have no stored vector:
-    cos(j * golden angle), j = 1..n, normalised. Built without a random generator, so it also
-    works under torch.func.vmap and torch.compile."""
-    steps = torch.arange(1, n + 1, device=device, dtype=torch.float64)
-    start = torch.cos(steps * _START_ANGLE)
-    return (start / start.norm()).to(dtype)

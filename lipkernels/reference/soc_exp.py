@@ -19,10 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._autograd import forward_mode, no_double_backward
+from .._autograd import forward_mode, no_double_backward
 
-# How the gradient w.r.t. S is computed; the forward output is the same in both.
-GRAD_MODES = ("exact", "fast")
 
 # The error of differentiating the fast gradient again (shared by the reference and the kernels).
 FAST_DOUBLE_BACKWARD = (

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.cayley import DTYPES
+from .._conventions import CAYLEY_DTYPES
 from ._common import launchable
 
 # Tile edge and warps. tl.dot needs tiles of 16 or more. Compiled for sm_80 and sm_90
@@ -334,7 +334,7 @@ def matrix_strides(t: torch.Tensor) -> tuple[int, int]:
 
 def _check_tall(op: str, name: str, W: torch.Tensor):
     """The C++ op's checks (csrc/cpu/cayley.cpp), with the same messages."""
-    if W.dtype not in DTYPES:
+    if W.dtype not in CAYLEY_DTYPES:
         raise TypeError(f"{op}: {name} must be float32, float64, complex64 or complex128, got "
                         f"{W.dtype}")
     if W.dim() < 2 or W.shape[-1] < 1 or W.shape[-2] < W.shape[-1] or W.numel() == 0:

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.max_min import pair_shape
+from .._conventions import pair_shape
 from ._common import launchable
 
 # Pairs in one program's tile (per sample) and the warps that process it: 8 pairs, 16 loads, per

@@ -1,0 +1,86 @@
+"""The conventions every backend, layer and bound shares, declared once: the accepted values of
+the ops' string and dtype arguments, the shapes of their derived tensors, the orientation rule
+of the Cayley transform and the power iterations' start vectors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+# The channel pairings max_min understands; householder always uses "halves".
+PAIRINGS = ("halves", "pairs")
+
+
+def pair_shape(shape) -> tuple[int, ...]:
+    """(B, C/2, *spatial): the shape of a and b for x of shape (B, C, *spatial), and of any
+    per-pair tensor (the kernels' max_min mask)."""
+    return (shape[0], shape[1] // 2, *shape[2:])
+
+
+# soc_exp's gradient modes: how the gradient w.r.t. S is computed (the output is the same).
+GRAD_MODES = ("exact", "fast")
+
+
+# Boundary handling of conv_spectral_norm: exact for "circular", an upper bound for "zeros".
+PADDINGS = ("circular", "zeros")
+
+
+def input_size_pair(input_size) -> tuple[int, int]:
+    """(n1, n2) from an int (square input) or a pair."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    return tuple(input_size)
+
+
+def circular_size(weight: torch.Tensor, input_size, padding: str) -> tuple[int, int]:
+    """The image size of the circular conv whose norm `conv_spectral_norm` returns: input_size for
+    padding="circular", grown by k - 1 per axis for "zeros"."""
+    n1, n2 = input_size_pair(input_size)
+    if padding == "zeros":
+        return n1 + weight.shape[-2] - 1, n2 + weight.shape[-1] - 1
+    return n1, n2
+
+
+# linalg.solve has no float16/bfloat16 kernels on the CPU; the complex types are the ones the
+# FFT convolution (cayley_conv2d) feeds in.
+CAYLEY_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def through_tall(fn, W: torch.Tensor) -> torch.Tensor:
+    """fn(W) for m >= n; for a wide W, fn(W^T)^T (plain transpose, as the seed code)."""
+    if W.shape[-2] < W.shape[-1]:
+        return fn(W.mT).mT
+    return fn(W)
+
+
+def bound_matrix_shapes(weight_shape) -> list[tuple[int, int]]:
+    """(rows, cols) of M_1..M_4 for a filter of shape (C_out, C_in, k_h, k_w)."""
+    c_out, c_in, k_h, k_w = weight_shape
+    return [(c_out * k_h, c_in * k_w), (c_out * k_w, c_in * k_h),
+            (c_out, c_in * k_h * k_w), (c_in, c_out * k_h * k_w)]
+
+
+def initial_vectors(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Random unit right vectors for the four reshapes, on the filter's device and dtype."""
+    vectors = []
+    for _, cols in bound_matrix_shapes(weight.shape):
+        u = torch.randn(cols, device=weight.device, dtype=torch.float32)
+        vectors.append((u / u.norm()).to(weight.dtype))
+    return tuple(vectors)
+
+
+# The angle step of `fixed_start`: pi (3 - sqrt 5), the golden angle, whose multiples never repeat
+# modulo 2 pi, so the vector has no zero entry pattern and no simple symmetry a structured matrix
+# could be orthogonal to.
+_START_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+
+
+def fixed_start(n: int, device, dtype) -> torch.Tensor:
+    """The deterministic unit start vector (n,) of power iterations that have no stored vector:
+    cos(j * golden angle), j = 1..n, normalised. Built without a random generator, so it also
+    works under torch.func.vmap and torch.compile."""
+    steps = torch.arange(1, n + 1, device=device, dtype=torch.float64)
+    start = torch.cos(steps * _START_ANGLE)
+    return (start / start.norm()).to(dtype)

@@ -1,0 +1,187 @@
+"""Every public entry of an op refuses the same bad input with an error naming the op and the
+argument: the functional API and each torch.ops.lipkernels kernel op (C++ and Triton, forward
+and backward), which users and peer libraries may call directly, bypassing the functional
+checks. Before the Triton ops ran these checks, 17 of the forward cases ran without an error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lipkernels
+from helpers import require_backend
+
+
+def _randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def _bad_power_iteration():
+    W, u = _randn(3, 4), _randn(4)
+    return {
+        "weight rank": ("weight", (_randn(4), u, 1)),
+        "weight dtype": ("weight", (torch.ones(3, 4, dtype=torch.int32), u, 1)),
+        "u shape": ("u", (W, _randn(3), 1)),
+        "u dtype": ("u", (W, u.double(), 1)),
+        "iters": ("iters", (W, u, 0)),
+    }
+
+
+def _bad_conv_spectral_bounds():
+    W = _randn(2, 3, 3, 3)
+    vectors = [_randn(9), _randn(9), _randn(27), _randn(18)]
+    return {
+        "weight rank": ("weight", (_randn(2, 3, 3), vectors, 1)),
+        "vectors count": ("vectors", (W, vectors[:3], 1)),
+        "vector length": ("vectors", (W, [_randn(8), *vectors[1:]], 1)),
+        "iters": ("iters", (W, vectors, 0)),
+    }
+
+
+def _bad_soc_exp():
+    x, S = _randn(1, 2, 4, 4), _randn(2, 2, 3, 3)
+    return {
+        "x rank": ("x", (_randn(2, 4, 4), S, 3, "exact")),
+        "S shape": ("S", (x, _randn(3, 3, 3, 3), 3, "exact")),
+        "S even kernel": ("S", (x, _randn(2, 2, 2, 2), 3, "exact")),
+        "S dtype": ("S", (x, S.double(), 3, "exact")),
+        "terms": ("terms", (x, S, 0, "exact")),
+        "grad_mode": ("grad_mode", (x, S, 3, "approximate")),
+    }
+
+
+def _bad_max_min():
+    return {
+        "x rank": ("x", (_randn(4), "halves")),
+        "x odd channels": ("x", (_randn(2, 3, 2), "halves")),
+        "x dtype": ("x", (torch.ones(2, 4, dtype=torch.int32), "halves")),
+        "pairing": ("pairing", (_randn(2, 4), "neighbours")),
+    }
+
+
+def _bad_householder():
+    x, theta = _randn(2, 4, 3), _randn(2)
+    return {
+        "x rank": ("x", (_randn(4), theta)),
+        "x odd channels": ("x", (_randn(2, 3, 2), theta)),
+        "theta shape": ("theta", (x, _randn(3))),
+        "theta dtype": ("theta", (x, theta.double())),
+    }
+
+
+def _bad_cayley():
+    return {
+        "W rank": ("W", (_randn(4),)),
+        "W dtype": ("W", (torch.ones(3, 3, dtype=torch.int32),)),
+    }
+
+
+def _bad_power_iteration_backward():
+    grad, u, v = _randn(2), _randn(2, 4), _randn(2, 3)
+    return {
+        "u dtype": ("u", (grad, torch.ones(2, 4, dtype=torch.int32), v)),
+        "v batch": ("v", (grad, u, _randn(3, 3))),
+        "v dtype": ("v", (grad, u, v.double())),
+        "grad_sigma shape": ("grad_sigma", (_randn(3), u, v)),
+    }
+
+
+def _bad_conv_spectral_bounds_backward():
+    grad = _randn(4)
+    vectors = [_randn(9), _randn(9), _randn(27), _randn(18)]
+    left = [_randn(6), _randn(6), _randn(2), _randn(3)]
+    shape = [2, 3, 3, 3]
+    return {
+        "weight_shape": ("weight_shape", (grad, vectors, left, [2, 3, 3])),
+        "grad_bounds shape": ("grad_bounds", (_randn(3), vectors, left, shape)),
+        "vector length": ("vectors", (grad, [_randn(8), *vectors[1:]], left, shape)),
+        "left vector length": ("left_vectors", (grad, vectors, [_randn(5), *left[1:]], shape)),
+        "left vector dtype": ("left_vectors", (grad, vectors, [left[0].double(), *left[1:]],
+                                               shape)),
+    }
+
+
+def _bad_soc_exp_backward():
+    grad, S, start = _randn(1, 2, 4, 4), _randn(2, 2, 3, 3), _randn(1, 2, 4, 4)
+    return {
+        "grad_y rank": ("grad_y", (_randn(2, 4, 4), S, start, [], 2, "exact")),
+        "S shape": ("S", (grad, _randn(3, 3, 3, 3), start, [], 2, "exact")),
+        "start shape": ("start", (grad, S, _randn(1, 2, 4, 3), [], 2, "exact")),
+        "terms": ("terms", (grad, S, start, [], 0, "exact")),
+        "grad_mode": ("grad_mode", (grad, S, start, [], 2, "approximate")),
+    }
+
+
+def _bad_max_min_backward():
+    grad, mask = _randn(2, 4, 3), torch.ones(2, 2, 3, dtype=torch.bool)
+    return {
+        "grad_y odd channels": ("grad_y", (_randn(2, 3, 3), mask, "halves")),
+        "mask dtype": ("mask", (grad, mask.float(), "halves")),
+        "mask shape": ("mask", (grad, torch.ones(2, 4, 3, dtype=torch.bool), "halves")),
+        "pairing": ("pairing", (grad, mask, "neighbours")),
+    }
+
+
+def _bad_householder_backward():
+    grad, x, theta = _randn(2, 4, 3), _randn(2, 4, 3), _randn(2)
+    return {
+        "grad_y odd channels": ("grad_y", (_randn(2, 3, 3), x, theta)),
+        "x shape": ("x", (grad, _randn(2, 4, 2), theta)),
+        "x dtype": ("x", (grad, x.double(), theta)),
+        "theta shape": ("theta", (grad, x, _randn(3))),
+    }
+
+
+# The kernel ops' backward ops: {op: bad inputs}; they have no functional entry.
+BACKWARD_OPS = {
+    "power_iteration_backward": _bad_power_iteration_backward,
+    "conv_spectral_bounds_backward": _bad_conv_spectral_bounds_backward,
+    "soc_exp_backward": _bad_soc_exp_backward,
+    "max_min_backward": _bad_max_min_backward,
+    "householder_backward": _bad_householder_backward,
+}
+
+# op: (bad inputs {case: (argument named, args)}, the functional call on those args)
+OPS = {
+    "power_iteration": (_bad_power_iteration, lipkernels.power_iteration),
+    "conv_spectral_bounds": (_bad_conv_spectral_bounds,
+                             lambda weight, vectors, iters: lipkernels.conv_spectral_bounds(
+                                 weight, iters, vectors)),
+    "soc_exp": (_bad_soc_exp, lipkernels.soc_exp),
+    "max_min": (_bad_max_min, lipkernels.max_min),
+    "householder": (_bad_householder, lipkernels.householder),
+    "cayley": (_bad_cayley, lipkernels.cayley),
+}
+
+CASES = [(op, case) for op, (bad, _) in OPS.items() for case in bad()]
+
+
+BACKWARD_CASES = [(op, case) for op, bad in BACKWARD_OPS.items() for case in bad()]
+
+
+def _kernel_op(op: str, backend: str):
+    require_backend("cpu", backend)
+    return getattr(torch.ops.lipkernels, op if backend == "cpp" else f"{op}_triton")
+
+
+def _assert_refused(call, op: str, argument: str, args):
+    with pytest.raises((RuntimeError, TypeError, ValueError)) as info:
+        call(*args)
+    message = str(info.value).splitlines()[0]
+    assert message.startswith(f"{op}:") or message.startswith(f"lipkernels.{op}:"), message
+    assert argument in message, message
+
+
+@pytest.mark.parametrize("entry", ["functional", "cpp", "triton"])
+@pytest.mark.parametrize("op,case", CASES, ids=[f"{op}-{case}" for op, case in CASES])
+def test_every_entry_refuses_bad_input_naming_op_and_argument(op, case, entry):
+    argument, args = OPS[op][0]()[case]
+    call = OPS[op][1] if entry == "functional" else _kernel_op(op, entry)
+    _assert_refused(call, op, argument, args)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("op,case", BACKWARD_CASES, ids=[f"{op}-{case}" for op, case in BACKWARD_CASES])
+def test_every_backward_op_refuses_bad_input_naming_op_and_argument(op, case, backend):
+    argument, args = BACKWARD_OPS[op]()[case]
+    _assert_refused(_kernel_op(op, backend), op, argument, args)
