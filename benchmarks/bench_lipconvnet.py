@@ -1,6 +1,6 @@
 """pytest-benchmark suite of a whole LipConvNet-10 training step (forward, cross-entropy,
 backward, SGD update) with its SOC layers on each provider's backend, exact and fast SOC
-gradients. The grid, providers, timing and rows are the harness's (``lipkernels._benchmarking``,
+gradients. The grid, providers, timing and rows are the harness's (``lipkernels.benchmarking``,
 wired in ``conftest.py``), shared with ``python -m lipkernels.bench``.
 """
 

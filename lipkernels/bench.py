@@ -1,10 +1,10 @@
 """``python -m lipkernels.bench``: time the ops on the benchmark grid, print the table, and write
-``<device-slug>-<YYYYMMDD>-<suite>.json`` plus its Markdown table per suite (DESIGN.md §5).
+``<device-slug>-<YYYYMMDD>-<suite>.json`` plus its Markdown table per suite (docs/design.md §5).
 
 By default it runs the providers usable on the device (reference, reference-compile on a small
 subset, the built lipkernels backends except Triton on the CPU, installed peers) on a reduced grid
 that finishes in a few minutes on a 2-core CPU; ``--full`` runs every seed shape. Grid, providers,
-timing and rows come from ``lipkernels._benchmarking``, shared with ``pytest benchmarks/``.
+timing and rows come from ``lipkernels.benchmarking``, shared with ``pytest benchmarks/``.
 Exit status: 0, or 1 when a measurement failed (the others are still written).
 """
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from . import _benchmarking as harness
+from . import benchmarking as harness
 
 try:
     from tqdm import tqdm
@@ -60,14 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="default: cuda when a GPU is visible, else cpu")
     parser.add_argument("--full", action="store_true",
-                        help=f"the whole grid: filters with {harness.SEED_CHANNELS} channels "
-                             f"instead of {harness.DEFAULT_CHANNELS}, and reference-compile on "
-                             "every 1-iteration shape (plus fantastic_four C64-C64-k3-T50 fwd); "
-                             "soc_exp on every LipConvNet layer, strided ones included, at batch "
-                             "128 and 256 in float32 and bfloat16; lipconvnet at batch 128; "
-                             "cayley_conv2d on the Cayley paper's six layers at batch 128 and "
-                             "256 in float32 and bfloat16; conv_singular_values on 64..512 "
-                             "channels at 32x32 and 56x56")
+                        help="the whole grid: " + "; ".join(
+                            suite.full_grid for suite in harness.SUITES.values()))
     parser.add_argument("--providers", nargs="+", metavar="NAME",
                         help=f"run only these (space- or comma-separated), from "
                              f"{', '.join(harness.PROVIDER_NAMES)} "
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # one broken kernel must not hide the other results
                 case = task.case
                 failures[task.suite].append({
-                    "op": case.op, "provider": task.provider.name, "shape": case.shape,
+                    "op": case.op.name, "provider": task.provider.name, "shape": case.shape,
                     "mode": case.mode, "error": f"{type(error).__name__}: {error}"})
                 bar.write(f"FAILED {task.id}: {type(error).__name__}: {error}")
 

@@ -1,0 +1,151 @@
+"""The providers: the implementations a benchmark compares. The reference, torch.compile of the
+reference, each lipkernels backend, and the peer libraries; what a provider runs for an op beyond
+the op of `lipkernels.reference` / `lipkernels` is the op's to declare (`core.Op`), so adding a
+suite adds nothing here."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+from collections.abc import Callable
+
+import torch
+
+import lipkernels
+from lipkernels import reference
+
+from .core import Case, Op
+
+
+class Provider:
+    """One implementation of the ops. `implementation(op)` is None where it has none."""
+
+    name: str
+
+    def implementation(self, op: Op) -> Callable | None:
+        raise NotImplementedError
+
+    def covers(self, case: Case, full: bool) -> bool:
+        return self.implementation(case.op) is not None
+
+    def context(self):
+        return contextlib.nullcontext()
+
+
+class Reference(Provider):
+    name = "reference"
+
+    def implementation(self, op):
+        if op.reference_row:
+            return op.reference_row()
+        return op.workload() if op.workload else getattr(reference, op.name)
+
+    def context(self):
+        # Model workloads call the public layers, which dispatch: pin them to the reference.
+        return lipkernels.use_backend("reference")
+
+
+class CompiledReference(Provider):
+    """torch.compile of the reference, on the cases each op chooses (`Op.compiled_on`: inductor
+    unrolls the reference's Python loops, and compiles slowly). dynamic=True, so that one compiled
+    graph serves a whole column of shapes (one compile per op, iteration count, mode and kernel
+    size) instead of one per shape; its compile time falls in the untimed first call."""
+
+    name = "reference-compile"
+
+    def implementation(self, op):
+        return _compiled_reference(op.name)
+
+    def covers(self, case, full):
+        return case.op.compiled_on is not None and case.op.compiled_on(case, full)
+
+
+@functools.cache
+def _compiled_reference(op: str):
+    # One compiled function per op sees every shape, iteration count, kernel size and grad mode;
+    # dynamo's default of 8 graphs per function would silently fall back to eager past that.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(getattr(reference, op), dynamic=True)
+
+
+class Backend(Provider):
+    """A lipkernels backend (cpp, triton, cuda) through the public functional API."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def implementation(self, op):
+        # None where the op has no lipkernels implementation (fft_conv2d, a yardstick).
+        return op.workload() if op.workload else getattr(lipkernels, op.name, None)
+
+    def context(self):
+        return lipkernels.use_backend(self.name)
+
+
+class Peer(Provider):
+    """Another Lipschitz library, where it is installed (`module` is found): it runs the ops whose
+    `Op.peers` name it, through their adapters."""
+
+    def __init__(self, name: str, module: str):
+        self.name, self.module = name, module
+
+    def covers(self, case, full):
+        adapter = case.op.peers.get(self.name)
+        return adapter is not None and case.dtype in (adapter.dtypes or (case.dtype,))
+
+    def installed(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:  # the parent package (e.g. `deel`) is missing
+            return False
+
+    def implementation(self, op):
+        adapter = op.peers.get(self.name)
+        return adapter.factory() if adapter else None
+
+
+PEERS = (
+    Peer("orthogonium", "orthogonium.reparametrizers"),
+    Peer("deel-torchlip", "deel.torchlip.normalizers"),
+)
+
+KERNEL_BACKENDS = ("cpp", "triton", "cuda")
+PROVIDER_NAMES = ("reference", "reference-compile", *KERNEL_BACKENDS, *(p.name for p in PEERS))
+
+
+def select_providers(device: str, requested: list[str] | None = None):
+    """(providers to run, {provider: why it does not run}) for `device`.
+
+    Default: reference, reference-compile (on its subset of cases), every lipkernels backend
+    usable on the device except Triton on the CPU (the interpreter is orders of magnitude slow), and
+    the installed peers. A requested provider that cannot run is an error naming the reason.
+    """
+    usable = lipkernels.available_backends(device)
+    reasons = {}
+    for name in KERNEL_BACKENDS:
+        if name not in usable:
+            reasons[name] = (f"not usable on {device} (lipkernels.available_backends({device!r}) = "
+                             f"{usable}; see lipkernels.build_info())")
+        elif name == "triton" and device == "cpu":
+            reasons[name] = ("runs on CPU tensors only through the Triton interpreter, far too "
+                             "slow to time; ask for it with --providers triton")
+    for peer in PEERS:
+        if not peer.installed():
+            reasons[peer.name] = "not installed"
+    if requested:
+        unknown = [name for name in requested if name not in PROVIDER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}; choose from {list(PROVIDER_NAMES)}")
+        # Asked for by name, Triton on the CPU runs wherever the interpreter makes it usable.
+        blocked = {name: reasons[name] for name in requested
+                   if name in reasons and not (name == "triton" and "triton" in usable)}
+        if blocked:
+            raise ValueError("cannot run " + "; ".join(f"{n}: {r}" for n, r in blocked.items()))
+        names = [name for name in PROVIDER_NAMES if name in requested]
+        reasons = {name: reasons.get(name, "not requested") for name in PROVIDER_NAMES
+                   if name not in names}
+    else:
+        names = [name for name in PROVIDER_NAMES if name not in reasons]
+    known = {p.name: p for p in (Reference(), CompiledReference(), *PEERS)}
+    return [known.get(name) or Backend(name) for name in names], reasons
