@@ -29,7 +29,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cpu/max_min.h"
 #include "kernels/householder.cuh"
 

@@ -16,7 +16,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cpu/max_min.h"
 #include "kernels/max_min.cuh"
 

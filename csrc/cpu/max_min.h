@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/power_iteration.h"
+#include "cpu/parallel.h"
 #include "kernels/max_min.cuh"
 
 namespace lipkernels {

@@ -34,7 +34,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 
 namespace lipkernels {
 namespace cpu {

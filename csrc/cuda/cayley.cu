@@ -52,7 +52,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/cayley.h"
+#include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "kernels/cayley.cuh"
 
 namespace lipkernels {
@@ -103,12 +104,12 @@ struct DeviceBlock {
   __device__ void sync() const { __syncthreads(); }
 };
 
-// The default per-block shared memory, without the opt-in attribute; the dynamic part gets
-// whatever the static GEMM tiles leave.
-constexpr int64_t kSharedBytes = 48 * 1024;
+// The dynamic shared memory gets whatever the static GEMM tiles leave of the default per-block
+// shared memory, so no opt-in attribute is needed.
 template <typename S>
 constexpr int64_t dynamic_shared_budget() {
-  return kSharedBytes - static_cast<int64_t>(kCayleyScratch * sizeof(S));
+  return static_cast<int64_t>(kDefaultSharedBytes) -
+         static_cast<int64_t>(kCayleyScratch * sizeof(S));
 }
 
 // ---- Kernels --------------------------------------------------------------------------------
@@ -234,14 +235,14 @@ int64_t grid_for(int64_t problems) {
 // per-frequency backward workspace; 264 resident blocks on an H100 need 1.7 GB).
 template <typename Kernel>
 int64_t resident_grid(Kernel kernel, int64_t problems, int64_t shared_bytes, const char* op) {
-  int device = 0, per_sm = 0, sms = 0;
+  int device = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kCayleyThreads, static_cast<size_t>(shared_bytes)));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   TORCH_CHECK(per_sm > 0, op, ": the CUDA kernel cannot run on this device (", kCayleyThreads,
               " threads, ", shared_bytes, " bytes of dynamic shared memory per block)");
-  return std::min<int64_t>(problems, static_cast<int64_t>(per_sm) * sms);
+  return std::min<int64_t>(problems,
+                           static_cast<int64_t>(per_sm) * multiprocessor_count(device));
 }
 
 template <typename Kernel, typename Args>
@@ -264,7 +265,7 @@ int64_t batch_count(const at::Tensor& W) {
 
 std::tuple<at::Tensor, at::Tensor> cayley_cuda(const at::Tensor& W_in) {
   constexpr const char* op = "cayley";
-  cpu::check_cayley_tall(op, "W", W_in);
+  check_cayley_tall(op, "W", W_in);
   const c10::cuda::CUDAGuard guard(W_in.device());
   const at::Tensor W = W_in.contiguous();
   const int64_t m = W.size(-2), n = W.size(-1);
@@ -292,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_cuda(const at::Tensor& W_in) {
 at::Tensor cayley_backward_cuda(const at::Tensor& grad_Q_in, const at::Tensor& X_in,
                                 const at::Tensor& W_in) {
   constexpr const char* op = "cayley_backward";
-  cpu::check_cayley_backward_args(grad_Q_in, X_in, W_in);
+  check_cayley_backward_args(grad_Q_in, X_in, W_in);
   const int64_t m = W_in.size(-2), n = W_in.size(-1);
   check_matrix_size(op, "W", m, n);
   const c10::cuda::CUDAGuard guard(W_in.device());
@@ -322,10 +323,10 @@ at::Tensor cayley_backward_cuda(const at::Tensor& grad_Q_in, const at::Tensor& X
   return grad_W;
 }
 
-// The checks shared with the CPU kernel (cpu/cayley.h), then the size limit of these kernels.
+// The checks shared with the CPU kernel (common/checks.h), then the size limit of these kernels.
 FrequencyShape check_frequency_args(const char* op, const at::Tensor& response,
                                     const at::Tensor& spectrum) {
-  cpu::check_cayley_conv2d_args(op, response, spectrum);
+  check_cayley_conv2d_args(op, response, spectrum);
   const FrequencyShape shape{response.size(1), response.size(2), spectrum.size(2)};
   check_matrix_size(op, "response", shape.c_out, shape.c_in);
   return shape;
@@ -367,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cuda(const at::Tensor&
   constexpr const char* op = "cayley_conv2d_backward";
   const FrequencyShape shape = check_frequency_args(op, response_in, spectrum_in);
   const int64_t frequencies = response_in.size(0), n = shape.n();
-  cpu::check_cayley_conv2d_backward_args(grad_output_in, response_in, spectrum_in, inverse_in);
+  check_cayley_conv2d_backward_args(grad_output_in, response_in, spectrum_in, inverse_in);
   const c10::cuda::CUDAGuard guard(response_in.device());
   const at::Tensor grad_output = grad_output_in.contiguous(), response = response_in.contiguous(),
                    spectrum = spectrum_in.contiguous(), inverse = inverse_in.contiguous();

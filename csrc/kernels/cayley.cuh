@@ -203,10 +203,6 @@ constexpr int kGemmShared = kGemmTile * kGemmAStride + kGemmK * kGemmBStride;
 constexpr int kPanelShared = 2 * kPanel * kPanel;
 constexpr int kCayleyScratch = kGemmShared > kPanelShared ? kGemmShared : kPanelShared;
 
-LIPKERNELS_HOST_DEVICE constexpr int64_t ceil_div64(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
 // (row, column) of element e of a row-major matrix with `cols` columns. In 32 bits: the host
 // keeps every per-block matrix below 2^31 elements, and a 64-bit division costs several times as
 // much on the GPU, where this runs once per element of every sweep.
@@ -239,8 +235,8 @@ LIPKERNELS_HOST_DEVICE void block_gemm(const Block& block, int64_t rows, int64_t
   // consecutive addresses (coalesced) for row-major operands and for transposed views alike.
   const bool a_by_row = A.rs == 1 && A.cs != 1;  // A^T is row-major: walk down A's columns
   const bool b_by_k = B.rs == 1 && B.cs != 1;    // B^T is row-major: walk down B's columns
-  const int64_t col_tiles = ceil_div64(cols, kGemmTile);
-  const int64_t tiles = ceil_div64(rows, kGemmTile) * col_tiles;
+  const int64_t col_tiles = ceil_div(cols, kGemmTile);
+  const int64_t tiles = ceil_div(rows, kGemmTile) * col_tiles;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t i0 = tile / col_tiles * kGemmTile, j0 = tile % col_tiles * kGemmTile;
     S acc[kGemmRowsPerThread] = {};
