@@ -322,10 +322,10 @@ inline void check_complex(const char* op, const char* name, const at::Tensor& t)
               ": ", name, " must be complex64 or complex128, got ", t.scalar_type());
 }
 
-// The arguments of cayley_conv2d (op names the op in errors): response (F, C_out, C_in)
+// The arguments of cayley_frequency_product (op names the op in errors): response (F, C_out, C_in)
 // and spectrum (F, C_in, B), complex, of one dtype and device.
-inline void check_cayley_conv2d_args(const char* op, const at::Tensor& response,
-                                     const at::Tensor& spectrum) {
+inline void check_cayley_frequency_product_args(const char* op, const at::Tensor& response,
+                                                const at::Tensor& spectrum) {
   TORCH_CHECK(response.dim() == 3 && response.numel() > 0, op,
               ": response must be a non-empty (F, C_out, C_in) tensor, got ", response.sizes());
   check_complex(op, "response", response);
@@ -341,15 +341,15 @@ inline void check_cayley_conv2d_args(const char* op, const at::Tensor& response,
               ", ", spectrum.device());
 }
 
-// The arguments of cayley_conv2d_backward: those of cayley_conv2d,
+// The arguments of cayley_frequency_product_backward: those of cayley_frequency_product,
 // grad_output (F, C_out, B) and the forward's inverse (F, n, n), n = min(C_in, C_out), all of
 // response's dtype and device.
-inline void check_cayley_conv2d_backward_args(const at::Tensor& grad_output,
-                                              const at::Tensor& response,
-                                              const at::Tensor& spectrum,
-                                              const at::Tensor& inverse) {
-  constexpr const char* op = "cayley_conv2d_backward";
-  check_cayley_conv2d_args(op, response, spectrum);
+inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_output,
+                                                         const at::Tensor& response,
+                                                         const at::Tensor& spectrum,
+                                                         const at::Tensor& inverse) {
+  constexpr const char* op = "cayley_frequency_product_backward";
+  check_cayley_frequency_product_args(op, response, spectrum);
   const int64_t frequencies = response.size(0);
   const int64_t n = std::min(response.size(1), response.size(2));
   TORCH_CHECK(grad_output.sizes() ==

@@ -1,4 +1,4 @@
-// The Cayley transform on the CPU, shared by the cayley and cayley_conv2d kernels.
+// The Cayley transform on the CPU, shared by the cayley and cayley_frequency_product kernels.
 //
 // Math (lipkernels/reference/cayley.py): for a tall W (..., m, n), m >= n, real or complex,
 //   U = W[..., :n, :], V = W[..., n:, :], A = U - U^H + V^H V, X = (I + A)^{-1},

@@ -1,5 +1,5 @@
-// CPU kernels of cayley_conv2d and cayley_conv2d_backward: the frequency-domain core of the
-// Cayley convolution (Trockman & Kolter, ICLR 2021).
+// CPU kernels of cayley_frequency_product and cayley_frequency_product_backward: the
+// frequency-domain core of the Cayley convolution (Trockman & Kolter, ICLR 2021).
 //
 // Math, per frequency f (lipkernels/reference/cayley_conv2d.py), with response R_f (C_out x C_in)
 // and the input spectrum S_f (C_in x B):
@@ -30,20 +30,19 @@ at::Tensor oriented(const at::Tensor& t, bool wide) {
   return (wide ? t.transpose(1, 2) : t).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_conv2d_cpu(const at::Tensor& response,
-                                                     const at::Tensor& spectrum) {
-  check_cayley_conv2d_args("cayley_conv2d", response, spectrum);
+std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_cpu(const at::Tensor& response,
+                                                                const at::Tensor& spectrum) {
+  check_cayley_frequency_product_args("cayley_frequency_product", response, spectrum);
   const bool wide = is_wide(response);
   const auto [P, X] = cayley_tall(oriented(response, wide));
   const at::Tensor Q = wide ? P.transpose(1, 2) : P;
   return {at::matmul(Q, spectrum).contiguous(), X};
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cpu(const at::Tensor& grad_output,
-                                                              const at::Tensor& response,
-                                                              const at::Tensor& spectrum,
-                                                              const at::Tensor& inverse) {
-  check_cayley_conv2d_backward_args(grad_output, response, spectrum, inverse);
+std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& response, const at::Tensor& spectrum,
+    const at::Tensor& inverse) {
+  check_cayley_frequency_product_backward_args(grad_output, response, spectrum, inverse);
   const bool wide = is_wide(response);
   const at::Tensor T = oriented(response, wide);
   const at::Tensor P = cayley_from_inverse(inverse, T);
@@ -57,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cpu(const at::Tensor& 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lipkernels, CPU, m) {
-  m.impl("cayley_conv2d", &cayley_conv2d_cpu);
-  m.impl("cayley_conv2d_backward", &cayley_conv2d_backward_cpu);
+  m.impl("cayley_frequency_product", &cayley_frequency_product_cpu);
+  m.impl("cayley_frequency_product_backward", &cayley_frequency_product_backward_cpu);
 }
 
 }  // namespace cpu

@@ -1,10 +1,10 @@
 """Registration of cayley_conv2d's frequency-domain core: fake impls, autograd, backends.
 
-Forward: (output, inverse) = cayley_conv2d(response, spectrum): response (F, C_out, C_in) and
-spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_out, B); inverse
+Forward: (output, inverse) = cayley_frequency_product(response, spectrum): response (F, C_out, C_in)
+and spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_out, B); inverse
 (F, n, n), n = min(C_in, C_out), the per-frequency (I + A)^{-1}, returned only for the backward
-(non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_conv2d_backward(grad_output,
-response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
+(non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_frequency_product_backward(
+grad_output, response, spectrum, inverse); saving the op inputs response, spectrum costs no memory
 beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
 autograd (`lipkernels.reference.cayley_conv2d.spectral_conv2d`). Where a graph of the gradients is
 needed (double backward) they come from the reference core recomputed from response and spectrum
@@ -63,14 +63,14 @@ def _output_only(op):
 def _triton_launchers():
     from ..triton import cayley_conv2d as kernels
 
-    return kernels.cayley_conv2d, kernels.cayley_conv2d_backward
+    return kernels.cayley_frequency_product, kernels.cayley_frequency_product_backward
 
 
 # {backend: (response, spectrum) -> output} for every kernel backend built here.
 KERNELS: dict[str, Callable] = {
     backend: _output_only(op)
     for backend, op in kernel_ops(
-        "cayley_conv2d",
+        "cayley_frequency_product",
         _triton_launchers,
         ("(Tensor response, Tensor spectrum) -> (Tensor, Tensor)",
          "(Tensor grad_output, Tensor response, Tensor spectrum, Tensor inverse)"
