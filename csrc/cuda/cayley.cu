@@ -92,9 +92,10 @@ kernel_t<scalar_t>* mutable_data_of(at::Tensor& t) {
 }
 
 // Resident blocks per SM the register allocation must allow (at most 128 registers a thread).
-// Left free, the unrolled GEMM and panel loops take up to 248 registers for complex<double>,
-// which leaves one block of 256 threads per SM: too few warps to hide the global-memory latency
-// of the Gauss-Jordan sweeps. The few spills this costs stay in L1.
+// Left free, the unrolled GEMM and panel loops take so many registers for complex<double> that
+// only one block of 256 threads fits per SM: too few warps to hide the global-memory latency of
+// the Gauss-Jordan sweeps. The few spills this costs stay in L1 (ptxas figures:
+// benchmarks/results/kernel-notes.md).
 constexpr int kMinBlocksPerSM = 2;
 
 // The block as kernels/cayley.cuh sees it.
