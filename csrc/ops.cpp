@@ -70,17 +70,18 @@ TORCH_LIBRARY(lipkernels, m) {
   // grad_W = [G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H], G_A = 2 X^H (V^H G_bot - G_top) X^H.
   m.def("cayley_backward(Tensor grad_Q, Tensor X, Tensor W) -> Tensor");
 
-  // The frequency-domain core of cayley_conv2d (Trockman & Kolter, ICLR 2021): per frequency f,
+  // The frequency-domain core of the public lipkernels.cayley_conv2d (Trockman & Kolter, ICLR
+  // 2021), which calls it between rfft2 and irfft2: per frequency f,
   // output_f = Q_f spectrum_f with Q_f = cayley(response_f) (C_out x C_in; a wide response, C_out <
   // C_in, goes through cayley as its plain transpose: Q_f = cayley(response_f^T)^T). response
   // (F, C_out, C_in) and spectrum (F, C_in, B) complex; returns (output (F, C_out, B), inverse
   // (F, n, n)), n = min(C_in, C_out), inverse_f = (I + A_f)^{-1} of the tall orientation, kept for
   // the backward. Forms A, solves and applies Q in one call.
-  m.def("cayley_conv2d(Tensor response, Tensor spectrum) -> (Tensor, Tensor)");
+  m.def("cayley_frequency_product(Tensor response, Tensor spectrum) -> (Tensor, Tensor)");
   // grad_spectrum = Q^H G; grad_Q = G spectrum^H, taken through cayley_backward (transposed for a
   // wide response). Returns (grad_response, grad_spectrum); Q is rebuilt from inverse.
   m.def(
-      "cayley_conv2d_backward(Tensor grad_output, Tensor response, Tensor spectrum,"
+      "cayley_frequency_product_backward(Tensor grad_output, Tensor response, Tensor spectrum,"
       " Tensor inverse) -> (Tensor, Tensor)");
 }
 

@@ -118,7 +118,7 @@ def test_kernel_matches_reference(shape, device, kernel):
 @pytest.mark.parametrize("channels", [(5, 3), (3, 5), (4, 4)])
 def test_op_gradcheck_and_opcheck(channels, device, kernel):
     require_kernel(device, kernel, KERNELS)
-    forward, backward = custom_ops("cayley_conv2d", kernel)
+    forward, backward = custom_ops("cayley_frequency_product", kernel)
     out_channels, in_channels = channels
     response = _random((3, out_channels, in_channels), torch.complex128, scale=0.5).to(device)
     spectrum = _random((3, in_channels, 2), torch.complex128, seed=1).to(device)
@@ -210,17 +210,16 @@ def test_bad_dtype_and_device():
 
 def test_op_rejects_bad_input():
     require_backend("cpu", "cpp")
-    op = torch.ops.lipkernels.cayley_conv2d
+    op = torch.ops.lipkernels.cayley_frequency_product
     response = torch.randn(3, 4, 2, dtype=torch.complex64)
-    with pytest.raises(RuntimeError, match="cayley_conv2d: response must be complex64"):
+    with pytest.raises(RuntimeError, match="cayley_frequency_product: response must be complex64"):
         op(response.real.contiguous(), torch.randn(3, 2, 5, dtype=torch.complex64))
-    with pytest.raises(RuntimeError, match=r"cayley_conv2d: spectrum must have shape \(F, C_in"):
+    with pytest.raises(RuntimeError, match=r"cayley_frequency_product: spectrum must have shape \(F, C_in"):
         op(response, torch.randn(3, 4, 5, dtype=torch.complex64))
-    with pytest.raises(RuntimeError, match="cayley_conv2d: spectrum must have the dtype"):
+    with pytest.raises(RuntimeError, match="cayley_frequency_product: spectrum must have the dtype"):
         op(response, torch.randn(3, 2, 5, dtype=torch.complex128))
     output, inverse = op(response, torch.randn(3, 2, 5, dtype=torch.complex64))
-    with pytest.raises(RuntimeError, match="cayley_conv2d_backward: inverse must be"):
-        torch.ops.lipkernels.cayley_conv2d_backward(output, response,
-                                                    torch.randn(3, 2, 5, dtype=torch.complex64),
-                                                    inverse[:, :1])
+    with pytest.raises(RuntimeError, match="cayley_frequency_product_backward: inverse must be"):
+        torch.ops.lipkernels.cayley_frequency_product_backward(
+            output, response, torch.randn(3, 2, 5, dtype=torch.complex64), inverse[:, :1])
 

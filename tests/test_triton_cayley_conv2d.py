@@ -1,8 +1,8 @@
-"""The Triton launchers of cayley_conv2d's frequency-domain core (lipkernels/triton/
-cayley_conv2d.py) called directly, against the reference core (`cayley_frequencies` and its
-autograd): output, inverse and both gradients for square, tall and wide responses, several tiles
-in every dimension, NaN propagation and input errors. The public op's tests are in
-tests/test_cayley_conv2d.py."""
+"""The Triton launchers of cayley_conv2d's frequency-domain core, cayley_frequency_product
+(lipkernels/triton/cayley_conv2d.py), called directly, against the reference core
+(`cayley_frequencies` and its autograd): output, inverse and both gradients for square, tall and
+wide responses, several tiles in every dimension, NaN propagation and input errors. The public
+op's tests are in tests/test_cayley_conv2d.py."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def _reference(response, spectrum, grad_output):
 
 
 def _kernels(kernels, response, spectrum, grad_output):
-    output, inverse = kernels.cayley_conv2d(response, spectrum)
-    grads = kernels.cayley_conv2d_backward(grad_output, response, spectrum, inverse)
+    output, inverse = kernels.cayley_frequency_product(response, spectrum)
+    grads = kernels.cayley_frequency_product_backward(grad_output, response, spectrum, inverse)
     return (output, *grads), inverse
 
 
@@ -110,23 +110,23 @@ def test_lipconvnet_sizes_match_reference(kernels, device, channels):
 def test_nan_in_gives_nan_out(kernels, device):
     response, spectrum, _ = _problem(2, 5, 3, 4, torch.complex64, device)
     response[1, 4, 2] = float("nan")
-    output, _ = kernels.cayley_conv2d(response, spectrum)
+    output, _ = kernels.cayley_frequency_product(response, spectrum)
     assert torch.isfinite(output[0]).all() and torch.isnan(output[1]).any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input_names_the_argument(kernels, device):
     response, spectrum, grad_output = _problem(3, 4, 2, 5, torch.complex64, device)
-    with pytest.raises(TypeError, match="cayley_conv2d: response must be complex64"):
-        kernels.cayley_conv2d(response.real.contiguous(), spectrum)
-    with pytest.raises(ValueError, match="cayley_conv2d: response must be a non-empty"):
-        kernels.cayley_conv2d(response[0], spectrum)
-    with pytest.raises(ValueError, match=r"cayley_conv2d: spectrum must have shape \(F, C_in, B\)"):
-        kernels.cayley_conv2d(response, spectrum.mT)
-    with pytest.raises(ValueError, match="cayley_conv2d: spectrum must have the dtype and device"):
-        kernels.cayley_conv2d(response, spectrum.to(torch.complex128))
-    _, inverse = kernels.cayley_conv2d(response, spectrum)
-    with pytest.raises(ValueError, match="cayley_conv2d_backward: inverse must be"):
-        kernels.cayley_conv2d_backward(grad_output, response, spectrum, inverse[:, :1])
-    with pytest.raises(ValueError, match="cayley_conv2d_backward: grad_output must have shape"):
-        kernels.cayley_conv2d_backward(grad_output[:, :3], response, spectrum, inverse)
+    with pytest.raises(TypeError, match="cayley_frequency_product: response must be complex64"):
+        kernels.cayley_frequency_product(response.real.contiguous(), spectrum)
+    with pytest.raises(ValueError, match="cayley_frequency_product: response must be a non-empty"):
+        kernels.cayley_frequency_product(response[0], spectrum)
+    with pytest.raises(ValueError, match=r"cayley_frequency_product: spectrum must have shape \(F, C_in, B\)"):
+        kernels.cayley_frequency_product(response, spectrum.mT)
+    with pytest.raises(ValueError, match="cayley_frequency_product: spectrum must have the dtype and device"):
+        kernels.cayley_frequency_product(response, spectrum.to(torch.complex128))
+    _, inverse = kernels.cayley_frequency_product(response, spectrum)
+    with pytest.raises(ValueError, match="cayley_frequency_product_backward: inverse must be"):
+        kernels.cayley_frequency_product_backward(grad_output, response, spectrum, inverse[:, :1])
+    with pytest.raises(ValueError, match="cayley_frequency_product_backward: grad_output must have shape"):
+        kernels.cayley_frequency_product_backward(grad_output[:, :3], response, spectrum, inverse)

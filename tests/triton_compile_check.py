@@ -55,7 +55,7 @@ def _soc_exp_cases():
 
 def _cayley_cases():
     """cayley at n = 512 (m = 1024) for the real and complex single-precision kernels and
-    complex128; the cayley_conv2d core at C = 512 / 256 (tall and wide), B = 128. Complex
+    complex128; the cayley_frequency_product core at C = 512 / 256 (tall and wide), B = 128. Complex
     tensors reach the kernels as their real views."""
     for dtype, complex_ in ((torch.float32, False), (torch.float32, True), (torch.float64, True)):
         w = torch.empty(0, dtype=dtype, device="meta")
@@ -72,10 +72,11 @@ def _cayley_cases():
         for tall, orientation in ((True, "C512x256"), (False, "C256x512")):
             constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS)
             t_strides = (512, 2) if tall else (2, 1024)
-            yield (f"cayley_conv2d-{name}-{orientation}", cayley_conv2d._cayley_conv2d_kernel,
+            yield (f"cayley_frequency_product-{name}-{orientation}",
+                   cayley_conv2d._cayley_frequency_product_kernel,
                    (w,) * 5 + (512, 256, 128, *t_strides), constants)
-            yield (f"cayley_conv2d_backward-{name}-{orientation}",
-                   cayley_conv2d._cayley_conv2d_backward_kernel,
+            yield (f"cayley_frequency_product_backward-{name}-{orientation}",
+                   cayley_conv2d._cayley_frequency_product_backward_kernel,
                    (w,) * 9 + (512, 256, 128, *t_strides), constants)
 
 

@@ -6,40 +6,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <vector>
+#include "common/checks.h"
 
 namespace lipkernels {
 namespace cpu {
-
-void check_cayley_tall(const char* op, const char* name, const at::Tensor& W) {
-  TORCH_CHECK(W.dim() >= 2, op, ": ", name, " must have shape (..., m, n), got ", W.sizes());
-  TORCH_CHECK(W.size(-1) >= 1 && W.size(-2) >= W.size(-1) && W.numel() > 0, op, ": ", name,
-              " (..., m, n) must be non-empty with m >= n (transpose a wide matrix first), got ",
-              W.sizes());
-  // The dtypes at::linalg_solve supports on the CPU: the real and complex IEEE types.
-  const auto dtype = W.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kComplexFloat ||
-                  dtype == at::kComplexDouble,
-              op, ": ", name, " must be float32, float64, complex64 or complex128, got ", dtype);
-}
-
-void check_cayley_backward_args(const at::Tensor& grad_Q, const at::Tensor& X,
-                                const at::Tensor& W) {
-  constexpr const char* op = "cayley_backward";
-  check_cayley_tall(op, "W", W);
-  TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
-                  grad_Q.device() == W.device(),
-              op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
-              W.scalar_type(), ", ", W.device(), "), got ", grad_Q.sizes(), " (",
-              grad_Q.scalar_type(), ", ", grad_Q.device(), ")");
-  std::vector<int64_t> x_shape = W.sizes().vec();
-  x_shape[x_shape.size() - 2] = W.size(-1);
-  TORCH_CHECK(X.sizes() == c10::IntArrayRef(x_shape) && X.scalar_type() == W.scalar_type() &&
-                  X.device() == W.device(),
-              op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
-              " and W's dtype and device, got ", X.sizes(), " (", X.scalar_type(), ", ",
-              X.device(), ")");
-}
 
 // A lazy-conjugate view (Tensor::mH) gives wrong values when these ATen calls run under a Python
 // dispatch mode (AOTAutograd's runtime wraps custom ops in one), so the conjugate is taken

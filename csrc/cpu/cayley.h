@@ -1,4 +1,4 @@
-// The Cayley transform on the CPU, shared by the cayley and cayley_conv2d kernels.
+// The Cayley transform on the CPU, shared by the cayley and cayley_frequency_product kernels.
 //
 // Math (lipkernels/reference/cayley.py): for a tall W (..., m, n), m >= n, real or complex,
 //   U = W[..., :n, :], V = W[..., n:, :], A = U - U^H + V^H V, X = (I + A)^{-1},
@@ -17,15 +17,6 @@
 namespace lipkernels {
 namespace cpu {
 
-// W (..., m, n) with m >= n >= 1, float32/float64/complex64/complex128: the tall orientation
-// every cayley kernel works on. Errors name `op` and the argument `name`.
-void check_cayley_tall(const char* op, const char* name, const at::Tensor& W);
-
-// The arguments of cayley_backward: a tall W, grad_Q of W's shape and X (..., n, n), all of W's
-// dtype and device.
-void check_cayley_backward_args(const at::Tensor& grad_Q, const at::Tensor& X,
-                                const at::Tensor& W);
-
 // (Q, X) of a tall W; X = (I + A)^{-1} (..., n, n), both contiguous.
 std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W);
 
@@ -35,16 +26,6 @@ at::Tensor cayley_from_inverse(const at::Tensor& X, const at::Tensor& W);
 // grad_W of a tall W for the output gradient grad_Q, from the forward's X.
 at::Tensor cayley_tall_backward(const at::Tensor& grad_Q, const at::Tensor& X,
                                 const at::Tensor& W);
-
-// The arguments of cayley_conv2d (op names the op in errors): response (F, C_out, C_in) and
-// spectrum (F, C_in, B), complex, of one dtype and device.
-void check_cayley_conv2d_args(const char* op, const at::Tensor& response,
-                              const at::Tensor& spectrum);
-
-// The arguments of cayley_conv2d_backward: those of cayley_conv2d, grad_output (F, C_out, B) and
-// the forward's inverse (F, n, n), n = min(C_in, C_out), all of response's dtype and device.
-void check_cayley_conv2d_backward_args(const at::Tensor& grad_output, const at::Tensor& response,
-                                       const at::Tensor& spectrum, const at::Tensor& inverse);
 
 // t^H, materialised (see cayley.cpp for why not a lazy-conjugate view).
 at::Tensor conj_transpose(const at::Tensor& t);

@@ -19,7 +19,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
+#include "cpu/parallel.h"
 #include "cpu/power_iteration.h"
 #include "kernels/conv_spectral_bounds.cuh"
 

@@ -7,7 +7,7 @@
 //   backward: grad_(a, b) = the same branch's (symmetric) map applied to (g_1, g_2);
 //             grad_theta_i = sum where reflected of g_1 (b cos - a sin) + g_2 (a cos + b sin).
 // Each pass reads its inputs once; the trigonometric constants are computed once per pair.
-// grad_theta: every tile of rows (PairTiles) sums its elements per pair into its own partial,
+// grad_theta: every tile of rows (PairTileGrid) sums its elements per pair into its own partial,
 // in acc_t, and the partials are then added in a fixed order: no atomics, and the same result
 // for every thread count.
 //
@@ -29,7 +29,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cpu/max_min.h"
 #include "kernels/householder.cuh"
 
@@ -87,7 +87,7 @@ at::Tensor householder_cpu(const at::Tensor& input, const at::Tensor& theta) {
   const kernels::PairLayout layout = check_householder_args("householder", "x", input, theta);
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
-  const PairTiles tiles(layout);
+  const PairTileGrid grid(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "householder_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
@@ -95,7 +95,7 @@ at::Tensor householder_cpu(const at::Tensor& input, const at::Tensor& theta) {
         const scalar_t* x_data = x.const_data_ptr<scalar_t>();
         scalar_t* y_data = y.data_ptr<scalar_t>();
         // One angle per row: the rows are single pairs.
-        tiles.for_each_row(layout, /*merge_pairs=*/false, [&](const PairRow& row) {
+        grid.for_each_row(layout, /*merge_pairs=*/false, [&](const PairRow& row) {
           forward_row(angles[row.pair], x_data, y_data, row);
         });
       });
@@ -109,27 +109,27 @@ std::tuple<at::Tensor, at::Tensor> householder_backward_cpu(const at::Tensor& gr
   const at::Tensor grad_y = grad_output.contiguous(), x = input.contiguous();
   at::Tensor grad_x = at::empty(grad_y.sizes(), grad_y.options());
   at::Tensor grad_theta;
-  const PairTiles tiles(layout);
+  const PairTileGrid grid(layout);
   const int64_t pairs = layout.pairs;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_y.scalar_type(), "householder_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto angles = pair_angles<acc_t>(theta);
-        // partials[row_tile][p]; each entry belongs to exactly one tile.
-        std::vector<acc_t> partials(tiles.row_tiles * pairs, acc_t(0));
+        // partials[row_chunk][p]; each entry belongs to exactly one tile.
+        std::vector<acc_t> partials(grid.row_chunks * pairs, acc_t(0));
         const scalar_t* x_data = x.const_data_ptr<scalar_t>();
         const scalar_t* g_data = grad_y.const_data_ptr<scalar_t>();
         scalar_t* grad_data = grad_x.data_ptr<scalar_t>();
-        tiles.for_each_row(layout, /*merge_pairs=*/false, [&](const PairRow& row) {
-          partials[row.row_tile * pairs + row.pair] +=
+        grid.for_each_row(layout, /*merge_pairs=*/false, [&](const PairRow& row) {
+          partials[row.row_chunk * pairs + row.pair] +=
               backward_row(angles[row.pair], x_data, g_data, grad_data, row);
         });
         constexpr auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
         at::Tensor total = at::zeros({pairs}, theta.options().dtype(acc_type));
         acc_t* total_data = total.data_ptr<acc_t>();
-        for (int64_t row_tile = 0; row_tile < tiles.row_tiles; ++row_tile) {
+        for (int64_t row_chunk = 0; row_chunk < grid.row_chunks; ++row_chunk) {
           for (int64_t p = 0; p < pairs; ++p) {
-            total_data[p] += partials[row_tile * pairs + p];
+            total_data[p] += partials[row_chunk * pairs + p];
           }
         }
         grad_theta = total.to(theta.scalar_type());

@@ -16,7 +16,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cpu/max_min.h"
 #include "kernels/max_min.cuh"
 
@@ -60,12 +60,12 @@ std::tuple<at::Tensor, at::Tensor> max_min_cpu(const at::Tensor& input,
   const at::Tensor x = input.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options());
   at::Tensor mask = at::empty(pair_shape(x), x.options().dtype(at::kBool));
-  const PairTiles tiles(layout);
+  const PairTileGrid grid(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_min_cpu", [&] {
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.data_ptr<scalar_t>();
     auto* mask_data = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
-    tiles.for_each_row(layout, /*merge_pairs=*/true,
+    grid.for_each_row(layout, /*merge_pairs=*/true,
                        [&](const PairRow& row) { forward_row(x_data, y_data, mask_data, row); });
   });
   return {y, mask};
@@ -76,13 +76,13 @@ at::Tensor max_min_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   const kernels::PairLayout layout = check_max_min_backward_args(grad_output, mask_input, pairing);
   const at::Tensor grad_y = grad_output.contiguous(), mask = mask_input.contiguous();
   at::Tensor grad_x = at::empty(grad_y.sizes(), grad_y.options());
-  const PairTiles tiles(layout);
+  const PairTileGrid grid(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_y.scalar_type(), "max_min_backward_cpu", [&] {
         const scalar_t* g_data = grad_y.const_data_ptr<scalar_t>();
         const auto* mask_data = reinterpret_cast<const uint8_t*>(mask.const_data_ptr<bool>());
         scalar_t* grad_data = grad_x.data_ptr<scalar_t>();
-        tiles.for_each_row(layout, /*merge_pairs=*/true, [&](const PairRow& row) {
+        grid.for_each_row(layout, /*merge_pairs=*/true, [&](const PairRow& row) {
           backward_row(g_data, mask_data, grad_data, row);
         });
       });

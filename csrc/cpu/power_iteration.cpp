@@ -24,7 +24,8 @@
 #include <algorithm>
 #include <tuple>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
+#include "cpu/parallel.h"
 #include "kernels/power_iteration.cuh"
 
 // The build uses no -march flag, so by default only SSE2 code would be generated. On x86-64 GCC,

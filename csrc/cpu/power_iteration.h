@@ -8,10 +8,6 @@
 namespace lipkernels {
 namespace cpu {
 
-// Work (multiply-adds, or filter elements) below which handing a piece of one pass to another
-// thread costs more in fork/join than it saves: about 10 microseconds.
-constexpr int64_t kMinTaskElements = int64_t{1} << 15;
-
 // One power iteration problem: an m x n matrix M in the accumulation type, with in/out vectors.
 // The math is in kernels/power_iteration.cuh.
 template <typename acc_t>

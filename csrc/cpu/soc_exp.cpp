@@ -20,10 +20,11 @@
 // Memory against time. On the CPU the exact forward keeps the n - 1 powers it computes anyway
 // (as much as the reference's autograd graph keeps), so that the backward needs no conv beyond
 // the adjoint loop: recomputing them (what the GPU kernels do, whose target caps peak memory)
-// cost n - 1 extra convolutions, 0.81x-0.84x the reference's fwd+bwd time at 128@8x8 on 2 cores.
+// costs n - 1 extra convolutions (measurements: benchmarks/results/kernel-notes.md).
 // The backward walks the adjoint loop from j = n-1 down to 0 and accumulates one weight
-// gradient per j. One Wg call on the powers and iterates stacked along the batch would give the
-// same sum but was measured no faster, and needs every u_j alive at once.
+// gradient per j, so only one u_j is alive at a time. One Wg call on the powers and iterates
+// stacked along the batch would give the same sum, but needs every u_j alive at once and gains
+// no time (kernel-notes.md).
 //
 // The 1/i of each Horner or power step is folded into the (small) filter, so every step is one
 // conv plus at most one in-place add into the conv's fresh output.
@@ -34,17 +35,17 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 
 namespace lipkernels {
 namespace cpu {
 namespace {
 
 // The layout every term is computed in; outputs are converted back to contiguous NCHW once.
-// oneDNN convolves channels-last activations natively but reorders NCHW ones on every call. On 2
-// idle threads at batch 128, a 3x3 conv (weight gradient) took 6.8 ms (7.5) channels-last against
-// 18.1 (16.9) NCHW at 32@32x32, 6.4 (6.8) against 7.4 (7.5) at 64@16x16, about the same at
-// 128@8x8, and 9.1 against 6.8 at 256@4x4: images of 16x16 pixels or more go channels-last.
+// oneDNN convolves channels-last activations natively but reorders NCHW ones on every call, a
+// cost that grows with the image; on small images with many channels NCHW wins. Images of 16x16
+// pixels or more go channels-last, the crossover measured for 3x3 convs (the timings are in
+// benchmarks/results/kernel-notes.md).
 constexpr int64_t kChannelsLastMinPixels = 256;
 
 at::Tensor in_conv_layout(const at::Tensor& t) {

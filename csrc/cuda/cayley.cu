@@ -1,25 +1,25 @@
-// CUDA kernels of cayley / cayley_backward and cayley_conv2d / cayley_conv2d_backward
-// (Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
-// ICLR 2021): each direction of each op is one launch with one thread block per matrix (per
-// frequency for cayley_conv2d).
+// CUDA kernels of cayley / cayley_backward and cayley_frequency_product /
+// cayley_frequency_product_backward (Trockman & Kolter, "Orthogonalizing Convolutional Layers with
+// the Cayley Transform", ICLR 2021): each direction of each op is one launch with one thread block
+// per matrix (per frequency for cayley_frequency_product).
 //
 // Math (kernels/cayley.cuh, whose functions are the whole kernel body; reference/cayley.py):
 // for a tall W (m x n), U = W[:n], V = W[n:], A = U - U^H + V^H V, X = (I + A)^{-1},
 //   forward   Q = [ 2X - I ; -2 V X ]                           (returns Q and X)
 //   backward  G_A = 2 X^H (V^H G_bot - G_top) X^H,
 //             grad_W = [ G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H ]   (closed form, no solve)
-// cayley_conv2d, per frequency f: T_f = R_f or R_f^T (plain transpose when C_out < C_in),
-//   P_f = cayley(T_f), Q_f = P_f or P_f^T, output_f = Q_f S_f, inverse_f = X_f;
+// cayley_frequency_product, per frequency f: T_f = R_f or R_f^T (plain transpose when
+//   C_out < C_in), P_f = cayley(T_f), Q_f = P_f or P_f^T, output_f = Q_f S_f, inverse_f = X_f;
 //   backward grad_S = Q^H G, grad_Q = G S^H, grad_R = cayley backward of grad_Q through the same
 //   orientation (Q is rebuilt from X: two products, cheaper than saving it).
 //
 // One block of 256 threads owns a matrix (grid-stride over the batch) and runs, separated by
 // __syncthreads(): a tiled GEMM forming M = I + A, the blocked Gauss-Jordan inverse of M without
 // pivoting (M's Hermitian part is >= I, so no pivoting is needed; see kernels/cayley.cuh), and
-// tiled GEMMs for Q (and for cayley_conv2d, Q S). The backward is a chain of five GEMMs and two
-// elementwise passes in the same block (cayley_conv2d: three more GEMMs for Q, grad_S and
-// grad_Q). No cuBLAS/cuSOLVER call and no host sync. Why one block per matrix: the solve is a
-// sequence of dependent sweeps, and a block can run them with __syncthreads() alone; the batch
+// tiled GEMMs for Q (and for cayley_frequency_product, Q S). The backward is a chain of five GEMMs
+// and two elementwise passes in the same block (cayley_frequency_product: three more GEMMs for Q,
+// grad_S and grad_Q). No cuBLAS/cuSOLVER call and no host sync. Why one block per matrix: the solve
+// is a sequence of dependent sweeps, and a block can run them with __syncthreads() alone; the batch
 // (F = 544 frequencies for 32x32 images) fills the GPU. A batch of fewer matrices than SMs (a
 // single large CayleyLinear weight) leaves most of the GPU idle: there the CUDA op is not
 // expected to beat ATen's batched solve, to be measured before `auto` prefers it.
@@ -30,9 +30,9 @@
 // inverted in place in X itself (global memory, so no extra workspace; each of the n/16 panel
 // sweeps then streams the matrix once through L2). Likewise the backward's two n x n
 // intermediates live in shared memory when they fit (n <= 74, 50, 31), else in a global
-// workspace. cayley_conv2d additionally keeps Q_f (C_out x C_in) in a global workspace. Global
-// workspaces are per resident block, not per matrix (the grid is then capped at the blocks that
-// fit on the GPU at once and grid-strides), so they scale with the GPU, not the batch. The
+// workspace. cayley_frequency_product additionally keeps Q_f (C_out x C_in) in a global workspace.
+// Global workspaces are per resident block, not per matrix (the grid is then capped at the blocks
+// that fit on the GPU at once and grid-strides), so they scale with the GPU, not the batch. The
 // 48 KiB cap (no opt-in to larger dynamic shared memory) keeps several blocks resident per SM;
 // whether a larger in-shared limit pays off for n ~ 100..200 is to be measured on a GPU.
 //
@@ -52,7 +52,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/cayley.h"
+#include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "kernels/cayley.cuh"
 
 namespace lipkernels {
@@ -91,9 +92,10 @@ kernel_t<scalar_t>* mutable_data_of(at::Tensor& t) {
 }
 
 // Resident blocks per SM the register allocation must allow (at most 128 registers a thread).
-// Left free, the unrolled GEMM and panel loops take up to 248 registers for complex<double>,
-// which leaves one block of 256 threads per SM: too few warps to hide the global-memory latency
-// of the Gauss-Jordan sweeps. The few spills this costs stay in L1.
+// Left free, the unrolled GEMM and panel loops take so many registers for complex<double> that
+// only one block of 256 threads fits per SM: too few warps to hide the global-memory latency of
+// the Gauss-Jordan sweeps. The few spills this costs stay in L1 (ptxas figures:
+// benchmarks/results/kernel-notes.md).
 constexpr int kMinBlocksPerSM = 2;
 
 // The block as kernels/cayley.cuh sees it.
@@ -103,12 +105,12 @@ struct DeviceBlock {
   __device__ void sync() const { __syncthreads(); }
 };
 
-// The default per-block shared memory, without the opt-in attribute; the dynamic part gets
-// whatever the static GEMM tiles leave.
-constexpr int64_t kSharedBytes = 48 * 1024;
+// The dynamic shared memory gets whatever the static GEMM tiles leave of the default per-block
+// shared memory, so no opt-in attribute is needed.
 template <typename S>
 constexpr int64_t dynamic_shared_budget() {
-  return kSharedBytes - static_cast<int64_t>(kCayleyScratch * sizeof(S));
+  return static_cast<int64_t>(kDefaultSharedBytes) -
+         static_cast<int64_t>(kCayleyScratch * sizeof(S));
 }
 
 // ---- Kernels --------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ struct FrequencyArgs {
 
 template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
-    cayley_conv2d_forward_kernel(FrequencyArgs<S> args) {
+    cayley_frequency_product_forward_kernel(FrequencyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
   S* const shared_matrix = dynamic_shared_matrices<S>();
   const DeviceBlock block;
@@ -191,7 +193,7 @@ __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
   const int64_t n = shape.n();
   for (int64_t f = blockIdx.x; f < args.frequencies; f += gridDim.x) {
     S* const x = args.X + f * n * n;
-    k::cayley_conv2d_forward_frequency(
+    k::cayley_frequency_product_forward_frequency(
         block, shape, args.response + f * shape.response_numel(),
         args.spectrum + f * shape.spectrum_numel(), args.output + f * shape.output_numel(), x,
         args.q_work + blockIdx.x * shape.q_workspace(), args.in_shared ? shared_matrix : x,
@@ -201,14 +203,14 @@ __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
 
 template <typename S>
 __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
-    cayley_conv2d_backward_kernel(FrequencyArgs<S> args) {
+    cayley_frequency_product_backward_kernel(FrequencyArgs<S> args) {
   __shared__ S scratch[kCayleyScratch];
   S* const shared_matrices = dynamic_shared_matrices<S>();
   const DeviceBlock block;
   const FrequencyShape& shape = args.shape;
   const int64_t n = shape.n();
   for (int64_t f = blockIdx.x; f < args.frequencies; f += gridDim.x) {
-    k::cayley_conv2d_backward_frequency(
+    k::cayley_frequency_product_backward_frequency(
         block, shape, args.grad_output + f * shape.output_numel(),
         args.response + f * shape.response_numel(), args.spectrum + f * shape.spectrum_numel(),
         args.saved_X + f * n * n,
@@ -234,14 +236,14 @@ int64_t grid_for(int64_t problems) {
 // per-frequency backward workspace; 264 resident blocks on an H100 need 1.7 GB).
 template <typename Kernel>
 int64_t resident_grid(Kernel kernel, int64_t problems, int64_t shared_bytes, const char* op) {
-  int device = 0, per_sm = 0, sms = 0;
+  int device = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, kernel, kCayleyThreads, static_cast<size_t>(shared_bytes)));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   TORCH_CHECK(per_sm > 0, op, ": the CUDA kernel cannot run on this device (", kCayleyThreads,
               " threads, ", shared_bytes, " bytes of dynamic shared memory per block)");
-  return std::min<int64_t>(problems, static_cast<int64_t>(per_sm) * sms);
+  return std::min<int64_t>(problems,
+                           static_cast<int64_t>(per_sm) * multiprocessor_count(device));
 }
 
 template <typename Kernel, typename Args>
@@ -264,7 +266,7 @@ int64_t batch_count(const at::Tensor& W) {
 
 std::tuple<at::Tensor, at::Tensor> cayley_cuda(const at::Tensor& W_in) {
   constexpr const char* op = "cayley";
-  cpu::check_cayley_tall(op, "W", W_in);
+  check_cayley_tall(op, "W", W_in);
   const c10::cuda::CUDAGuard guard(W_in.device());
   const at::Tensor W = W_in.contiguous();
   const int64_t m = W.size(-2), n = W.size(-1);
@@ -292,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_cuda(const at::Tensor& W_in) {
 at::Tensor cayley_backward_cuda(const at::Tensor& grad_Q_in, const at::Tensor& X_in,
                                 const at::Tensor& W_in) {
   constexpr const char* op = "cayley_backward";
-  cpu::check_cayley_backward_args(grad_Q_in, X_in, W_in);
+  check_cayley_backward_args(grad_Q_in, X_in, W_in);
   const int64_t m = W_in.size(-2), n = W_in.size(-1);
   check_matrix_size(op, "W", m, n);
   const c10::cuda::CUDAGuard guard(W_in.device());
@@ -322,25 +324,25 @@ at::Tensor cayley_backward_cuda(const at::Tensor& grad_Q_in, const at::Tensor& X
   return grad_W;
 }
 
-// The checks shared with the CPU kernel (cpu/cayley.h), then the size limit of these kernels.
+// The checks shared with the CPU kernel (common/checks.h), then the size limit of these kernels.
 FrequencyShape check_frequency_args(const char* op, const at::Tensor& response,
                                     const at::Tensor& spectrum) {
-  cpu::check_cayley_conv2d_args(op, response, spectrum);
+  check_cayley_frequency_product_args(op, response, spectrum);
   const FrequencyShape shape{response.size(1), response.size(2), spectrum.size(2)};
   check_matrix_size(op, "response", shape.c_out, shape.c_in);
   return shape;
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_conv2d_cuda(const at::Tensor& response_in,
-                                                      const at::Tensor& spectrum_in) {
-  constexpr const char* op = "cayley_conv2d";
+std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_cuda(const at::Tensor& response_in,
+                                                                 const at::Tensor& spectrum_in) {
+  constexpr const char* op = "cayley_frequency_product";
   const FrequencyShape shape = check_frequency_args(op, response_in, spectrum_in);
   const c10::cuda::CUDAGuard guard(response_in.device());
   const at::Tensor response = response_in.contiguous(), spectrum = spectrum_in.contiguous();
   const int64_t frequencies = response.size(0), n = shape.n();
   at::Tensor output = at::empty({frequencies, shape.c_out, shape.batch}, response.options());
   at::Tensor inverse = at::empty({frequencies, n, n}, response.options());
-  AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_conv2d_cuda", [&] {
+  AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_frequency_product_cuda", [&] {
     using S = kernel_t<scalar_t>;
     FrequencyArgs<S> args{};
     args.shape = shape;
@@ -352,28 +354,28 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_cuda(const at::Tensor& response
     args.in_shared = k::inverse_fits_shared(n, sizeof(S), dynamic_shared_budget<S>());
     const int64_t shared_bytes = args.in_shared ? n * n * static_cast<int64_t>(sizeof(S)) : 0;
     const int64_t blocks =
-        resident_grid(cayley_conv2d_forward_kernel<S>, frequencies, shared_bytes, op);
+        resident_grid(cayley_frequency_product_forward_kernel<S>, frequencies, shared_bytes, op);
     at::Tensor q_work = at::empty({blocks, shape.c_out, shape.c_in}, response.options());
     args.q_work = mutable_data_of<scalar_t>(q_work);
-    launch(cayley_conv2d_forward_kernel<S>, args, blocks, shared_bytes);
+    launch(cayley_frequency_product_forward_kernel<S>, args, blocks, shared_bytes);
   });
   return {output, inverse};
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cuda(const at::Tensor& grad_output_in,
-                                                               const at::Tensor& response_in,
-                                                               const at::Tensor& spectrum_in,
-                                                               const at::Tensor& inverse_in) {
-  constexpr const char* op = "cayley_conv2d_backward";
+std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_backward_cuda(
+    const at::Tensor& grad_output_in, const at::Tensor& response_in, const at::Tensor& spectrum_in,
+    const at::Tensor& inverse_in) {
+  constexpr const char* op = "cayley_frequency_product_backward";
   const FrequencyShape shape = check_frequency_args(op, response_in, spectrum_in);
   const int64_t frequencies = response_in.size(0), n = shape.n();
-  cpu::check_cayley_conv2d_backward_args(grad_output_in, response_in, spectrum_in, inverse_in);
+  check_cayley_frequency_product_backward_args(grad_output_in, response_in, spectrum_in,
+                                               inverse_in);
   const c10::cuda::CUDAGuard guard(response_in.device());
   const at::Tensor grad_output = grad_output_in.contiguous(), response = response_in.contiguous(),
                    spectrum = spectrum_in.contiguous(), inverse = inverse_in.contiguous();
   at::Tensor grad_response = at::empty(response.sizes(), response.options());
   at::Tensor grad_spectrum = at::empty(spectrum.sizes(), spectrum.options());
-  AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_conv2d_backward_cuda", [&] {
+  AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_frequency_product_backward_cuda", [&] {
     using S = kernel_t<scalar_t>;
     FrequencyArgs<S> args{};
     args.shape = shape;
@@ -388,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cuda(const at::Tensor&
     args.in_shared = matrices_bytes <= dynamic_shared_budget<S>();
     const int64_t shared_bytes = args.in_shared ? matrices_bytes : 0;
     const int64_t blocks =
-        resident_grid(cayley_conv2d_backward_kernel<S>, frequencies, shared_bytes, op);
+        resident_grid(cayley_frequency_product_backward_kernel<S>, frequencies, shared_bytes, op);
     // One slice per block: Q, then grad_Q, and the two n x n matrices unless in shared memory.
     at::Tensor q_work = at::empty({blocks, shape.c_out, shape.c_in}, response.options());
     args.q_work = mutable_data_of<scalar_t>(q_work);
@@ -397,7 +399,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cuda(const at::Tensor&
       workspace = at::empty({blocks, 2, n, n}, response.options());
       args.workspace = mutable_data_of<scalar_t>(workspace);
     }
-    launch(cayley_conv2d_backward_kernel<S>, args, blocks, shared_bytes);
+    launch(cayley_frequency_product_backward_kernel<S>, args, blocks, shared_bytes);
   });
   return {grad_response, grad_spectrum};
 }
@@ -407,8 +409,8 @@ std::tuple<at::Tensor, at::Tensor> cayley_conv2d_backward_cuda(const at::Tensor&
 TORCH_LIBRARY_IMPL(lipkernels, CUDA, m) {
   m.impl("cayley", &cayley_cuda);
   m.impl("cayley_backward", &cayley_backward_cuda);
-  m.impl("cayley_conv2d", &cayley_conv2d_cuda);
-  m.impl("cayley_conv2d_backward", &cayley_conv2d_backward_cuda);
+  m.impl("cayley_frequency_product", &cayley_frequency_product_cuda);
+  m.impl("cayley_frequency_product_backward", &cayley_frequency_product_backward_cuda);
 }
 
 }  // namespace cuda

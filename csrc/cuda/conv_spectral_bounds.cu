@@ -22,7 +22,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "cuda/power_iteration.cuh"
 #include "kernels/conv_spectral_bounds.cuh"
 

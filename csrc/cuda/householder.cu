@@ -24,7 +24,7 @@
 
 #include <tuple>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cuda/max_min.cuh"
 #include "kernels/householder.cuh"
 

@@ -18,7 +18,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
 #include "cuda/max_min.cuh"
 #include "kernels/max_min.cuh"
 

@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/power_iteration.cuh"
+#include "cuda/launch.cuh"
 #include "kernels/max_min.cuh"
 
 namespace lipkernels {

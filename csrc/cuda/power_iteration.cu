@@ -34,7 +34,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "cuda/power_iteration.cuh"
 #include "kernels/power_iteration.cuh"
 
@@ -50,9 +51,8 @@ constexpr int kWarp = 32;
 constexpr int kMaxGridBlocksPerSM = 4;
 // Per-block form: problems up to this many elements run one block each even when there are few
 // of them (an iteration then costs less than the two grid syncs it would need), provided t and v
-// fit in the default 48 KiB of shared memory.
+// fit in the default shared memory (kDefaultSharedBytes).
 constexpr int64_t kBlockProblemElements = int64_t{1} << 16;
-constexpr size_t kMaxBlockSharedBytes = 48 * 1024;
 // Phase B row chunks are at least this tall, which bounds the atomics to n per kMinChunkRows rows.
 constexpr int64_t kMinChunkRows = 32;
 
@@ -310,12 +310,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int multiprocessor_count(int device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 template <typename Kernel>
 int resident_blocks_per_sm(Kernel kernel, int threads, size_t shared_bytes) {
   int blocks = 0;
@@ -327,12 +321,6 @@ int resident_blocks_per_sm(Kernel kernel, int threads, size_t shared_bytes) {
 }
 
 }  // namespace
-
-int elementwise_blocks(int64_t total, int threads, const at::Tensor& like) {
-  const int64_t wanted = (total + threads - 1) / threads;
-  return static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(wanted, 8 * multiprocessor_count(like.get_device()))));
-}
 
 template <typename scalar_t>
 void launch_power_iteration(const PowerIterationJob<scalar_t>& job, int64_t iters,
@@ -356,7 +344,7 @@ void launch_power_iteration(const PowerIterationJob<scalar_t>& job, int64_t iter
   const int64_t problems = d.problem_begin[job.num_groups];
 
   const size_t block_shared_bytes = (kWarp + d.max_m + d.max_n) * sizeof(acc_t);
-  if (block_shared_bytes <= kMaxBlockSharedBytes &&
+  if (block_shared_bytes <= kDefaultSharedBytes &&
       (problems >= sms || max_elements <= kBlockProblemElements)) {
     // Per-block form: as many threads as the longer side needs, up to kThreads.
     const int64_t longer = std::max(d.max_m, d.max_n);

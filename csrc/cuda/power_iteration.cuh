@@ -13,8 +13,6 @@ namespace lipkernels {
 namespace cuda {
 
 constexpr int kMaxGroups = kernels::F4Shape::kMatrices;
-// Threads per block of the lipkernels CUDA kernels (at most, for the per-block power iteration).
-constexpr int kThreads = 256;
 
 // `count` independent problems of one shape: row-major m x n matrices stored one after another,
 // with their right vectors in, and their outputs. All pointers are on the job's device.
@@ -46,9 +44,6 @@ struct PowerIterationJob {
 template <typename scalar_t>
 void launch_power_iteration(const PowerIterationJob<scalar_t>& job, int64_t iters,
                             const at::Tensor& like);
-
-// Blocks of `threads` for a grid-stride loop over `total` elements on `like`'s device.
-int elementwise_blocks(int64_t total, int threads, const at::Tensor& like);
 
 }  // namespace cuda
 }  // namespace lipkernels

@@ -47,7 +47,8 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/checks.h"
+#include "common/checks.h"
+#include "cuda/launch.cuh"
 #include "kernels/soc_exp.cuh"
 
 namespace lipkernels {
@@ -56,29 +57,28 @@ namespace {
 
 using kernels::BackwardSlots;
 using kernels::Buffer;
+using kernels::ceil_div;
 using kernels::Filter;
 using kernels::GroupPixel;
 using kernels::ImageGroup;
 using kernels::Operand;
 using kernels::SocShape;
 
-constexpr int kBlockThreads = 256;
-
 // Conv tile: kConvOutTile output channels x kConvPixels group pixels; thread t takes pixel
 // t % kConvPixels and kConvPerThread consecutive channels from (t / kConvPixels) * kConvPerThread.
 constexpr int kConvPixels = 64;
-constexpr int kConvChannelLanes = kBlockThreads / kConvPixels;
+constexpr int kConvChannelLanes = kThreads / kConvPixels;
 constexpr int kConvPerThread = 8;
 constexpr int kConvOutTile = kConvChannelLanes * kConvPerThread;
 constexpr int kConvInChunk = 16;
-static_assert(kConvPixels * kConvChannelLanes == kBlockThreads, "one conv tile per block");
+static_assert(kConvPixels * kConvChannelLanes == kThreads, "one conv tile per block");
 static_assert(kConvInChunk % kConvChannelLanes == 0, "whole input-tile rows per channel lane");
 
 // Weight-gradient tile: kWgLanes input channels x kWgOutTile output channels of one tap; thread t
 // takes ci lane t % kWgLanes (a warp spans the ci of one tile row) and kWgPerThread consecutive
 // co from (t / kWgLanes) * kWgPerThread. Pixels are staged kWgLanes at a time.
 constexpr int kWgLanes = 32;
-constexpr int kWgOutLanes = kBlockThreads / kWgLanes;
+constexpr int kWgOutLanes = kThreads / kWgLanes;
 constexpr int kWgPerThread = 4;
 constexpr int kWgOutTile = kWgOutLanes * kWgPerThread;
 // The input-side tile is read down its rows by consecutive lanes: one padding column puts
@@ -89,8 +89,6 @@ static_assert(kWgOutTile == kWgLanes, "the staging loop fills both weight-gradie
 constexpr int kConvShared = kConvInChunk * (kConvOutTile + kConvPixels);
 constexpr int kWgShared = kWgOutTile * kWgLanes + kWgLanes * kWgInStride;
 constexpr int kSharedElements = kConvShared > kWgShared ? kConvShared : kWgShared;
-
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Everything a block needs; `input` is x (forward) or grad_y (backward), `output` y or grad_x.
 template <typename scalar_t, typename acc_t>
@@ -123,7 +121,7 @@ __device__ void stage_conv_tile(const ImageGroup& group, const acc_t* weights, i
         source >= 0 && ci < channels ? static_cast<acc_t>(in[source + ci * group.shape.pixels()])
                                      : acc_t(0);
   }
-  for (int e = threadIdx.x; e < kConvInChunk * kConvOutTile; e += kBlockThreads) {
+  for (int e = threadIdx.x; e < kConvInChunk * kConvOutTile; e += kThreads) {
     const int64_t ci = ci0 + e / kConvOutTile, co = co0 + e % kConvOutTile;
     w_tile[e] = ci < channels && co < channels
                     ? weights[kernels::tap_major_offset(channels, tap, ci, co)]
@@ -318,7 +316,7 @@ class BlockOps {
 };
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     soc_exp_forward_kernel(const SeriesArgs<scalar_t, acc_t> args) {
   __shared__ acc_t shared[kSharedElements];
   const BlockOps<scalar_t, acc_t> ops(args, shared);
@@ -326,7 +324,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     soc_exp_backward_kernel(const SeriesArgs<scalar_t, acc_t> args) {
   __shared__ acc_t shared[kSharedElements];
   const BlockOps<scalar_t, acc_t> ops(args, shared);
@@ -352,7 +350,7 @@ void launch(Kernel kernel, SeriesArgs<scalar_t, acc_t>& args, const SocShape& sh
   const int64_t blocks = ceil_div(shape.batch, args.images_per_group);
   TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), op, ": the batch of ", shape.batch,
               " images needs ", blocks, " thread blocks, more than one launch can have");
-  kernel<<<static_cast<unsigned int>(blocks), kBlockThreads, 0,
+  kernel<<<static_cast<unsigned int>(blocks), kThreads, 0,
            c10::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,6 +1,7 @@
-// The framework-free body of the CUDA cayley and cayley_conv2d kernels (csrc/cuda/cayley.cu): the
-// complex arithmetic, strided matrix views, the block-wide tiled GEMM, the blocked Gauss-Jordan
-// inverse without pivoting, and the per-matrix schedules of both ops in both directions.
+// The framework-free body of the CUDA cayley and cayley_frequency_product kernels
+// (csrc/cuda/cayley.cu): the complex arithmetic, strided matrix views, the block-wide tiled GEMM,
+// the blocked Gauss-Jordan inverse without pivoting, and the per-matrix schedules of both ops in
+// both directions.
 //
 // Math (Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform",
 // ICLR 2021; lipkernels/reference/cayley.py): for a tall W (m x n, m >= n), real or complex,
@@ -10,8 +11,8 @@
 // G_bot]:
 //   G_A = 2 X^H (V^H G_bot - G_top) X^H,
 //   grad_W = [ G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H ].
-// cayley_conv2d applies this per frequency f to the response R_f (C_out x C_in) in its tall
-// orientation T_f = R_f or R_f^T (plain transpose when C_out < C_in), with P_f = cayley(T_f),
+// cayley_frequency_product applies this per frequency f to the response R_f (C_out x C_in) in its
+// tall orientation T_f = R_f or R_f^T (plain transpose when C_out < C_in), with P_f = cayley(T_f),
 // Q_f = P_f or P_f^T, output_f = Q_f S_f; backward grad_S = Q^H G, grad_Q = G S^H, grad_T =
 // the cayley backward of grad_P (= grad_Q or grad_Q^T), grad_R = grad_T or grad_T^T.
 //
@@ -203,10 +204,6 @@ constexpr int kGemmShared = kGemmTile * kGemmAStride + kGemmK * kGemmBStride;
 constexpr int kPanelShared = 2 * kPanel * kPanel;
 constexpr int kCayleyScratch = kGemmShared > kPanelShared ? kGemmShared : kPanelShared;
 
-LIPKERNELS_HOST_DEVICE constexpr int64_t ceil_div64(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
 // (row, column) of element e of a row-major matrix with `cols` columns. In 32 bits: the host
 // keeps every per-block matrix below 2^31 elements, and a 64-bit division costs several times as
 // much on the GPU, where this runs once per element of every sweep.
@@ -239,8 +236,8 @@ LIPKERNELS_HOST_DEVICE void block_gemm(const Block& block, int64_t rows, int64_t
   // consecutive addresses (coalesced) for row-major operands and for transposed views alike.
   const bool a_by_row = A.rs == 1 && A.cs != 1;  // A^T is row-major: walk down A's columns
   const bool b_by_k = B.rs == 1 && B.cs != 1;    // B^T is row-major: walk down B's columns
-  const int64_t col_tiles = ceil_div64(cols, kGemmTile);
-  const int64_t tiles = ceil_div64(rows, kGemmTile) * col_tiles;
+  const int64_t col_tiles = ceil_div(cols, kGemmTile);
+  const int64_t tiles = ceil_div(rows, kGemmTile) * col_tiles;
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t i0 = tile / col_tiles * kGemmTile, j0 = tile % col_tiles * kGemmTile;
     S acc[kGemmRowsPerThread] = {};
@@ -472,7 +469,7 @@ LIPKERNELS_HOST_DEVICE void cayley_backward_matrix(const Block& block, int64_t m
   block.sync();
 }
 
-// ---- cayley_conv2d, per frequency ----------------------------------------------------------
+// ---- cayley_frequency_product, per frequency ----------------------------------------------
 
 // The shapes of one frequency: response R (c_out x c_in), spectrum S (c_in x batch), and the
 // tall orientation T (m x n) of R.
@@ -502,11 +499,9 @@ struct FrequencyShape {
 // `q_work` holds c_out * c_in elements (Q, row-major); `work` as in cayley_forward_matrix.
 // Ends with a barrier.
 template <typename S, typename Block>
-LIPKERNELS_HOST_DEVICE void cayley_conv2d_forward_frequency(const Block& block,
-                                                            const FrequencyShape& shape,
-                                                            const S* response, const S* spectrum,
-                                                            S* output, S* x, S* q_work, S* work,
-                                                            S* scratch) {
+LIPKERNELS_HOST_DEVICE void cayley_frequency_product_forward_frequency(
+    const Block& block, const FrequencyShape& shape, const S* response, const S* spectrum,
+    S* output, S* x, S* q_work, S* work, S* scratch) {
   const View<S> T = shape.tall(row_major(response, shape.c_in));
   const Out<S> P = shape.tall(row_major(q_work, shape.c_in));
   cayley_forward_matrix(block, shape.m(), shape.n(), T, x, P, work, scratch);
@@ -522,7 +517,7 @@ LIPKERNELS_HOST_DEVICE void cayley_conv2d_forward_frequency(const Block& block,
 // shape.q_workspace() elements, `ws` shape.backward_matrices() (global or shared). Ends with a
 // barrier.
 template <typename S, typename Block>
-LIPKERNELS_HOST_DEVICE void cayley_conv2d_backward_frequency(
+LIPKERNELS_HOST_DEVICE void cayley_frequency_product_backward_frequency(
     const Block& block, const FrequencyShape& shape, const S* grad_output, const S* response,
     const S* spectrum, const S* x, S* grad_response, S* grad_spectrum, S* q_work, S* ws,
     S* scratch) {

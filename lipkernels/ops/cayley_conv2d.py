@@ -1,10 +1,10 @@
 """Registration of cayley_conv2d's frequency-domain core: fake impls, autograd, backends.
 
-Forward: (output, inverse) = cayley_conv2d(response, spectrum): response (F, C_out, C_in) and
-spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_out, B); inverse
+Forward: (output, inverse) = cayley_frequency_product(response, spectrum): response (F, C_out, C_in)
+and spectrum (F, C_in, B) complex; output_f = cayley(response_f) spectrum_f (F, C_out, B); inverse
 (F, n, n), n = min(C_in, C_out), the per-frequency (I + A)^{-1}, returned only for the backward
-(non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_conv2d_backward(grad_output,
-response, spectrum, inverse); response and spectrum are op inputs, so saving them costs no memory
+(non-differentiable). Backward: (grad_response, grad_spectrum) = cayley_frequency_product_backward(
+grad_output, response, spectrum, inverse); saving the op inputs response, spectrum costs no memory
 beyond what the caller's graph holds. The FFTs around the op are torch.fft calls with their own
 autograd (`lipkernels._spectral.spectral_conv2d`). Where a graph of the gradients is
 needed (double backward) they come from the reference core recomputed from response and spectrum
@@ -68,9 +68,9 @@ def _entry(op):
 def _triton_launchers():
     from ..triton import cayley_conv2d as kernels
 
-    return kernels.cayley_conv2d, kernels.cayley_conv2d_backward
+    return kernels.cayley_frequency_product, kernels.cayley_frequency_product_backward
 
 
 # {backend: entry with the public op's (and its reference's) signature} for every kernel backend
 # built here.
-KERNELS = kernel_ops("cayley_conv2d", sys.modules[__name__])
+KERNELS = kernel_ops("cayley_frequency_product", sys.modules[__name__])

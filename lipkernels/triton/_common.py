@@ -9,8 +9,8 @@ from triton.runtime.jit import JITFunction
 
 # Largest tile a program streams at once, in elements, and the warps that load it. One program
 # owns a whole matrix, so its bandwidth comes from the bytes in flight, and the register file
-# bounds those: ptxas -v (sm_80, Triton 3.6 and 3.9) shows no spills at 4096 elements over 8
-# warps for every dtype and both index maps, and spills at 8192 with Triton 3.6.
+# bounds those: the largest tile that compiles without spills for every dtype and both index
+# maps (ptxas figures: benchmarks/results/kernel-notes.md).
 _TILE_ELEMENTS = 4096
 _MAX_WARPS = 8
 # Columns are the contiguous axis of a row-major matrix: 128 of them give coalesced loads.

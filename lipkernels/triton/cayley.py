@@ -40,11 +40,10 @@ import triton.language as tl
 from .._conventions import CAYLEY_DTYPES
 from ._common import launchable
 
-# Tile edge and warps. tl.dot needs tiles of 16 or more. Compiled for sm_80 and sm_90
-# (tests/triton_compile_check.py), 16 x 16 tiles over 4 warps use 80-243 registers and at most
-# 16 bytes of stack for every dtype of both ops with Triton 3.9; with Triton 3.6 the complex128
-# forwards reach 255 registers and 32-64 bytes of stack on sm_90. 32 x 32 tiles spill hundreds
-# of bytes in the complex kernels at 4 and at 8 warps. Untuned on a GPU so far.
+# Tile edge and warps. tl.dot needs tiles of 16 or more. 16 x 16 tiles over 4 warps fit the
+# register file for every dtype of both ops, where 32 x 32 tiles spill in the complex kernels at
+# 4 and at 8 warps (tests/triton_compile_check.py compiles them for sm_80 and sm_90; the ptxas
+# figures are in benchmarks/results/kernel-notes.md). Untuned on a GPU so far.
 BLOCK = 16
 NUM_WARPS = 4
 

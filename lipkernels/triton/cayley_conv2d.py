@@ -108,8 +108,8 @@ def _frequency(m, n, B, TALL: tl.constexpr):
 
 
 @triton.jit
-def _cayley_conv2d_kernel(r_ptr, s_ptr, out_ptr, x_ptr, z_ptr, m, n, B, t_rs, t_cs,
-                          TALL: tl.constexpr, BLOCK: tl.constexpr):
+def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, z_ptr, m, n, B, t_rs, t_cs,
+                                     TALL: tl.constexpr, BLOCK: tl.constexpr):
     """output_f = Q_f S_f and inverse_f = X_f for frequency f = program id. T (the tall
     orientation of the response) is read through its strides t_rs, t_cs; every other operand
     is contiguous, complex as interleaved (re, im)."""
@@ -131,9 +131,10 @@ def _cayley_conv2d_kernel(r_ptr, s_ptr, out_ptr, x_ptr, z_ptr, m, n, B, t_rs, t_
 
 
 @triton.jit
-def _cayley_conv2d_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, grad_r_ptr, grad_s_ptr, gp_ptr,
-                                   z_ptr, scratch_ptr, m, n, B, t_rs, t_cs, TALL: tl.constexpr,
-                                   BLOCK: tl.constexpr):
+def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, grad_r_ptr,
+                                              grad_s_ptr, gp_ptr, z_ptr, scratch_ptr, m, n, B,
+                                              t_rs, t_cs, TALL: tl.constexpr,
+                                              BLOCK: tl.constexpr):
     """(grad_response_f, grad_spectrum_f) for frequency f = program id. gp: an m x n scratch
     for grad_P; z: n x B (wide form); scratch: 2 n x n (cayley backward)."""
     f, c_out, c_in, x_rs, x_size, s_size, out_size, z_size = _frequency(m, n, B, TALL)
@@ -174,7 +175,7 @@ def _cayley_conv2d_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, grad_r_ptr, grad_
 
 
 def _check_inputs(op: str, response: torch.Tensor, spectrum: torch.Tensor):
-    """The C++ op's checks (csrc/cpu/cayley_conv2d.cpp), with the same messages."""
+    """The C++ op's checks (csrc/common/checks.h), with the same messages."""
     if response.dim() != 3 or response.numel() == 0:
         raise ValueError(f"{op}: response must be a non-empty (F, C_out, C_in) tensor, got "
                          f"{tuple(response.shape)}")
@@ -208,9 +209,9 @@ def _launch(kernel, response: torch.Tensor, batch: int, *tensors):
                                              t_cs, TALL=tall, BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
-def cayley_conv2d(response: torch.Tensor, spectrum: torch.Tensor):
+def cayley_frequency_product(response: torch.Tensor, spectrum: torch.Tensor):
     """(output (F, C_out, B), inverse (F, n, n)), as the C++ op; contiguous."""
-    _check_inputs("cayley_conv2d", response, spectrum)
+    _check_inputs("cayley_frequency_product", response, spectrum)
     response, spectrum = response.contiguous(), spectrum.contiguous()
     frequencies, c_out, c_in = response.shape
     batch = spectrum.shape[-1]
@@ -219,14 +220,15 @@ def cayley_conv2d(response: torch.Tensor, spectrum: torch.Tensor):
     inverse = spectrum.new_empty((frequencies, n, n))
     # Z, the wide form's scratch: a wide response's forward applies Q = P^T in that form.
     z = spectrum.new_empty((frequencies, n, batch) if c_out < c_in else (0,))
-    _launch(_cayley_conv2d_kernel, response, batch, response, spectrum, output, inverse, z)
+    _launch(_cayley_frequency_product_kernel, response, batch, response, spectrum, output, inverse,
+            z)
     return output, inverse
 
 
-def cayley_conv2d_backward(grad_output: torch.Tensor, response: torch.Tensor,
-                           spectrum: torch.Tensor, inverse: torch.Tensor):
+def cayley_frequency_product_backward(grad_output: torch.Tensor, response: torch.Tensor,
+                                      spectrum: torch.Tensor, inverse: torch.Tensor):
     """(grad_response, grad_spectrum) for the output gradient grad_output, as the C++ op."""
-    op = "cayley_conv2d_backward"
+    op = "cayley_frequency_product_backward"
     _check_inputs(op, response, spectrum)
     frequencies, c_out, c_in = response.shape
     batch = spectrum.shape[-1]
@@ -246,6 +248,6 @@ def cayley_conv2d_backward(grad_output: torch.Tensor, response: torch.Tensor,
     # A tall response's gradient applies Q^H = P^H in the wide form, which needs Z.
     z = spectrum.new_empty((frequencies, n, batch) if c_out >= c_in else (0,))
     scratch = response.new_empty((frequencies, 2, n, n))
-    _launch(_cayley_conv2d_backward_kernel, response, batch, grad_output, response, spectrum,
-            inverse, grad_response, grad_spectrum, grad_p, z, scratch)
+    _launch(_cayley_frequency_product_backward_kernel, response, batch, grad_output, response,
+            spectrum, inverse, grad_response, grad_spectrum, grad_p, z, scratch)
     return grad_response, grad_spectrum

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ._common import accumulation_dtype
-from .max_min import PairGrid, pair_tile
+from .max_min import PairTileGrid, pair_tile
 
 
 @triton.jit
@@ -87,7 +87,7 @@ def householder(x: torch.Tensor, theta: torch.Tensor):
     Inputs are validated by the caller; theta has x's dtype or float32."""
     x, theta = x.contiguous(), theta.contiguous()
     y = torch.empty_like(x)
-    PairGrid.of(x.shape, "halves").launch(_householder_kernel, x, theta, y)
+    PairTileGrid.of(x.shape, "halves").launch(_householder_kernel, x, theta, y)
     return y
 
 
@@ -95,10 +95,10 @@ def householder_backward(grad_y: torch.Tensor, x: torch.Tensor, theta: torch.Ten
     """(grad_x, grad_theta) of householder; grad_theta is summed in float32 (float64 for float64
     x) and returned in theta's dtype."""
     grad_y, x, theta = grad_y.contiguous(), x.contiguous(), theta.contiguous()
-    grid = PairGrid.of(x.shape, "halves")
+    grid = PairTileGrid.of(x.shape, "halves")
     grad_x = torch.empty_like(grad_y)
     # Every entry is written by exactly one program (its row chunk, spatial tile and pair).
-    partials = torch.empty((grid.row_chunks * grid.tiles_s, grid.pairs),
+    partials = torch.empty((grid.partial_rows, grid.pairs),
                            dtype=accumulation_dtype(x.dtype), device=x.device)
     grid.launch(_householder_backward_kernel, grad_y, x, theta, grad_x, partials)
     return grad_x, partials.sum(0).to(theta.dtype)

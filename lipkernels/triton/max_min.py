@@ -46,13 +46,13 @@ def pair_tile(batch, pairs, spatial, pair_stride, rows_per_program, BLOCK_P: tl.
     pairs*spatial per sample); in_tile: the mask of real pairs and positions; tile_id: row chunk
     * spatial tiles + spatial tile, the row of this program's per-pair partial sums.
     """
-    tiles_s = tl.cdiv(spatial, BLOCK_S)
-    tiles = tl.cdiv(pairs, BLOCK_P) * tiles_s
+    position_tiles = tl.cdiv(spatial, BLOCK_S)
+    tiles = tl.cdiv(pairs, BLOCK_P) * position_tiles
     pid = tl.program_id(0)
     chunk = pid // tiles
-    tile_s = pid % tiles % tiles_s
-    p = (pid % tiles // tiles_s) * BLOCK_P + tl.arange(0, BLOCK_P)
-    s = tile_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    position_tile = pid % tiles % position_tiles
+    p = (pid % tiles // position_tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    s = position_tile * BLOCK_S + tl.arange(0, BLOCK_S)
     in_tile = (p < pairs)[:, None] & (s < spatial)[None, :]
     # The loop runs over a count, with offsets advanced per sample, rather than over sample
     # indices: the interpreter's loop variable is a plain int, and int64 offsets start here.
@@ -61,7 +61,7 @@ def pair_tile(batch, pairs, spatial, pair_stride, rows_per_program, BLOCK_P: tl.
     p64 = p.to(tl.int64)[:, None]
     offsets = n0.to(tl.int64) * 2 * pairs * spatial + p64 * pair_stride + s[None, :]
     pair_offsets = n0.to(tl.int64) * pairs * spatial + p64 * spatial + s[None, :]
-    return rows, p, offsets, pair_offsets, in_tile, chunk * tiles_s + tile_s
+    return rows, p, offsets, pair_offsets, in_tile, chunk * position_tiles + position_tile
 
 
 @triton.jit
@@ -108,7 +108,7 @@ def _max_min_backward_kernel(grad_y_ptr, mask_ptr, grad_x_ptr, batch, pairs, spa
         pair_offsets += pairs * spatial
 
 
-class PairGrid(NamedTuple):
+class PairTileGrid(NamedTuple):
     """Launch geometry of a channel-pair kernel over a contiguous (B, C, *spatial) tensor."""
     batch: int
     pairs: int
@@ -119,21 +119,26 @@ class PairGrid(NamedTuple):
     block_s: int
     rows_per_program: int
     row_chunks: int
-    tiles_s: int
+    position_tiles: int
     tiles: int
 
     @classmethod
-    def of(cls, shape, pairing: str) -> "PairGrid":
+    def of(cls, shape, pairing: str) -> "PairTileGrid":
         batch, pairs, spatial = shape[0], shape[1] // 2, math.prod(shape[2:])
         pair_stride, partner = (spatial, pairs * spatial) if pairing == "halves" else (2 * spatial,
                                                                                        spatial)
         block_s = min(triton.next_power_of_2(spatial), _TILE_PAIRS)
         block_p = min(triton.next_power_of_2(pairs), _TILE_PAIRS // block_s)
-        tiles_s = triton.cdiv(spatial, block_s)
-        tiles = triton.cdiv(pairs, block_p) * tiles_s
+        position_tiles = triton.cdiv(spatial, block_s)
+        tiles = triton.cdiv(pairs, block_p) * position_tiles
         rows = max(1, min(_MAX_ROWS, batch * tiles // _MIN_PROGRAMS))
         return cls(batch, pairs, spatial, pair_stride, partner, block_p, block_s, rows,
-                   triton.cdiv(batch, rows), tiles_s, tiles)
+                   triton.cdiv(batch, rows), position_tiles, tiles)
+
+    @property
+    def partial_rows(self) -> int:
+        """Rows of per-program partial sums, one per (row chunk, spatial tile)."""
+        return self.row_chunks * self.position_tiles
 
     def launch(self, kernel, *tensors):
         """kernel[grid](*tensors, batch, pairs, spatial, pair_stride, partner, rows_per_program)."""
@@ -152,7 +157,7 @@ def max_min(x: torch.Tensor, pairing: str):
     x = x.contiguous()
     y = torch.empty_like(x)
     mask = torch.empty(pair_shape(x.shape), dtype=torch.bool, device=x.device)
-    PairGrid.of(x.shape, pairing).launch(_max_min_kernel, x, y, mask)
+    PairTileGrid.of(x.shape, pairing).launch(_max_min_kernel, x, y, mask)
     return y, mask
 
 
@@ -160,5 +165,5 @@ def max_min_backward(grad_y: torch.Tensor, mask: torch.Tensor, pairing: str):
     """grad_x of max_min from the output gradient and the forward's mask."""
     grad_y, mask = grad_y.contiguous(), mask.contiguous()
     grad_x = torch.empty_like(grad_y)
-    PairGrid.of(grad_y.shape, pairing).launch(_max_min_backward_kernel, grad_y, mask, grad_x)
+    PairTileGrid.of(grad_y.shape, pairing).launch(_max_min_backward_kernel, grad_y, mask, grad_x)
     return grad_x

@@ -278,10 +278,9 @@ def _group_size(batch: int, pixels: int) -> int:
 def launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int], dict]:
     """(grid, compile-time constants and launch options) for images x (B, C, H, W), filter S.
 
-    num_warps=8, num_stages=2: compiled for sm_90 by Triton 3.9 (tests/triton_compile_check.py),
-    32x32x64 fp32 tiles at 4 warps need 218-255 registers a thread and spill in the backward,
-    and the default 3 pipeline stages spill at 8 warps; 8 warps with 2 stages use 100-225
-    registers, at most 24 bytes of stack and 4-16 KB of shared memory across the checked cases.
+    num_warps=8, num_stages=2: the 32x32x64 fp32 tiles spill in the backward at 4 warps, and at
+    8 warps with the default 3 pipeline stages; 8 warps with 2 stages do not
+    (tests/triton_compile_check.py; the ptxas figures are in benchmarks/results/kernel-notes.md).
     Untuned on a GPU so far.
     """
     batch, channels, height, width = x.shape

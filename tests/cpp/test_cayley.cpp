@@ -1,17 +1,18 @@
-// Unit tests of kernels/cayley.cuh, the body of the CUDA cayley and cayley_conv2d kernels, run on
-// the CPU exactly as a thread block runs it: one std::thread per CUDA thread (kCayleyThreads of
-// them) and a real barrier for __syncthreads(), so the tiling, the index maps, the in-place
-// Gauss-Jordan sweeps and the placement of every barrier are exercised (a missing barrier shows
-// up as a race that corrupts results). Shared and global scratch start as NaN, so reading
-// anything before it is written fails the comparisons. A race does not always corrupt a result;
-// built with ThreadSanitizer (g++ -std=c++17 -O1 -fsanitize=thread -Icsrc -Itests/cpp
+// Unit tests of kernels/cayley.cuh, the body of the CUDA cayley and cayley_frequency_product
+// kernels, run on the CPU exactly as a thread block runs it: one std::thread per CUDA thread
+// (kCayleyThreads of them) and a real barrier for __syncthreads(), so the tiling, the index maps,
+// the in-place Gauss-Jordan sweeps and the placement of every barrier are exercised (a missing
+// barrier shows up as a race that corrupts results). Shared and global scratch start as NaN, so
+// reading anything before it is written fails the comparisons. A race does not always corrupt a
+// result; built with ThreadSanitizer (g++ -std=c++17 -O1 -fsanitize=thread -Icsrc -Itests/cpp
 // tests/cpp/test_cayley.cpp; ~1 min) every missing barrier is reported as a data race, and the
 // run is clean.
 //
 // Oracles, written plainly in double (and complex<double>): X M = I for M = I + A formed from its
 // definition, Q against [2X - I ; -2 V X] from a pivoted Gauss-Jordan inverse, Q^H Q = I, the
 // backward against its closed form and against central finite differences of
-// L = Re sum conj(G) * Q(W), and cayley_conv2d against Q_f S_f with Q_f from the same oracle.
+// L = Re sum conj(G) * Q(W), and cayley_frequency_product against Q_f S_f with Q_f from the same
+// oracle.
 #include <cmath>
 #include <complex>
 #include <condition_variable>
@@ -350,7 +351,7 @@ void test_cayley(int64_t m, int64_t n, uint64_t seed, double tol) {
   CHECK(std::fabs(fd - analytic) <= 1e-6 * (1 + std::fabs(fd)));
 }
 
-// ---- cayley_conv2d -----------------------------------------------------------------------------
+// ---- cayley_frequency_product ---------------------------------------------------------------
 
 // Q_f of the op: cayley of the tall orientation, transposed back for a wide response.
 Mat conv_operator(const Mat& R) {
@@ -359,7 +360,7 @@ Mat conv_operator(const Mat& R) {
 }
 
 template <typename S>
-void test_cayley_conv2d(int64_t c_out, int64_t c_in, int64_t batch, uint64_t seed, double tol) {
+void test_cayley_frequency_product(int64_t c_out, int64_t c_in, int64_t batch, uint64_t seed, double tol) {
   const int64_t frequencies = 2;
   const k::FrequencyShape shape{c_out, c_in, batch};
   const int64_t n = shape.n();
@@ -391,14 +392,14 @@ void test_cayley_conv2d(int64_t c_out, int64_t c_in, int64_t batch, uint64_t see
     std::vector<S> shared = nan_buffer<S>(shape.backward_matrices());
     S* xf = x.data() + f * n * n;
     run_block([&](const CpuBlock& block) {
-      k::cayley_conv2d_forward_frequency(
+      k::cayley_frequency_product_forward_frequency(
           block, shape, response.data() + f * shape.response_numel(),
           spectrum.data() + f * shape.spectrum_numel(), output.data() + f * shape.output_numel(),
           xf, q_work.data() + f * shape.q_workspace(), f == 0 ? shared.data() : xf,
           scratch.data());
     });
     run_block([&](const CpuBlock& block) {
-      k::cayley_conv2d_backward_frequency(
+      k::cayley_frequency_product_backward_frequency(
           block, shape, grad_output.data() + f * shape.output_numel(),
           response.data() + f * shape.response_numel(),
           spectrum.data() + f * shape.spectrum_numel(), x.data() + f * n * n,
@@ -425,7 +426,8 @@ void test_cayley_conv2d(int64_t c_out, int64_t c_in, int64_t batch, uint64_t see
     const Mat gr = from_buffer(grad_response.data() + f * shape.response_numel(), c_out, c_in);
     CHECK(close(gr, gr_want, tol));
     if (!close(gr, gr_want, tol) || !close(out, matmul(Q, Sp[f]), tol)) {
-      std::printf("  cayley_conv2d %lldx%lldx%lld f=%lld: |out| err %g, |grad_R| err %g\n",
+      std::printf("  cayley_frequency_product %lldx%lldx%lld f=%lld: |out| err %g, |grad_R| err "
+                  "%g\n",
                   static_cast<long long>(c_out), static_cast<long long>(c_in),
                   static_cast<long long>(batch), static_cast<long long>(f),
                   max_abs_diff(out, matmul(Q, Sp[f])), max_abs_diff(gr, gr_want));
@@ -490,8 +492,8 @@ int main() {
   // (C_out, C_in, B): tall, wide, square, and wide with several GEMM tiles and pivot panels.
   const int64_t conv_shapes[][3] = {{5, 3, 4}, {3, 5, 2}, {20, 20, 7}, {19, 40, 35}};
   for (const auto& s : conv_shapes) {
-    test_cayley_conv2d<Complex<double>>(s[0], s[1], s[2], seed++, 1e-10);
+    test_cayley_frequency_product<Complex<double>>(s[0], s[1], s[2], seed++, 1e-10);
   }
-  test_cayley_conv2d<Complex<float>>(24, 17, 9, seed++, 2e-5);
+  test_cayley_frequency_product<Complex<float>>(24, 17, 9, seed++, 2e-5);
   return lipkernels_test::report("test_cayley");
 }

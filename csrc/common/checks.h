@@ -1,9 +1,9 @@
-// Argument validation of the spectral-norm and SOC ops, shared by the CPU and CUDA implementations.
+// Argument validation of the lipkernels ops, shared by the CPU and CUDA implementations.
 //
 // torch.ops.lipkernels.* can be called directly, bypassing the Python layer's checks, so each C++
 // op validates its own inputs with messages that name the op, the argument and the expectation.
-// The CPU backend is always compiled, so the checks live beside it and the CUDA backend includes
-// them from here. Only metadata is inspected: value checks (non-finite weights) would cost a
+// Both backends include them from here, so a CPU and a CUDA kernel reject the same inputs with
+// the same message. Only metadata is inspected: value checks (non-finite weights) would cost a
 // device sync and stay out of the hot path (DESIGN.md section 4).
 #pragma once
 
@@ -280,6 +280,92 @@ inline kernels::PairLayout check_householder_backward_args(const at::Tensor& gra
   TORCH_CHECK(x.sizes() == grad_y.sizes(), op, ": x must have the shape of grad_y ",
               grad_y.sizes(), ", got ", x.sizes());
   return layout;
+}
+
+// W (..., m, n) with m >= n >= 1, float32/float64/complex64/complex128: the tall orientation
+// every cayley kernel works on. Errors name `op` and the argument `name`.
+inline void check_cayley_tall(const char* op, const char* name, const at::Tensor& W) {
+  TORCH_CHECK(W.dim() >= 2, op, ": ", name, " must have shape (..., m, n), got ", W.sizes());
+  TORCH_CHECK(W.size(-1) >= 1 && W.size(-2) >= W.size(-1) && W.numel() > 0, op, ": ", name,
+              " (..., m, n) must be non-empty with m >= n (transpose a wide matrix first), got ",
+              W.sizes());
+  // The dtypes at::linalg_solve supports on the CPU: the real and complex IEEE types.
+  const auto dtype = W.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kComplexFloat ||
+                  dtype == at::kComplexDouble,
+              op, ": ", name, " must be float32, float64, complex64 or complex128, got ", dtype);
+}
+
+// The arguments of cayley_backward: a tall W, grad_Q of W's shape and X (..., n, n), all of W's
+// dtype and device.
+inline void check_cayley_backward_args(const at::Tensor& grad_Q, const at::Tensor& X,
+                                       const at::Tensor& W) {
+  constexpr const char* op = "cayley_backward";
+  check_cayley_tall(op, "W", W);
+  TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
+                  grad_Q.device() == W.device(),
+              op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
+              W.scalar_type(), ", ", W.device(), "), got ", grad_Q.sizes(), " (",
+              grad_Q.scalar_type(), ", ", grad_Q.device(), ")");
+  std::vector<int64_t> x_shape = W.sizes().vec();
+  x_shape[x_shape.size() - 2] = W.size(-1);
+  TORCH_CHECK(X.sizes() == c10::IntArrayRef(x_shape) && X.scalar_type() == W.scalar_type() &&
+                  X.device() == W.device(),
+              op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
+              " and W's dtype and device, got ", X.sizes(), " (", X.scalar_type(), ", ",
+              X.device(), ")");
+}
+
+// `t` must be complex64 or complex128.
+inline void check_complex(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == at::kComplexFloat || t.scalar_type() == at::kComplexDouble, op,
+              ": ", name, " must be complex64 or complex128, got ", t.scalar_type());
+}
+
+// The arguments of cayley_frequency_product (op names the op in errors): response (F, C_out, C_in)
+// and spectrum (F, C_in, B), complex, of one dtype and device.
+inline void check_cayley_frequency_product_args(const char* op, const at::Tensor& response,
+                                                const at::Tensor& spectrum) {
+  TORCH_CHECK(response.dim() == 3 && response.numel() > 0, op,
+              ": response must be a non-empty (F, C_out, C_in) tensor, got ", response.sizes());
+  check_complex(op, "response", response);
+  TORCH_CHECK(spectrum.dim() == 3 && spectrum.size(0) == response.size(0) &&
+                  spectrum.size(1) == response.size(2) && spectrum.size(2) >= 1,
+              op, ": spectrum must have shape (F, C_in, B) = (", response.size(0), ", ",
+              response.size(2), ", B) to match response ", response.sizes(), ", got ",
+              spectrum.sizes());
+  TORCH_CHECK(spectrum.scalar_type() == response.scalar_type() &&
+                  spectrum.device() == response.device(),
+              op, ": spectrum must have the dtype and device of response (",
+              response.scalar_type(), ", ", response.device(), "), got ", spectrum.scalar_type(),
+              ", ", spectrum.device());
+}
+
+// The arguments of cayley_frequency_product_backward: those of cayley_frequency_product,
+// grad_output (F, C_out, B) and the forward's inverse (F, n, n), n = min(C_in, C_out), all of
+// response's dtype and device.
+inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_output,
+                                                         const at::Tensor& response,
+                                                         const at::Tensor& spectrum,
+                                                         const at::Tensor& inverse) {
+  constexpr const char* op = "cayley_frequency_product_backward";
+  check_cayley_frequency_product_args(op, response, spectrum);
+  const int64_t frequencies = response.size(0);
+  const int64_t n = std::min(response.size(1), response.size(2));
+  TORCH_CHECK(grad_output.sizes() ==
+                      c10::IntArrayRef({frequencies, response.size(1), spectrum.size(2)}) &&
+                  grad_output.scalar_type() == response.scalar_type() &&
+                  grad_output.device() == response.device(),
+              op, ": grad_output must have shape (F, C_out, B) = (", frequencies, ", ",
+              response.size(1), ", ", spectrum.size(2), ") and response's dtype and device, got ",
+              grad_output.sizes(), " (", grad_output.scalar_type(), ", ", grad_output.device(),
+              ")");
+  TORCH_CHECK(inverse.sizes() == c10::IntArrayRef({frequencies, n, n}) &&
+                  inverse.scalar_type() == response.scalar_type() &&
+                  inverse.device() == response.device(),
+              op, ": inverse must be the forward's (I + A)^{-1} of shape (", frequencies, ", ", n,
+              ", ", n, ") and response's dtype and device, got ", inverse.sizes(), " (",
+              inverse.scalar_type(), ", ", inverse.device(), ")");
 }
 
 }  // namespace lipkernels
