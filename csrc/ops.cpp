@@ -20,7 +20,7 @@ TORCH_LIBRARY(lipkernels, m) {
   m.def("power_iteration_backward(Tensor grad_sigma, Tensor u, Tensor v) -> Tensor");
 
   // The Fantastic Four bounds of a conv filter (C_out, C_in, k_h, k_w): power iteration on the four
-  // reshapes M_1..M_4 (DESIGN.md §3.1) with persistent right vectors, all in one launch.
+  // reshapes M_1..M_4 (docs/design.md §3.1) with persistent right vectors, all in one launch.
   // bounds[q] = sqrt(k_h k_w) * v_q^T M_q u_q. Returns (bounds (4,), [u_1..u_4], [v_1..v_4]).
   m.def(
       "conv_spectral_bounds(Tensor weight, Tensor[] vectors, int iters)"
@@ -30,7 +30,7 @@ TORCH_LIBRARY(lipkernels, m) {
       "conv_spectral_bounds_backward(Tensor grad_bounds, Tensor[] vectors, Tensor[] left_vectors,"
       " int[] weight_shape) -> Tensor");
 
-  // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (DESIGN.md §3.2), all terms in one call,
+  // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (docs/design.md §3.2), all terms in one call,
   // grad_mode "exact" or "fast". Returns (y, saved): what the backward needs beyond x and S, by
   // mode and kernel. Fast mode: [z_2], the second Horner iterate (empty when terms == 1). Exact
   // mode: the scaled powers S^j x / j!, j = 1..terms - 2, where the kernel keeps them (the CPU

@@ -1,6 +1,6 @@
 """Backend selection: which implementation of an op runs for a given device.
 
-Every op has up to four implementations (DESIGN.md §2):
+Every op has up to four implementations (docs/design.md §2):
 
 * ``reference``: pure PyTorch, always available, the oracle the others are tested against;
 * ``cpp``: C++ kernels in ``lipkernels._C`` for CPU tensors;
@@ -17,7 +17,7 @@ listed in ``GPU_VALIDATED`` (a kernel that has never passed on a real GPU is not
 otherwise ``reference``. An explicit backend that cannot run raises a ``RuntimeError`` naming what
 is missing; nothing falls back silently.
 
-Transforms (DESIGN.md §3.5). The kernel ops have hand-written backward formulas only: no
+Transforms (docs/design.md §2). The kernel ops have hand-written backward formulas only: no
 forward-mode derivative, no batching rule, no torch.func support. So a call whose tensors carry
 a torch.func transform (``vmap``, ``grad``/``vjp``/``jacrev``, ``jvp``/``jacfwd``:
 functorch-wrapped inputs) or a forward-mode AD tangent (``torch.autograd.forward_ad`` dual

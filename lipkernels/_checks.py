@@ -3,7 +3,7 @@
 Shape, dtype and device checks are cheap metadata reads and always run. Checks that need tensor
 values (non-finite entries) would force a device-to-host sync, so they run only when the
 environment variable ``LIPKERNELS_CHECK=1`` was set at import; without it NaN or inf inputs give
-NaN outputs, never a finite wrong number (DESIGN.md §4).
+NaN outputs, never a finite wrong number (docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 // op validates its own inputs with messages that name the op, the argument and the expectation.
 // Both backends include them from here, so a CPU and a CUDA kernel reject the same inputs with
 // the same message. Only metadata is inspected: value checks (non-finite weights) would cost a
-// device sync and stay out of the hot path (DESIGN.md section 4).
+// device sync and stay out of the hot path (docs/design.md §4).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -42,7 +42,7 @@ inline void check_iters(const char* op, int64_t iters) {
   TORCH_CHECK(iters >= 1, op, ": iters must be >= 1, got ", iters);
 }
 
-// soc_exp's gradient modes (lipkernels.reference.soc_exp.GRAD_MODES).
+// soc_exp's gradient modes (lipkernels._conventions.GRAD_MODES).
 enum class SocGradMode { kExact, kFast };
 
 // soc_exp(x (B, C, H, W), S (C, C, k, k), terms, grad_mode): the checks shared by the forward and
@@ -217,7 +217,7 @@ inline std::vector<int64_t> pair_shape(const at::Tensor& x) {
   return shape;
 }
 
-// max_min's pairing (lipkernels.reference.max_min.PAIRINGS).
+// max_min's pairing (lipkernels._conventions.PAIRINGS).
 inline kernels::Pairing check_pairing(const char* op, c10::string_view pairing) {
   TORCH_CHECK(pairing == "halves" || pairing == "pairs", op,
               ": pairing must be \"halves\" or \"pairs\", got \"", pairing, "\"");

@@ -1,6 +1,6 @@
 // CPU kernels of soc_exp and soc_exp_backward: the whole SOC series in one op call.
 //
-// Math (DESIGN.md §3.2; lipkernels/reference/soc_exp.py), n = terms - 1, conv the zero-padded
+// Math (docs/design.md §3.2; lipkernels/reference/soc_exp.py), n = terms - 1, conv the zero-padded
 // same conv, S^T the conv with flipT(S) (its adjoint), Wg(a, b) the weight gradient of conv(a, .)
 // against the output gradient b:
 //   forward, exact mode, by powers: q_0 = x, q_k = conv(q_{k-1}, S) / k = S^k x / k!,

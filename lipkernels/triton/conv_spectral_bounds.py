@@ -115,8 +115,8 @@ def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
     """(bounds (4,), [u_1..u_4], [v_1..v_4]) for a filter (C_out, C_in, k_h, k_w) and right vectors
     u_q (the sizes in _conv_spectral_bounds_kernel), after `iters` power-iteration steps each.
 
-    Inputs are contiguous, on one device, of one floating dtype (validated by the caller);
-    outputs are new tensors in weight's dtype.
+    Inputs are contiguous, on one device, of one floating dtype (the op checks them first:
+    lipkernels.ops.conv_spectral_bounds); outputs are new tensors in weight's dtype.
     """
     c_out, c_in, kh, kw = weight.shape
     acc = accumulation_dtype(weight.dtype)

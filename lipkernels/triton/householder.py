@@ -84,7 +84,7 @@ def _householder_backward_kernel(grad_y_ptr, x_ptr, theta_ptr, grad_x_ptr, parti
 
 def householder(x: torch.Tensor, theta: torch.Tensor):
     """y: HouseHolder of x (B, C, *spatial) with angles theta (C/2,) (see _householder_kernel).
-    Inputs are validated by the caller; theta has x's dtype or float32."""
+    Inputs are checked first (lipkernels.ops.householder); theta has x's dtype or float32."""
     x, theta = x.contiguous(), theta.contiguous()
     y = torch.empty_like(x)
     PairTileGrid.of(x.shape, "halves").launch(_householder_kernel, x, theta, y)

@@ -153,7 +153,8 @@ class PairTileGrid(NamedTuple):
 
 def max_min(x: torch.Tensor, pairing: str):
     """(y, mask): MaxMin of x (B, C, *spatial) and the bool (B, C/2, *spatial) mask of pairs
-    that kept their order (see _max_min_kernel). Inputs are validated by the caller."""
+    that kept their order (see _max_min_kernel). Inputs are checked first
+    (lipkernels.ops.max_min)."""
     x = x.contiguous()
     y = torch.empty_like(x)
     mask = torch.empty(pair_shape(x.shape), dtype=torch.bool, device=x.device)

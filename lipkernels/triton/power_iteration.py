@@ -174,7 +174,8 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """(sigma (...), u (..., n), v (..., m)) after `iters` power-iteration steps on W (..., m, n).
 
     See _power_iteration_kernel for the math. Inputs are contiguous, on one device, of one
-    floating dtype (validated by the caller); outputs are new tensors in weight's dtype.
+    floating dtype (the op checks them first: lipkernels.ops.power_iteration); outputs are new
+    tensors in weight's dtype.
     """
     *batch, m, n = weight.shape
     count = weight.numel() // (m * n)

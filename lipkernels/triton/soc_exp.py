@@ -306,8 +306,8 @@ def _scratch(x: torch.Tensor, slots: int) -> torch.Tensor:
 
 def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
     """(y, saved) of the series, as the C++ op: saved is [z_2] in fast mode (terms > 1), else
-    empty (the exact backward recomputes the powers). Inputs are validated by the caller; outputs
-    are contiguous."""
+    empty (the exact backward recomputes the powers). Inputs are checked first
+    (lipkernels.ops.soc_exp); outputs are contiguous."""
     x, S = x.contiguous(), S.contiguous()
     n = terms - 1
     if n == 0:
