@@ -1,7 +1,8 @@
 """Every public entry of an op refuses the same bad input with an error naming the op and the
 argument: the functional API and each torch.ops.lipkernels kernel op (C++ and Triton, forward
-and backward), which users and peer libraries may call directly, bypassing the functional
-checks. Before the Triton ops ran these checks, 17 of the forward cases ran without an error."""
+and backward, and cayley_conv2d's frequency core), which users and peer libraries may call
+directly, bypassing the functional checks. Before the Triton ops ran the functional checks, 17
+of the forward cases ran without an error."""
 
 from __future__ import annotations
 
@@ -132,13 +133,52 @@ def _bad_householder_backward():
     }
 
 
-# The kernel ops' backward ops: {op: bad inputs}; they have no functional entry.
-BACKWARD_OPS = {
+def _bad_cayley_backward():
+    W, X = _randn(4, 3), _randn(3, 3)
+    return {
+        "grad_Q shape": ("grad_Q", (_randn(4, 2), X, W)),
+        "X shape": ("X", (_randn(4, 3), _randn(2, 2), W)),
+        "W wide": ("W", (_randn(3, 4), X, W.mT)),
+    }
+
+
+def _frequency_problem():
+    response = torch.randn(5, 3, 2, dtype=torch.complex64)
+    return response, torch.randn(5, 2, 4, dtype=torch.complex64)
+
+
+def _bad_cayley_frequency_product():
+    response, spectrum = _frequency_problem()
+    return {
+        "response dtype": ("response", (response.real.contiguous(), spectrum)),
+        "response rank": ("response", (response[0], spectrum)),
+        "spectrum shape": ("spectrum", (response, spectrum.mT)),
+        "spectrum dtype": ("spectrum", (response, spectrum.to(torch.complex128))),
+    }
+
+
+def _bad_cayley_frequency_product_backward():
+    response, spectrum = _frequency_problem()
+    grad, inverse = torch.randn(5, 3, 4, dtype=torch.complex64), torch.randn(5, 2, 2,
+                                                                           dtype=torch.complex64)
+    return {
+        "grad_output shape": ("grad_output", (grad[:, :2], response, spectrum, inverse)),
+        "inverse shape": ("inverse", (grad, response, spectrum, inverse[:, :1])),
+        "response dtype": ("response", (grad, response.real.contiguous(), spectrum, inverse)),
+    }
+
+
+# The ops with no functional entry of their own, {op: bad inputs}: the backward ops and the
+# frequency-domain core of cayley_conv2d.
+KERNEL_ONLY_OPS = {
     "power_iteration_backward": _bad_power_iteration_backward,
     "conv_spectral_bounds_backward": _bad_conv_spectral_bounds_backward,
     "soc_exp_backward": _bad_soc_exp_backward,
     "max_min_backward": _bad_max_min_backward,
     "householder_backward": _bad_householder_backward,
+    "cayley_backward": _bad_cayley_backward,
+    "cayley_frequency_product": _bad_cayley_frequency_product,
+    "cayley_frequency_product_backward": _bad_cayley_frequency_product_backward,
 }
 
 # op: (bad inputs {case: (argument named, args)}, the functional call on those args)
@@ -156,7 +196,7 @@ OPS = {
 CASES = [(op, case) for op, (bad, _) in OPS.items() for case in bad()]
 
 
-BACKWARD_CASES = [(op, case) for op, bad in BACKWARD_OPS.items() for case in bad()]
+KERNEL_ONLY_CASES = [(op, case) for op, bad in KERNEL_ONLY_OPS.items() for case in bad()]
 
 
 def _kernel_op(op: str, backend: str):
@@ -181,7 +221,8 @@ def test_every_entry_refuses_bad_input_naming_op_and_argument(op, case, entry):
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
-@pytest.mark.parametrize("op,case", BACKWARD_CASES, ids=[f"{op}-{case}" for op, case in BACKWARD_CASES])
-def test_every_backward_op_refuses_bad_input_naming_op_and_argument(op, case, backend):
-    argument, args = BACKWARD_OPS[op]()[case]
+@pytest.mark.parametrize("op,case", KERNEL_ONLY_CASES,
+                         ids=[f"{op}-{case}" for op, case in KERNEL_ONLY_CASES])
+def test_every_kernel_only_op_refuses_bad_input_naming_op_and_argument(op, case, backend):
+    argument, args = KERNEL_ONLY_OPS[op]()[case]
     _assert_refused(_kernel_op(op, backend), op, argument, args)

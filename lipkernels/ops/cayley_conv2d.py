@@ -16,9 +16,52 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from .._spectral import spectral_conv2d
 from ..reference.cayley_conv2d import cayley_frequencies
 from ._registration import kernel_ops, recomputed_vjp
+
+
+def check_inputs(response, spectrum):
+    """The arguments of cayley_frequency_product(response, spectrum), with the C++ op's messages
+    (csrc/common/checks.h)."""
+    _check_frequency_args("cayley_frequency_product", response, spectrum)
+
+
+def check_backward_inputs(grad_output, response, spectrum, inverse):
+    """The arguments of cayley_frequency_product_backward, with the C++ op's messages."""
+    op = "cayley_frequency_product_backward"
+    _check_frequency_args(op, response, spectrum)
+    frequencies, c_out, c_in = response.shape
+    n = min(c_in, c_out)
+    for name, tensor, shape, what in (
+            ("grad_output", grad_output, (frequencies, c_out, spectrum.shape[2]),
+             "have shape (F, C_out, B) ="),
+            ("inverse", inverse, (frequencies, n, n), "be the forward's (I + A)^{-1} of shape")):
+        if (tensor.shape != shape or tensor.dtype != response.dtype
+                or tensor.device != response.device):
+            raise ValueError(f"{op}: {name} must {what} {shape} and response's dtype and device, "
+                             f"got {tuple(tensor.shape)} ({tensor.dtype})")
+
+
+def _check_frequency_args(op: str, response, spectrum):
+    """response (F, C_out, C_in) complex, non-empty, and spectrum (F, C_in, B) like it."""
+    if response.dim() != 3 or response.numel() == 0:
+        raise ValueError(f"{op}: response must be a non-empty (F, C_out, C_in) tensor, got "
+                         f"{tuple(response.shape)}")
+    if response.dtype not in (torch.complex64, torch.complex128):
+        raise TypeError(f"{op}: response must be complex64 or complex128, got {response.dtype}")
+    frequencies, _, in_channels = response.shape
+    if spectrum.dim() != 3 or spectrum.shape[:2] != (frequencies, in_channels) \
+            or spectrum.shape[2] < 1:
+        raise ValueError(f"{op}: spectrum must have shape (F, C_in, B) = ({frequencies}, "
+                         f"{in_channels}, B) to match response {tuple(response.shape)}, got "
+                         f"{tuple(spectrum.shape)}")
+    if spectrum.dtype != response.dtype or spectrum.device != response.device:
+        raise ValueError(f"{op}: spectrum must have the dtype and device of response "
+                         f"({response.dtype}, {response.device}), got {spectrum.dtype}, "
+                         f"{spectrum.device}")
 
 
 def _forward_fake(response, spectrum):
