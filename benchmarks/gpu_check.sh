@@ -26,6 +26,12 @@
 #     GPU_CHECK_STEPS="env build build-info tests-gpu" OUT=... bash benchmarks/gpu_check.sh
 #     GPU_CHECK_STEPS="bench" OUT=... bash benchmarks/gpu_check.sh
 #     GPU_CHECK_STEPS="bench-pytest tests-rest" OUT=... bash benchmarks/gpu_check.sh
+#
+# Few files back: a machine that returns only a handful of files from its output folder gets
+# them packed. With GPU_CHECK_PACK=DIR, every step ends by writing DIR/gpu_check.tar.gz (all of
+# $OUT, logs, JSON and Markdown) and DIR/gpu_check-summary.txt, so a call cut short by its time
+# limit still returns what the finished steps wrote; a later call adds to the same $OUT:
+#     GPU_CHECK_PACK="$OUT" OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +51,16 @@ export TQDM_MININTERVAL=10  # the progress bar goes to a log file: few redraws
 SUMMARY="$OUT/gpu_check-summary.txt"
 : >"$SUMMARY"
 FAILED=0
+PACK="${GPU_CHECK_PACK:-}"
+
+# pack: with GPU_CHECK_PACK=DIR, all of $OUT as DIR/gpu_check.tar.gz, and the summary beside it
+# (written to a temporary name first, so a kill mid-write leaves the previous archive whole).
+pack() {
+  [[ -n $PACK ]] || return 0
+  mkdir -p "$PACK"
+  tar -czf "$PACK/.gpu_check.tar.gz.part" -C "$OUT" . && mv "$PACK/.gpu_check.tar.gz.part" "$PACK/gpu_check.tar.gz"
+  cp "$SUMMARY" "$PACK/gpu_check-summary.txt"
+}
 
 # run_step NAME CAP COMMAND...: run COMMAND for at most CAP seconds (less when the budget is
 # nearly spent), log its output, print the log's tail and record the outcome.
@@ -71,6 +87,7 @@ run_step() {
   fi
   [[ $status == ok ]] || FAILED=1
   printf '%-13s %-28s %4ds  %s\n' "$name" "$status" $((SECONDS - start)) "$log" | tee -a "$SUMMARY"
+  pack
 }
 
 # The step functions run through `bash -c NAME` (export -f), so that `timeout` can cap them.
@@ -129,6 +146,7 @@ grep -hs "time-limit reached" "$OUT/gpu_check-bench.log" | sed 's/^/bench       
 run_step tests-rest 120 "$PY" -m pytest -m "not gpu" tests/ -q -ra -p no:cacheprovider \
   --junitxml="$OUT/gpu_check-tests-rest.xml"
 
+pack
 echo "== summary ($SECONDS s; also in $SUMMARY)"
 cat "$SUMMARY"
 exit $FAILED
