@@ -1,6 +1,7 @@
 """The conventions every backend, layer and bound shares, declared once: the accepted values of
-the ops' string and dtype arguments, the shapes of their derived tensors, the orientation rule
-of the Cayley transform and the power iterations' start vectors."""
+the ops' string and dtype arguments, the working precision of the spectral computations, the
+shapes of the ops' derived tensors, the orientation rule of the Cayley transform and the power
+iterations' start vectors."""
 
 from __future__ import annotations
 
@@ -84,3 +85,10 @@ def fixed_start(n: int, device, dtype) -> torch.Tensor:
     steps = torch.arange(1, n + 1, device=device, dtype=torch.float64)
     start = torch.cos(steps * _START_ANGLE)
     return (start / start.norm()).to(dtype)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype for the FFTs, SVDs and Cholesky factorisations of data of `dtype`: float64
+    for float64, float32 otherwise (torch.fft and torch.linalg have no half-precision kernels,
+    so float16 and bfloat16 are computed in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

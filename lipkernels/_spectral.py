@@ -9,8 +9,7 @@ import math
 
 import torch
 
-from ._conventions import fixed_start, input_size_pair
-from ._precision import working_dtype
+from ._conventions import fixed_start, input_size_pair, working_dtype
 
 
 def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False) -> torch.Tensor:

@@ -62,8 +62,7 @@ import math
 import torch
 
 from ._checks import check_tensor
-from ._conventions import input_size_pair
-from ._precision import working_dtype
+from ._conventions import input_size_pair, working_dtype
 from .functional import _check_conv_spectrum_input
 
 _UNIT_ROUNDOFF = 2.0 ** -53  # float64

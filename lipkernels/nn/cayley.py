@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import functional
 from .._checks import check_count, check_layer_input, check_stride
-from .._precision import working_dtype
+from .._conventions import working_dtype
 from .._spectral import frequency_conv2d, frequency_responses
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached

@@ -43,7 +43,7 @@ def _contiguous(value):
     return value
 
 
-def define_triton_op(op: str, launcher: Callable, schema: str, check: Callable | None = None):
+def define_triton_op(op: str, launcher: Callable, schema: str, check: Callable):
     """Register `launcher` as the op lipkernels::<op>_triton with the given schema, on every
     device (the Triton interpreter runs it on the CPU). The op is public (torch.ops), so it runs
     `check` on its arguments first, the checks of the functional API, and hands the launcher
@@ -51,8 +51,7 @@ def define_triton_op(op: str, launcher: Callable, schema: str, check: Callable |
     name = triton_op_name(op).split("::")[1]
 
     def checked_launcher(*args):
-        if check is not None:
-            check(*args)
+        check(*args)
         return launcher(*map(_contiguous, args))
 
     _LIBRARY.define(name + schema)
@@ -164,10 +163,9 @@ def kernel_ops(op: str, module) -> dict[str, Callable]:
     launchers = getattr(module, "_triton_launchers", None)
     if launchers is not None and _backend.triton_importable():
         forward_launcher, backward_launcher = launchers()
-        define_triton_op(op, forward_launcher, _triton_schema(op),
-                         getattr(module, "check_inputs", None))
+        define_triton_op(op, forward_launcher, _triton_schema(op), module.check_inputs)
         define_triton_op(f"{op}_backward", backward_launcher, _triton_schema(f"{op}_backward"),
-                         getattr(module, "check_backward_inputs", None))
+                         module.check_backward_inputs)
         triton_forward_fake = getattr(module, "_triton_forward_fake", autograd["forward_fake"])
         register_differentiable(triton_op_name(op), triton_op_name(f"{op}_backward"),
                                 **{**autograd, "forward_fake": triton_forward_fake})

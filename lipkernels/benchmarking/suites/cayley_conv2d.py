@@ -10,7 +10,7 @@ import weakref
 import torch
 
 from lipkernels import reference
-from lipkernels._precision import working_dtype
+from lipkernels._conventions import working_dtype
 from lipkernels._spectral import frequency_conv2d, frequency_responses
 
 from ..core import (DTYPE, Activations, Case, Op, PeerAdapter, Suite, no_error, norm_ratio_error,
