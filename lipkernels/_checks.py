@@ -95,6 +95,15 @@ def check_count(op: str, name: str, value, maximum: int | None = None) -> int:
     return value
 
 
+def check_nonnegative(op: str, name: str, value) -> float:
+    """`value` (a tolerance, a sufficient bound) is a real number >= 0, inf allowed: a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float; got {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{op}: {name} must be >= 0; got {value}")
+    return float(value)
+
+
 def check_square_filter(op: str, name: str, weight: torch.Tensor):
     """`weight` is a (C, C, k, k) filter with k odd: square in channels and in space, so that it
     and its flip-transpose act on the same C channels with the same "same" padding k // 2."""

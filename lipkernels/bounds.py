@@ -3,9 +3,11 @@
 `skew_conv_norm_bound(S, input_size)` bounds the norm of the zero-padded "same" convolution with a
 skew filter S (flipT(S) = -S), on every image of at most `input_size`, or on every image at all,
 valid in exact arithmetic on S's values: every floating-point rounding of the computation is
-covered by a stated error term. Float64 Cholesky factorisations certify the norm at each
-frequency, at a cost of C^3 / 3 complex operations per frequency (far less than the SVDs of the
-Fantastic Four reshapes, (3C)^3 each), within about 0.5% to 3% of the norm it certifies.
+covered by a stated error term. Cholesky factorisations certify the norm at each frequency, at a
+cost of C^3 / 3 complex operations per frequency (far less than the SVDs of the Fantastic Four
+reshapes, (3C)^3 each): in float64 within about 0.5% to 3% of the norm it certifies (the tight
+certificate), or, where the caller accepts a looser bound, after a shorter Lanczos run and in
+single precision for float32 filters (the quick certificate, 5% to 20% above).
 `lipkernels.nn.SOCConv2d.lipschitz_bound` turns it into a bound on the layer.
 
 The symbol. Write p_i = k_i // 2 (odd k) and, for w in [0, 2 pi)^2,
@@ -41,50 +43,80 @@ S^(-w) = conj(S^(w)) and H(-w) = -conj(H(w)): on a grid closed under negation,
 max_w ||S^(w)|| = max_w lambda_max(H(w)), and lambda_max(H) <= mu holds iff mu I - H is positive
 semidefinite, which a Cholesky factorisation decides: one per grid point (mu I - H(w) and
 mu I + H(w) at one of each pair w, -w). The candidate mu comes from Lanczos runs at every
-frequency (`_lanczos_candidate`); only the factorisations are trusted.
+frequency (`_Lanczos`); only the factorisations are trusted.
 
-Rounding (float64, u = 2^-53; see `_certificate_margin`). The computed H differs from the exact
-one by E with ||E||_F <= sqrt(2) (32 u + gamma_2K (1 + 32 u)) ||sum_k |S_k| ||_F (K = k_1 k_2
-taps: phases within 32 u, complex dot products of length K, i.e. real ones of length 2K). A
+Rounding (u = 2^-53 in float64, 2^-24 in single precision; see `_Margin`). The computed H differs
+from the exact one by E with ||E||_F <= sqrt(2) (32 u + gamma_2K (1 + 32 u)) ||sum_k |S_k| ||_F
+(K = k_1 k_2 taps: phases within 32 u, real dot products of length K, counted as 2K). A
 Cholesky factorisation of a Hermitian n x n matrix B that runs to completion in floating point
 gives R^H R = B + dB with |dB| <= gamma |R^H| |R| (Demmel 1989; Higham, "Accuracy and stability
 of numerical algorithms", Thm 10.3, which holds for any order of the inner products, so for
 blocked LAPACK factorisations built on standard, not Strassen-like, products; gamma =
 gamma_{2n+4} for complex arithmetic), hence lambda_min(B) >= -gamma tr(B) / (1 - gamma) (Rump,
-BIT 46, 2006, with his underflow term). These terms, below 1e-9 relative for C <= 4096, are
-subtracted from mu before the factorisation.
+BIT 46, 2006, with his underflow term, taken at the smallest normal number so that it also holds
+where subnormals are flushed to zero). These terms, below 1e-9 relative for C <= 4096 in float64
+(about 4 n^2 u, 6% at n = 512, in single precision), are subtracted from mu before the
+factorisation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
-from ._checks import check_tensor
+from ._checks import check_nonnegative, check_tensor
 from ._conventions import input_size_pair, working_dtype
 from .functional import _check_conv_spectrum_input
-
-_UNIT_ROUNDOFF = 2.0 ** -53  # float64
-_SMALLEST_SUBNORMAL = 2.0 ** -1074
 
 # Grid points per unit of degree and axis for the size-independent bound: tau = pi / 16, so the
 # grid maximum is divided by 1 - (pi / 16)^2 / 2 = 0.98072 (1.97% of slack).
 _SYMBOL_GRID_PER_DEGREE = 32
 
-# Lanczos steps for the candidate mu (at most C), and its relative slack above the extrapolated
-# top eigenvalue (see `_lanczos_candidate`): on the LipConvNet filters (random, init 16 and 32,
-# 24 to 1024 channels) 16 steps extrapolate to between 0.995 and 1.025 times the top eigenvalue.
+# The tight certificate's Lanczos steps (at most C) and the relative slack of its candidate
+# above the extrapolated top eigenvalue (see `_Lanczos`): on the LipConvNet filters
+# (random, init 16 and 32, 16 to 2048 channels) 16 steps extrapolate to between 0.995 and 1.025
+# times the top eigenvalue.
 _LANCZOS_STEPS = 16
 _INITIAL_SLACK = 0.006
 
-# Complex entries of H per batch of frequencies (256 MiB of complex128): bounds the memory.
-_BATCH_ENTRIES = 2 ** 24
+# The quick certificate's (see `_quick_certificate`): on the same filters 6 steps extrapolate to
+# between 1.02 and 1.11 times the top eigenvalue (4 steps: 1.07 to 1.26), and the slack covers
+# the rest.
+_QUICK_LANCZOS_STEPS = 6
+_QUICK_SLACK = 0.03
+
+# Bytes of symbols per batch of frequencies: bounds the memory, and keeps each batch's buffers
+# below the size the C allocator serves from fresh pages (page faults cost more than the
+# arithmetic at C = 1024), so the batches reuse them.
+_BATCH_BYTES = 2 ** 25
 
 
-def _gamma(n: int) -> float:
-    """gamma_n = n u / (1 - n u), the relative error bound of n floating-point operations."""
-    return n * _UNIT_ROUNDOFF / (1 - n * _UNIT_ROUNDOFF)
+@dataclasses.dataclass(frozen=True)
+class _Precision:
+    """The arithmetic of a certificate: its real dtype, its unit roundoff u and its smallest
+    normal number (the underflow threshold of Rump's term; it also covers a CPU that flushes
+    subnormals to zero)."""
+
+    dtype: torch.dtype
+    unit_roundoff: float
+    tiny: float
+
+    def gamma(self, n: int) -> float:
+        """gamma_n = n u / (1 - n u), the relative error bound of n floating-point operations."""
+        return n * self.unit_roundoff / (1 - n * self.unit_roundoff)
+
+
+_DOUBLE = _Precision(torch.float64, 2.0 ** -53, 2.0 ** -1022)
+_SINGLE = _Precision(torch.float32, 2.0 ** -24, 2.0 ** -126)
+
+
+def _precisions(dtype: torch.dtype) -> tuple[_Precision, ...]:
+    """The precisions a filter of `dtype` can be certified in, cheapest first: single precision
+    only for float32 values (formed into symbols without a rounding of their own)."""
+    return (_SINGLE, _DOUBLE) if dtype == torch.float32 else (_DOUBLE,)
 
 
 def _round_up(x: float, ulps: int = 4) -> float:
@@ -140,16 +172,18 @@ def _phases(kernel: tuple[int, int], grid: tuple[int, int], index: torch.Tensor)
 
 def _signed_symbols(taps: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                     signs: torch.Tensor) -> torch.Tensor:
-    """sum_k (sign sin_k + i cos_k) S_k (F, C, C) complex128 per frequency row: -conj(H(w)) where
-    the sign is 1 and H(w) where it is -1 (H(w) = i S^(w) = sum_k (-sin_k + i cos_k) S_k,
-    `sin_k` = sin(w.k)), from the taps (K, C, C) complex128 with imaginary part 0.
+    """sum_k (sign sin_k + i cos_k) S_k (F, C, C), complex of the real taps' (K, C, C)
+    precision, per frequency row: -conj(H(w)) where the sign is 1 and H(w) where it is -1
+    (H(w) = i S^(w) = sum_k (-sin_k + i cos_k) S_k, `sin_k` = sin(w.k)).
 
-    One complex product (F, K) @ (K, C^2): each real or imaginary part of an entry is a real dot
-    product of length 2K (K of its products are exact zeros).
+    One real product (2F, K) @ (K, C^2) of the phases with the taps (the real parts' rows, then
+    the imaginary parts'), each entry a dot product of length K, then the complex interleave:
+    no complex copy of the taps.
     """
-    channels = taps.shape[-1]
-    product = torch.complex(signs[:, None] * sin, cos) @ taps.view(taps.shape[0], -1)
-    return product.view(-1, channels, channels)
+    count, channels = cos.shape[0], taps.shape[-1]
+    phases = torch.cat([signs[:, None] * sin, cos]).to(taps.dtype)
+    parts = (phases @ taps.view(taps.shape[0], -1)).view(2, count, channels, channels)
+    return torch.complex(parts[0], parts[1])
 
 
 def _factorizes(X: torch.Tensor, shift: float) -> torch.Tensor:
@@ -167,127 +201,283 @@ def _factorizes(X: torch.Tensor, shift: float) -> torch.Tensor:
     return info == 0
 
 
-def _lanczos_candidate(taps: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       steps: int) -> float:
-    """A candidate for max_w max |eigenvalue of H(w)| over the frequencies of the phases, meant
-    to be a little above it: the largest extreme Ritz value theta after `steps` Lanczos steps at
-    every frequency, from one fixed pseudo-random start, in the taps' precision, raised by its
-    recent growth and by _INITIAL_SLACK.
+class _Lanczos:
+    """Lanczos runs on H(w) at every frequency of the phases at once, from one fixed
+    pseudo-random start, in the taps' precision; `estimate(steps)` is meant to be at or a little
+    above max_w max |eigenvalue of H(w)|. One run serves several estimates: it continues where
+    the last one stopped.
 
-    H(w) q = i sum_k e^{i w.k} S_k q, so a step at all F frequencies at once is one real product
-    (K C, C) @ (C, 2F) of the taps with the real and imaginary parts of the F vectors (one read
-    of the filter, however many frequencies), then a 2 x 2 rotation per tap and frequency. On a
-    semicircle-like spectrum edge (the filters SOC builds) theta_j falls short of the top by
-    about c / j^2 and grows by about 2 c / j^3 a step, so theta + (j / 2) (growth per step)
-    tracks the top. Never trusted as a bound: there is no reorthogonalisation, and a breakdown
-    (an invariant subspace) gives zero vectors from then on, keeping the Ritz values found.
+    H(w) q = i sum_k e^{i w.k} S_k q. The F vectors are kept as (F, 2, C) (real and imaginary
+    parts), so a step at all F frequencies is one real product (2F, C) @ (C, K C) with the taps
+    (one read of the filter, however many frequencies), giving S_k q for every tap, part and
+    frequency, then one batched product per frequency with the (2, 2K) rotation by i e^{i w.k}.
+    Never trusted as a bound: there is no reorthogonalisation, and a breakdown (an invariant
+    subspace) gives zero vectors from then on, keeping the Ritz values found.
     """
-    count, channels = cos.shape[0], taps.shape[-1]
-    cos, sin = cos.to(taps.dtype).T, sin.to(taps.dtype).T  # (K, F)
-    # z = i e^{i theta} (x + i y) = (-sin x - cos y) + i (cos x - sin y), as [x, y] @ rotation.
-    rotation = torch.stack([torch.stack([-sin, cos], -1), torch.stack([-cos, -sin], -1)], -2)
-    rows = taps.reshape(-1, channels)  # (K C, C): row (k, o) is S_k[o, :]
-    generator = torch.Generator().manual_seed(0)
-    start = torch.randn(channels, 1, 2, generator=generator, dtype=torch.float64)
-    q = (start / torch.linalg.vector_norm(start)).to(taps).expand(channels, count, 2)
-    previous = torch.zeros_like(q)
-    beta = torch.zeros(count, dtype=taps.dtype, device=taps.device)
-    alphas, betas, thetas = [], [], []
-    for step in range(steps):
-        products = (rows @ q.reshape(channels, 2 * count)).view(-1, channels, count, 2)
-        z = torch.einsum("kcfr,kfrs->cfs", products, rotation) - beta[:, None] * previous
-        alpha = (q * z).sum((0, 2))
-        z = z - alpha[:, None] * q
-        beta = torch.linalg.vector_norm(z, dim=(0, 2))
-        alphas.append(alpha)
-        betas.append(beta)
-        previous, q = q, z / torch.where(beta > 0, beta, torch.ones_like(beta))[:, None]
-        if step in (steps - 3, steps - 1):
-            tridiagonal = torch.diag_embed(torch.stack(alphas, -1))
-            if step:
-                off_diagonal = torch.stack(betas[:-1], -1)
-                tridiagonal += (torch.diag_embed(off_diagonal, 1)
-                                + torch.diag_embed(off_diagonal, -1))
-            ritz = torch.linalg.eigvalsh(tridiagonal)
-            thetas.append(torch.maximum(ritz[:, -1], -ritz[:, 0]).max().item())
-    # With steps = n the Krylov space is everything: theta is the top, nothing to extrapolate.
-    growth = max(0.0, thetas[-1] - thetas[0]) / 2 if steps < channels else 0.0
-    return (thetas[-1] + steps / 2 * growth) * (1 + _INITIAL_SLACK)
+
+    def __init__(self, taps: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        count, channels = cos.shape[0], taps.shape[-1]
+        cos, sin = cos.to(taps.dtype), sin.to(taps.dtype)  # (F, K)
+        # i e^{i theta} (x + i y) = (-sin x - cos y) + i (cos x - sin y): rows (real, imaginary
+        # part of z), columns (x of every tap, then y of every tap).
+        self.rotation = torch.stack([torch.cat([-sin, -cos], 1), torch.cat([cos, -sin], 1)], 1)
+        self.columns = taps.reshape(-1, channels).T  # (C, K C): column (k, o) is S_k[o, :]
+        generator = torch.Generator().manual_seed(0)
+        start = torch.randn(2, channels, generator=generator, dtype=torch.float64)
+        self.q = (start / torch.linalg.vector_norm(start)).to(taps).expand(count, 2, channels)
+        self.previous = torch.zeros_like(self.q)
+        self.beta = torch.zeros(count, 1, 1, dtype=taps.dtype, device=taps.device)
+        self.alphas, self.betas = [], []
+        self.theta = 0.0  # theta of the last `estimate`
+
+    @property
+    def channels(self) -> int:
+        return self.q.shape[-1]
+
+    def _step(self):
+        count, channels = self.q.shape[0], self.channels
+        products = (self.q.reshape(2 * count, channels) @ self.columns).view(count, -1, channels)
+        z = torch.bmm(self.rotation, products) - self.beta * self.previous
+        alpha = torch.bmm(self.q.reshape(count, 1, -1), z.view(count, -1, 1))
+        z -= alpha * self.q
+        self.beta = torch.linalg.vector_norm(z, dim=(1, 2), keepdim=True)
+        self.alphas.append(alpha.view(count))
+        self.betas.append(self.beta.view(count))
+        self.previous = self.q
+        self.q = z / torch.where(self.beta > 0, self.beta, torch.ones_like(self.beta))
+
+    def _ritz(self, *steps: int) -> list[float]:
+        """The largest extreme Ritz value |theta| over the frequencies after each number of
+        `steps`, from one batched eigvalsh: each tridiagonal is zero-padded to the largest, which
+        adds zero eigenvalues only and so leaves max |theta| as it is."""
+        size = max(steps)
+        alphas = torch.stack(self.alphas[:size], -1)
+        off_diagonals = torch.stack(self.betas[:size - 1], -1) if size > 1 else None
+        batch = []
+        for count in steps:
+            keep = torch.arange(size, device=alphas.device) < count
+            tridiagonal = torch.diag_embed(alphas * keep)
+            if off_diagonals is not None:
+                off = off_diagonals * keep[1:]
+                tridiagonal += torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            batch.append(tridiagonal)
+        ritz = torch.linalg.eigvalsh(torch.stack(batch))
+        return torch.maximum(ritz[..., -1], -ritz[..., 0]).amax(-1).tolist()
+
+    def estimate(self, steps: int) -> float:
+        """theta after min(steps, C) steps, raised by its recent growth: on a semicircle-like
+        spectrum edge (the filters SOC builds) theta_j falls short of the top by about c / j^2
+        and grows by about 2 c / j^3 a step, so theta + (j / 2) (growth per step) tracks the top.
+        With C steps the Krylov space is everything: theta is the top, nothing to extrapolate."""
+        steps = min(steps, self.channels)
+        while len(self.alphas) < steps:
+            self._step()
+        if steps < 3 or steps == self.channels:
+            self.theta = self._ritz(steps)[0]
+            return self.theta
+        self.theta, earlier = self._ritz(steps, steps - 2)
+        return self.theta + steps / 4 * max(0.0, self.theta - earlier)
 
 
-def _certificate_margin(mu: float, channels: int, diagonal: float, symbol_error: float) -> float:
-    """How far below mu to factorise mu' I - G (G = +-H) so that success proves
-    lambda_max(G_exact) <= mu.
+@dataclasses.dataclass(frozen=True)
+class _Margin:
+    """How far below mu to factorise mu' I - G (G = +-H) in `precision` so that success proves
+    lambda_max(G_exact) <= mu: `of(mu)`.
 
     With B the Hermitian matrix the factorisation reads (mu' - G_ii rounded on the diagonal, one
     triangle of the computed G), success gives lambda_min(B) >= -gamma tr(B) / (1 - gamma) - the
     underflow term (Rump's, doubled for complex arithmetic), gamma = gamma_{2n+4},
     tr(B) <= n (mu + max |G_ii|); the diagonal rounding moves eigenvalues by at most
     u (mu + max |G_ii|), and the computed G's Hermitian completion is within sqrt(2) ||E||_F of
-    the exact one. The sum is doubled to cover its own rounding.
+    the exact one (`symbol_error` bounds ||E||_F). The sum is doubled to cover its own rounding.
+    It is affine in mu.
     """
-    gamma = _gamma(2 * channels + 4)
-    scale = mu + diagonal
-    margin = (gamma / (1 - gamma) * channels * scale + _UNIT_ROUNDOFF * scale
-              + math.sqrt(2) * symbol_error
-              + 8 * channels * (2 * (channels + 1) + scale) * _SMALLEST_SUBNORMAL)
-    return 2 * margin
+
+    precision: _Precision
+    channels: int
+    diagonal: float  # >= max |G_ii| of the computed G
+    symbol_error: float
+
+    def of(self, mu: float) -> float:
+        n, p = self.channels, self.precision
+        gamma = p.gamma(2 * n + 4)
+        scale = mu + self.diagonal
+        margin = (gamma / (1 - gamma) * n * scale + p.unit_roundoff * scale
+                  + math.sqrt(2) * self.symbol_error + 8 * n * (2 * (n + 1) + scale) * p.tiny)
+        return 2 * margin
+
+    def level(self, shift: float) -> float:
+        """The mu whose certificate factorises at `shift` (mu - of(mu) = shift), rounded up; inf
+        where the margin grows as fast as mu (a precision too coarse for n)."""
+        intercept = self.of(0.0)
+        slope = self.of(1.0) - intercept
+        if not slope < 0.5:
+            return math.inf
+        return _round_up((shift + intercept) / (1 - slope))
 
 
-def _certified_norm(taps: torch.Tensor, kernel: tuple[int, int], grid: tuple[int, int],
-                    cap: float) -> float:
-    """An upper bound on max ||S^(w)|| over the grid, proved by Cholesky factorisations of
-    mu' I -+ H(w) (see `_certificate_margin`), or `cap` if mu would reach it. `taps` (K, C, C)
-    are in the filter's precision (float32 or float64).
+def _symbol_error(precision: _Precision, count: int, cap: float) -> float:
+    """A bound on ||E||_F, E the rounding of the computed symbols: sqrt(2) (32 u + gamma_2K
+    (1 + 32 u)) ||sum_k |S_k| ||_F <= ... * cap (phases within 32 u: 21 float64 ulps, then one
+    rounding to float32 in single precision; real dot products of length K, counted as 2K)."""
+    u = precision.unit_roundoff
+    return math.sqrt(2) * cap * (32 * u + precision.gamma(2 * count) * (1 + 32 * u))
 
-    mu starts at the Lanczos candidate (`_lanczos_candidate`). Where a factorisation fails the
+
+def _diagonal_bound(taps: torch.Tensor, precision: _Precision) -> float:
+    """An upper bound on max_i |G_ii| of every computed symbol: max_i sum_k |S_k[i, i]| (the
+    exact |H_ii| is at most that), enlarged by the symbols' rounding (32 u + gamma_2K) and the
+    float64 sum's own."""
+    count = taps.shape[0]
+    total = taps.diagonal(dim1=1, dim2=2).abs().sum(0, dtype=torch.float64).max().item()
+    u = precision.unit_roundoff
+    return _round_up(total * (1 + 64 * u + 2 * precision.gamma(2 * count)))
+
+
+class _Certificate:
+    """The frequencies of one certificate and the symbols' data: the phases at one of each pair
+    {w, -w} of the grid, and the factorisation rows, mu' I - G for G = H at every representative
+    and for G = -H where w != -w."""
+
+    def __init__(self, taps: torch.Tensor, kernel: tuple[int, int], grid: tuple[int, int],
+                 cap: float):
+        self.taps, self.cap = taps, cap
+        index, self_negative = _representatives(grid, taps.device)
+        self.cos, self.sin = _phases(kernel, grid, index)
+        # lambda_max(H(-w)) = lambda_max(-H(w)): sign 1 (X = -conj(H): shift I + X^T =
+        # shift I - H) at every representative, sign -1 (X = H: shift I + X^T = conj(shift I + H))
+        # where w != -w.
+        rows = torch.cat([torch.arange(index.numel()), torch.nonzero(~self_negative.cpu())[:, 0]])
+        signs = torch.ones(rows.numel(), dtype=torch.float64)
+        signs[index.numel():] = -1
+        self.rows, self.signs = rows.to(self.cos.device), signs.to(self.cos.device)
+        self._lanczos = None
+
+    def margin(self, precision: _Precision) -> _Margin:
+        count, channels = self.taps.shape[:2]
+        return _Margin(precision, channels, _diagonal_bound(self.taps, precision),
+                       _symbol_error(precision, count, self.cap))
+
+    def batches(self, precision: _Precision):
+        """Row indices in batches of at most _BATCH_BYTES of complex symbols."""
+        channels, itemsize = self.taps.shape[-1], 2 * precision.dtype.itemsize
+        size = max(1, _BATCH_BYTES // (itemsize * channels * channels))
+        return torch.arange(self.rows.numel(), device=self.cos.device).split(size)
+
+    def symbols(self, pending: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        rows = self.rows[pending]
+        return _signed_symbols(taps, self.cos[rows], self.sin[rows], self.signs[pending])
+
+    def estimate(self, steps: int) -> float:
+        """The Lanczos estimate after `steps` steps at every frequency (`_Lanczos`): the quick
+        and the tight certificate share one run."""
+        if self._lanczos is None:
+            self._lanczos = _Lanczos(self.taps, self.cos, self.sin)
+        return self._lanczos.estimate(steps)
+
+    def ritz_value(self) -> float:
+        """theta of the last `estimate` (not extrapolated): the largest extreme Ritz value."""
+        return self._lanczos.theta
+
+    def estimate_at(self, pending: torch.Tensor, steps: int) -> float:
+        """The Lanczos estimate after `steps` steps at the frequencies of the rows `pending`."""
+        rows = self.rows[pending]
+        return _Lanczos(self.taps, self.cos[rows], self.sin[rows]).estimate(steps)
+
+
+def _quick_certificate(certificate: _Certificate, factor: float,
+                       accept: Callable[[float, float], bool]) -> float | None:
+    """A bound on the norm (max ||S^(w)|| over the grid, times `factor`) found cheaply, or None
+    (the tight certificate's turn) where the caller does not accept it or a factorisation fails.
+
+    mu is what a 6-step Lanczos estimate plus 3% needs as the factorisation shift, in the
+    cheapest precision whose bound accept(bound, lower) takes: single precision for a float32
+    filter first (its margin is about 4 n^2 u, 6% at n = 512), then double. `lower` is the
+    largest Ritz value times `factor`, which the tight certificate's bound is not below (in
+    exact arithmetic: Ritz values of H(w) lie within its spectrum). Where neither is taken the
+    run goes on to the tight certificate's 16 steps (which it shares), for a closer estimate and
+    a larger `lower`, and asks again. One factorisation per grid point.
+    """
+    for steps in (_QUICK_LANCZOS_STEPS, _LANCZOS_STEPS):
+        estimate = certificate.estimate(steps)
+        if not estimate > 0:
+            return None
+        lower = certificate.ritz_value() * factor
+        for precision in _precisions(certificate.taps.dtype):
+            margin = certificate.margin(precision)
+            mu = margin.level(estimate * (1 + _QUICK_SLACK))
+            if math.isfinite(mu) and accept(_round_up(mu * factor), lower):
+                return _certify(certificate, precision, mu, factor)
+    return None
+
+
+def _certify(certificate: _Certificate, precision: _Precision, mu: float,
+             factor: float) -> float | None:
+    """mu times `factor`, rounded up, where every factorisation in `precision` proves mu over
+    the grid; None where one fails."""
+    taps, shift = certificate.taps.to(precision.dtype), mu - certificate.margin(precision).of(mu)
+    for pending in certificate.batches(precision):
+        if not bool(_factorizes(certificate.symbols(pending, taps), shift).all()):
+            return None
+    return _round_up(mu * factor)
+
+
+def _tight_certificate(certificate: _Certificate) -> float:
+    """An upper bound on max ||S^(w)|| over the grid, close to it, proved by float64
+    factorisations of mu' I -+ H(w), or the cap if mu would reach it.
+
+    mu starts at the 16-step Lanczos estimate plus 0.6%. Where a factorisation fails the
     candidate was low there: mu becomes the larger of mu (1 + _INITIAL_SLACK) and a candidate
     from three times the Lanczos steps at those frequencies, then, should that fail too, grows
     by 1 + 4^j _INITIAL_SLACK.
     """
-    count, channels = taps.shape[:2]
-    index, self_negative = _representatives(grid, taps.device)
-    cos, sin = _phases(kernel, grid, index)
-    steps = min(channels, _LANCZOS_STEPS)
-    candidate = _lanczos_candidate(taps, cos, sin, steps)
-    if not candidate > 0:  # a start vector orthogonal to everything: nothing to scale mu from
+    cap = certificate.cap
+    mu = certificate.estimate(_LANCZOS_STEPS) * (1 + _INITIAL_SLACK)
+    if not mu > 0:  # a start vector orthogonal to everything: nothing to scale mu from
         return cap
-    # ||E||_F <= sqrt(2) (32 u + gamma_2K (1 + 32 u)) ||sum_k |S_k| ||_F <= ... * cap.
-    symbol_error = (math.sqrt(2) * cap
-                    * (32 * _UNIT_ROUNDOFF + _gamma(2 * count) * (1 + 32 * _UNIT_ROUNDOFF)))
-    complex_taps = taps.to(torch.complex128)
-    # lambda_max(H(-w)) = lambda_max(-H(w)): mu' I - G for G = H at every representative
-    # (sign 1, X = -conj(H): shift I + X^T = shift I - H) and for G = -H where w != -w (sign -1,
-    # X = H: shift I + X^T = conj(shift I + H)).
-    rows = torch.cat([torch.arange(index.numel()), torch.nonzero(~self_negative.cpu())[:, 0]])
-    signs = torch.ones(rows.numel(), dtype=torch.float64)
-    signs[index.numel():] = -1
-    rows, signs = rows.to(cos.device), signs.to(cos.device)
-    size = max(1, _BATCH_ENTRIES // (channels * channels))
-    mu, failures = candidate, 0
-    for start in range(0, rows.numel(), size):
-        pending = torch.arange(start, min(start + size, rows.numel()), device=cos.device)
-        X = _signed_symbols(complex_taps, cos[rows[pending]], sin[rows[pending]], signs[pending])
-        # |Re X_ii| = |H_ii|, the exact H_ii being real.
-        diagonal = X.diagonal(dim1=-2, dim2=-1).real.abs().max().item()
+    margin, taps, failures = certificate.margin(_DOUBLE), certificate.taps.double(), 0
+    for pending in certificate.batches(_DOUBLE):
+        X = certificate.symbols(pending, taps)
         while pending.numel():
             if not mu < cap:
                 return cap
-            shift = mu - _certificate_margin(mu, channels, diagonal, symbol_error)
-            pending = pending[~_factorizes(X, shift)]
+            pending = pending[~_factorizes(X, mu - margin.of(mu))]
             if pending.numel():
                 mu *= 1 + 4 ** failures * _INITIAL_SLACK
                 if not failures:
-                    failed = rows[pending]
-                    mu = max(mu, _lanczos_candidate(taps, cos[failed], sin[failed],
-                                                    min(channels, 3 * steps)))
+                    retry = certificate.estimate_at(pending, 3 * _LANCZOS_STEPS)
+                    mu = max(mu, retry * (1 + _INITIAL_SLACK))
                 failures += 1
-                X = _signed_symbols(complex_taps, cos[rows[pending]], sin[rows[pending]],
-                                    signs[pending])
+                X = certificate.symbols(pending, taps)
     return mu
 
 
-def skew_conv_norm_bound(S: torch.Tensor, input_size=None) -> float:
+def _frobenius_sum_bound(taps: torch.Tensor) -> float:
+    """An upper bound on sum_k ||S_k||_F >= max_w ||S^(w)|| (the triangle inequality): a bound of
+    its own that caps mu, and the test of finiteness (nan or inf) and of S = 0 (exactly 0 then).
+
+    The norms of float32 taps are taken in float32, within gamma_{n+2} (n = C^2 squares, their
+    sum and the root; the bound holds for any order of the sum, and for a float64 accumulator)
+    plus sqrt(2 n) times the underflow threshold's root, each doubled against the rounding of the
+    bound itself. Where that cannot serve (a non-finite sum, an underflow term above 2^-30 of
+    it, or (n + 2) u >= 1/2) and for float64 taps they are accumulated in float64 instead,
+    within gamma_{n + K} of the exact sum (a copy of the taps in float64: costly at C >= 1024).
+    """
+    count, size = taps.shape[0], taps[0].numel()
+    if taps.dtype == torch.float32 and (size + 2) * _SINGLE.unit_roundoff < 0.5:
+        norms = torch.linalg.vector_norm(taps.view(count, size), dim=1).double()
+        total = norms.sum().item()
+        underflow = 2 * count * math.sqrt(2 * size * _SINGLE.tiny)
+        if math.isfinite(total) and underflow <= total * 2.0 ** -30:
+            error = 2 * _SINGLE.gamma(size + 2)
+            return _round_up((total * (1 + error) + underflow) * (1 + 2 * _DOUBLE.gamma(count)))
+    total = torch.linalg.vector_norm(taps, dim=(1, 2), dtype=torch.float64).sum().item()
+    if not math.isfinite(total) or total == 0:
+        return total
+    return _round_up(total * (1 + 2 * _DOUBLE.gamma(size + count)))
+
+
+def skew_conv_norm_bound(S: torch.Tensor, input_size=None, *, sufficient: float = 0.0) -> float:
     """A provable upper bound (a float) on the norm of the zero-padded "same" convolution with a
     skew filter, on every image of at most `input_size`, or of any size.
 
@@ -300,11 +490,16 @@ def skew_conv_norm_bound(S: torch.Tensor, input_size=None) -> float:
             sup_w ||S^(w)||, the norm at large sizes). n or (n1, n2): a bound for every image of
             at most n1 x n2, the circular norm on the (n1 + p_1) x (n2 + p_2) torus (fact 2), or
             the size-independent bound where that has fewer frequencies.
+        sufficient: a bound the caller needs no tighter than (0: none). Where the norm can be
+            certified at or below it by the quick certificate (a 6-step Lanczos estimate plus
+            3%, single-precision factorisations for a float32 filter where their margin fits),
+            that bound is returned, typically 5% to 20% above the norm; otherwise the tight one.
 
     Returns the certified bound, typically 0.5% to 3% above the norm it certifies (the Lanczos
     candidate's slack), plus rounding terms below 1e-9 relative; nan if S has a NaN or inf
     entry; 0.0 for S = 0. Cost: a 16-step Lanczos run (16 reads of the filter) and one float64
-    Cholesky factorisation of a C x C complex matrix per grid point.
+    Cholesky factorisation of a C x C complex matrix per grid point (the quick certificate: 6
+    reads and one factorisation per grid point, in single precision where it applies).
     """
     op = "skew_conv_norm_bound"
     check_tensor(op, "S", S, rank=4)
@@ -314,29 +509,38 @@ def skew_conv_norm_bound(S: torch.Tensor, input_size=None) -> float:
     if channels != other or k1 % 2 == 0 or k2 % 2 == 0:
         raise ValueError(f"{op}: S must be (C, C, k_1, k_2) with odd k_i; got shape "
                          f"{tuple(S.shape)}")
+    sufficient = check_nonnegative(op, "sufficient", sufficient)
+    accept = (lambda bound, lower: bound <= sufficient) if sufficient > 0 else None
     if not bool(torch.isfinite(S).all()):
         return math.nan
     if not torch.equal(S, -S.transpose(0, 1).flip(2, 3)):
         raise ValueError(f"{op}: S must be skew, S = -S.transpose(0, 1).flip(2, 3)")
-    return _skew_conv_norm_bound(S, input_size)
+    return _skew_conv_norm_bound(S, input_size, accept)
 
 
-def _skew_conv_norm_bound(S: torch.Tensor, input_size) -> float:
+def _skew_conv_norm_bound(S: torch.Tensor, input_size,
+                          accept: Callable[[float, float], bool] | None = None) -> float:
     """`skew_conv_norm_bound` without its argument checks, for callers whose S is skew by
     construction (SOC's S_n: fl(a - b) = -fl(b - a), so skew(W) and its multiples are exactly
-    skew) and whose input_size is checked."""
+    skew) and whose input_size is checked.
+
+    accept(bound, lower): whether the quick certificate's bound serves the caller, `lower` an
+    estimate from below of the tight certificate's (`_quick_certificate`); None: the tight one
+    always.
+    """
     channels, _, k1, k2 = S.shape
     # Tap k = (a, b) row-major: S_k = S[:, :, a, b].
     taps = S.detach().permute(2, 3, 0, 1).contiguous().view(k1 * k2, channels, channels)
     taps = taps.to(working_dtype(taps.dtype))
-    # sum_k ||S_k||_F >= max_w ||S^(w)|| (the triangle inequality): a bound of its own that caps
-    # mu, and the test of finiteness (nan or inf) and of S = 0. Accumulated in float64: within
-    # gamma_{C^2 + K} of the exact sum.
-    cap = torch.linalg.vector_norm(taps, dim=(1, 2), dtype=torch.float64).sum().item()
+    cap = _frobenius_sum_bound(taps)
     if not math.isfinite(cap):
         return math.inf if bool(torch.isfinite(taps).all()) else math.nan
     if cap == 0:
         return 0.0
-    cap = _round_up(cap * (1 + 2 * _gamma(channels * channels + k1 * k2)))
     grid, factor = _frequency_grid((k1, k2), input_size)
-    return _round_up(_certified_norm(taps, (k1, k2), grid, cap) * factor)
+    certificate = _Certificate(taps, (k1, k2), grid, cap)
+    if accept is not None:
+        quick = _quick_certificate(certificate, factor, accept)
+        if quick is not None:
+            return quick
+    return _round_up(_tight_certificate(certificate) * factor)

@@ -13,6 +13,7 @@ import lipkernels
 from lipkernels import bounds
 from lipkernels.bounds import skew_conv_norm_bound
 from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, SOCConv2d, SOCLinear
+from lipkernels.nn import soc
 from lipkernels.nn.soc import exp_series_tail, truncated_exp_bound
 from helpers import largest_singular_value, layer_jacobian
 
@@ -156,18 +157,18 @@ def test_certificate_recovers_from_a_wrong_candidate(monkeypatch):
     S = skew_filter(24, 3)
     exact = circular_norm(S, 5, 5)
     assert exact <= skew_conv_norm_bound(S, 4) <= 1.03 * exact
-    candidate, calls = bounds._lanczos_candidate, []
+    estimate, calls = bounds._Lanczos.estimate, []
 
-    def low_once(*args):
-        calls.append(args[-1])
-        return candidate(*args) / (2 if len(calls) == 1 else 1)
+    def low_once(self, steps):
+        calls.append(steps)
+        return estimate(self, steps) / (2 if len(calls) == 1 else 1)
 
-    monkeypatch.setattr(bounds, "_lanczos_candidate", low_once)
+    monkeypatch.setattr(bounds._Lanczos, "estimate", low_once)
     assert exact <= skew_conv_norm_bound(S, 4) <= 1.03 * exact
-    assert len(calls) == 2 and calls[1] > calls[0]  # the retry runs more steps
-    monkeypatch.setattr(bounds, "_lanczos_candidate", lambda *args: candidate(*args) / 2)
+    assert calls == [bounds._LANCZOS_STEPS, 3 * bounds._LANCZOS_STEPS]  # the retry runs longer
+    monkeypatch.setattr(bounds._Lanczos, "estimate", lambda self, steps: estimate(self, steps) / 2)
     assert exact <= skew_conv_norm_bound(S, 4) <= 2.6 * exact
-    monkeypatch.setattr(bounds, "_lanczos_candidate", lambda *args: 0.0)
+    monkeypatch.setattr(bounds._Lanczos, "estimate", lambda self, steps: 0.0)
     cap = sum(torch.linalg.matrix_norm(S[:, :, a, b]).item() for a in range(3) for b in range(3))
     assert skew_conv_norm_bound(S, 4) == pytest.approx(cap, rel=1e-12)
 
@@ -179,7 +180,7 @@ def test_factorization_accepts_exactly_the_shifts_above_the_top_eigenvalue():
     grid = (4, 5)
     index, _ = bounds._representatives(grid, "cpu")
     cos, sin = bounds._phases((3, 3), grid, index)
-    taps = S.permute(2, 3, 0, 1).reshape(9, 6, 6).to(torch.complex128)
+    taps = S.permute(2, 3, 0, 1).reshape(9, 6, 6)
     H = bounds._signed_symbols(taps, cos, sin, -torch.ones(len(index), dtype=torch.float64))
     torch.testing.assert_close(H, H.mH, rtol=0, atol=1e-14)
     # H(w) = i S^(w): its eigenvalues' moduli are the circular conv's singular values.
@@ -198,7 +199,7 @@ def test_factorization_accepts_exactly_the_shifts_above_the_top_eigenvalue():
 def test_frequency_batches_give_the_same_bound(monkeypatch):
     S = skew_filter(5, 3)
     whole = skew_conv_norm_bound(S)
-    monkeypatch.setattr(bounds, "_BATCH_ENTRIES", 3 * 25)
+    monkeypatch.setattr(bounds, "_BATCH_BYTES", 3 * 25 * 16)  # three 5 x 5 complex128 symbols
     assert skew_conv_norm_bound(S) == whole
 
 
@@ -207,6 +208,106 @@ def test_float32_filters_are_bounded_exactly():
     S = skew_filter(6, 3).float()
     assert zero_padded_norm(S.double(), 4, 4) <= skew_conv_norm_bound(S, 4)
     assert skew_conv_norm_bound(S, 4) <= 1.02 * circular_norm(S.double(), 5, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["C4-k3", "C16-k3", "C3-k5", "C5-k1", "C4-k3x1", "rank-one"])
+def test_quick_certificate_covers_the_norm_and_honours_sufficient(name, dtype):
+    """`sufficient`: the quick certificate (6 Lanczos steps, single-precision factorisations for
+    float32 filters) is never below the circular norm it certifies nor the zero-padded norm, is
+    returned when at or below `sufficient`, and where it cannot get there the tight bound is."""
+    S = FILTERS[name]().to(dtype)
+    p1, p2 = S.shape[2] // 2, S.shape[3] // 2
+    certified = circular_norm(S.double(), 4 + p1 if p1 else 1, 4 + p2 if p2 else 1)
+    quick = skew_conv_norm_bound(S, 4, sufficient=math.inf)
+    assert zero_padded_norm(S.double(), 4, 4) <= quick
+    assert certified <= quick <= 1.35 * certified
+    assert certified <= skew_conv_norm_bound(S, 4, sufficient=1.4 * certified) <= 1.4 * certified
+    tight = skew_conv_norm_bound(S, 4)
+    assert skew_conv_norm_bound(S, 4, sufficient=0.9 * certified) == tight
+
+
+@pytest.mark.parametrize("channels", [8, 32, 96])
+def test_single_precision_certificate_holds_on_many_filters(channels, monkeypatch):
+    """The single-precision certificate, with its rounding margin (about 4 n^2 u), stays above
+    the exact grid maximum (float64 eigenvalues) on random float32 filters; it is the one used."""
+    used = []
+    certify = bounds._certify
+    monkeypatch.setattr(bounds, "_certify", lambda c, precision, *args: (
+        used.append(precision) or certify(c, precision, *args)))
+    for seed in range(6):
+        S = skew_filter(channels, 3, seed=seed).float()
+        certified = circular_norm(S.double(), 5, 5)
+        assert certified <= skew_conv_norm_bound(S, 4, sufficient=math.inf), seed
+    assert used == [bounds._SINGLE] * 6
+
+
+@pytest.mark.parametrize("precision", ["_SINGLE", "_DOUBLE"])
+def test_margin_level_is_the_inverse_of_the_margin(precision):
+    """`_Margin.level(shift)` is the mu whose certificate factorises at `shift`: mu - of(mu) is
+    shift (to rounding) and never below it; a precision too coarse for n has no level."""
+    margin = bounds._Margin(getattr(bounds, precision), 300, 0.7, 1e-9)
+    for shift in (1e-3, 1.0, 250.0):
+        mu = margin.level(shift)
+        assert shift <= mu - margin.of(mu) <= shift * (1 + 1e-12) + 1e-15
+    assert bounds._Margin(bounds._SINGLE, 8192, 0.0, 0.0).level(1.0) == math.inf
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30, 0.0])
+def test_frobenius_cap_bounds_the_sum_of_tap_norms(scale):
+    """The cap sum_k ||S_k||_F: above the exact sum and within 1% of it, from float32 norms
+    where their rounding bound serves, from float64 where the squares underflow or overflow."""
+    generator = torch.Generator().manual_seed(3)
+    taps = (torch.randn(9, 40, 40, generator=generator, dtype=torch.float64) * scale).float()
+    exact = sum(torch.linalg.matrix_norm(tap.double()).item() for tap in taps)
+    cap = bounds._frobenius_sum_bound(taps)
+    assert exact <= cap <= 1.01 * exact
+    assert (cap == 0) is (scale == 0)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(8, 8, 3, 1, 6), (12, 12, 1, 1, 1), (4, 6, 5, 1, 7)])
+def test_soc_tolerance_costs_at_most_that_much_tightness(shape, mode):
+    """The default tolerance 2^-20 lets float32 layers take the quick certificate wherever the
+    bound moves by less than that: above the measured constant, and within (1 + 2^-20) of the
+    bound with tolerance 0 (plus the lower estimate's own looseness, well below 2^-20)."""
+    in_channels, out_channels, k, stride, size = shape
+    layer = SOCConv2d(in_channels, out_channels, k, stride, bias=False).train(mode == "train")
+    tight = layer.lipschitz_bound(size, tolerance=0)
+    quick = layer.lipschitz_bound(size)
+    reference = SOCConv2d(in_channels, out_channels, k, stride, bias=False).double()
+    reference.load_state_dict(layer.state_dict())
+    reference.train(mode == "train")
+    measured = largest_singular_value(layer_jacobian(reference, (in_channels, size, size)))
+    assert measured <= quick * (1 + 1e-6) and measured <= tight * (1 + 1e-6)
+    assert quick <= tight * (1 + 2 * soc.BOUND_TOLERANCE)
+
+
+def test_tolerance_and_sufficient_are_checked():
+    for bad, error in ((-1e-3, ValueError), (math.nan, ValueError), ("0.1", TypeError),
+                       (True, TypeError)):
+        with pytest.raises(error, match="SOCConv2d: tolerance must be"):
+            SOCConv2d(2, 2).lipschitz_bound(tolerance=bad)
+        with pytest.raises(error, match="SOCLinear: tolerance must be"):
+            SOCLinear(2, 2).lipschitz_bound(tolerance=bad)
+        with pytest.raises(error, match="LipConvNet: tolerance must be"):
+            LipConvNet(10, init_channels=2).lipschitz_bound(tolerance=bad)
+        with pytest.raises(error, match="skew_conv_norm_bound: sufficient must be"):
+            skew_conv_norm_bound(skew_filter(2, 3), sufficient=bad)
+
+
+@pytest.mark.parametrize("terms", [4, 6, 15])
+def test_series_tolerance_and_estimate_from_below(terms):
+    """truncated_exp_bound with a tolerance: 1 + the tail bound once that is within tolerance
+    of 1 (still above the supremum), the supremum otherwise; series_modulus_below never above
+    the supremum."""
+    for a in (0.3, 1.0, 1.7, 2.6, 3.5):
+        exact = truncated_exp_bound(a, terms)
+        loose = truncated_exp_bound(a, terms, 2.0 ** -20)
+        assert exact <= loose <= exact + 2.0 ** -20
+        if exp_series_tail(a, terms) > 2.0 ** -20:
+            assert loose == exact
+        assert 1 <= soc.series_modulus_below(a, terms) <= exact
 
 
 def exact_squared_modulus(x: Fraction, terms: int) -> Fraction:

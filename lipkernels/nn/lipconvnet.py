@@ -11,10 +11,10 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_count
+from .._checks import check_count, check_nonnegative
 from .householder import HouseHolder
 from .max_min import MaxMin
-from .soc import INIT_ITERS, SOCConv2d, SOCLinear
+from .soc import BOUND_TOLERANCE, INIT_ITERS, SOCConv2d, SOCLinear
 
 ACTIVATIONS = ("maxmin", "householder")
 
@@ -96,7 +96,7 @@ class LipConvNet(nn.Module):
         for layer in self.soc_layers():
             layer.update_vectors(iters)
 
-    def lipschitz_bound(self) -> float:
+    def lipschitz_bound(self, *, tolerance: float = BOUND_TOLERANCE) -> float:
         """A provable upper bound (a Python float) on the network's l2 Lipschitz constant.
 
         The product of the SOC layers' `lipschitz_bound` (each including its series truncation,
@@ -106,11 +106,14 @@ class LipConvNet(nn.Module):
         32 x 32 inputs, so each SOCConv2d is bounded at the one size it sees (32 x 32 halved by
         every stride-2 layer before it), the tight and fast form of its bound: on the 2 x 2
         images of the widest 3 x 3 layers it needs nine frequencies, and it is typically below
-        the size-independent `lipschitz_bound()` of the layer.
+        the size-independent `lipschitz_bound()` of the layer. `tolerance` is each layer's (see
+        `SOCConv2d.lipschitz_bound`): the product is within (1 + tolerance)^L of the tight one, L
+        the number of SOC layers.
         """
+        tolerance = check_nonnegative("LipConvNet", "tolerance", tolerance)
         bounds, size = [], INPUT_SIZE
         for layer in self.features:
             if isinstance(layer, SOCConv2d):
-                bounds.append(layer.lipschitz_bound(size))
+                bounds.append(layer.lipschitz_bound(size, tolerance=tolerance))
                 size //= layer.stride
-        return math.prod(bounds) * self.head.lipschitz_bound()
+        return math.prod(bounds) * self.head.lipschitz_bound(tolerance=tolerance)
