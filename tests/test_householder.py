@@ -310,19 +310,23 @@ def test_kernel_op_rejects_bad_input():
     require_backend("cpu", "cpp")
     x, theta = torch.randn(2, 4, 3), torch.randn(2)
     forward, backward = torch.ops.lipkernels.householder, torch.ops.lipkernels.householder_backward
+    # The same words and exception types as the functional API (tests/test_input_validation.py).
     cases = [
-        (forward, (x[0, 0], theta), r"householder: x must have shape \(B, C, \*spatial\)"),
-        (forward, (x[:, :3], theta), "householder: x must have an even number of channels"),
-        (forward, (x, theta[:1]), r"householder: theta must have shape \[2\]"),
-        (forward, (x, theta.double()),
-         r"householder: theta must have the dtype of x \(Float\), got"),
-        (forward, (x.bfloat16(), theta.half()),
-         r"theta must have the dtype of x \(BFloat16\) or float32"),
-        (forward, (x.int(), theta), "householder: x must be float32"),
-        (backward, (x, x[:, :2], theta), "householder_backward: x must have the shape of grad_y"),
-        (backward, (x, x.double(), theta), "householder_backward: x must have the dtype of grad_y"),
-        (backward, (x[:, :2], x, theta), r"householder_backward: theta must have shape \[1\]"),
+        (forward, (x[0, 0], theta), ValueError, "householder: x must have at least 2 dims"),
+        (forward, (x[:, :3], theta), ValueError,
+         "householder: x must have an even number of channels"),
+        (forward, (x, theta[:1]), ValueError, r"householder: theta must have shape \(2,\)"),
+        (forward, (x, theta.double()), TypeError,
+         r"householder: theta has dtype torch.float64 but x has torch.float32"),
+        (forward, (x.bfloat16(), theta.half()), TypeError,
+         r"theta must have x's dtype or torch.float32"),
+        (forward, (x.int(), theta), TypeError, "householder: x must have dtype float32"),
+        (backward, (x, x[:, :2], theta), ValueError,
+         r"householder_backward: x must have shape \(2, 4, 3\) to match grad_y"),
+        (backward, (x, x.double(), theta), TypeError,
+         "householder_backward: x has dtype torch.float64 but grad_y"),
+        (backward, (x[:, :2], x, theta), ValueError, r"householder_backward: theta must have shape \(1,\)"),
     ]
-    for fn, args, message in cases:
-        with pytest.raises(RuntimeError, match=message):
+    for fn, args, error, message in cases:
+        with pytest.raises(error, match=message):
             fn(*args)

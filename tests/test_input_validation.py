@@ -1,8 +1,8 @@
-"""Every public entry of an op refuses the same bad input with an error naming the op and the
-argument: the functional API and each torch.ops.lipkernels kernel op (C++ and Triton, forward
+"""Every public entry of an op refuses the same bad input with the same error, naming the op and
+the argument: the functional API and each torch.ops.lipkernels kernel op (C++ and Triton, forward
 and backward, and cayley_conv2d's frequency core), which users and peer libraries may call
-directly, bypassing the functional checks. Before the Triton ops ran the functional checks, 17
-of the forward cases ran without an error."""
+directly, bypassing the functional checks. The C++ checks (csrc/common/checks.h) mirror the
+Python ones word for word and raise the same exception types."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lipkernels
+from lipkernels._checks import MAX_ITERS, MAX_TERMS
 from helpers import require_backend
 
 
@@ -204,25 +205,50 @@ def _kernel_op(op: str, backend: str):
     return getattr(torch.ops.lipkernels, op if backend == "cpp" else f"{op}_triton")
 
 
-def _assert_refused(call, op: str, argument: str, args):
+def _refusal(call, op: str, argument: str, args) -> tuple[type, str]:
+    """The exception type and first message line of call(*args), which must name the op and the
+    argument."""
     with pytest.raises((RuntimeError, TypeError, ValueError)) as info:
         call(*args)
     message = str(info.value).splitlines()[0]
     assert message.startswith(f"{op}:") or message.startswith(f"lipkernels.{op}:"), message
     assert argument in message, message
+    return type(info.value), message
 
 
 @pytest.mark.parametrize("entry", ["functional", "cpp", "triton"])
 @pytest.mark.parametrize("op,case", CASES, ids=[f"{op}-{case}" for op, case in CASES])
 def test_every_entry_refuses_bad_input_naming_op_and_argument(op, case, entry):
+    """Every entry refuses alike: the same exception type and message as the functional API."""
     argument, args = OPS[op][0]()[case]
-    call = OPS[op][1] if entry == "functional" else _kernel_op(op, entry)
-    _assert_refused(call, op, argument, args)
+    expected = _refusal(OPS[op][1], op, argument, args)
+    if entry != "functional":
+        assert _refusal(_kernel_op(op, entry), op, argument, args) == expected
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("op,case", KERNEL_ONLY_CASES,
                          ids=[f"{op}-{case}" for op, case in KERNEL_ONLY_CASES])
 def test_every_kernel_only_op_refuses_bad_input_naming_op_and_argument(op, case, backend):
+    """The C++ and Triton kernel ops refuse alike: the same exception type and message (the
+    Triton ones run the Python checks of lipkernels/ops/<op>.py)."""
     argument, args = KERNEL_ONLY_OPS[op]()[case]
-    _assert_refused(_kernel_op(op, backend), op, argument, args)
+    refusal = _refusal(_kernel_op(op, backend), op, argument, args)
+    if backend == "triton":
+        assert refusal == _refusal(_kernel_op(op, "cpp"), op, argument, args)
+
+
+@pytest.mark.parametrize("name,limit", [("iters", MAX_ITERS), ("terms", MAX_TERMS)])
+def test_count_limits_agree_between_python_and_cpp(name, limit):
+    """The C++ ops bound the counts by their own copy of MAX_ITERS and MAX_TERMS: one over the
+    limit gives the functional API's error, the limit itself none."""
+    x, S = _randn(1, 2, 4, 4), _randn(2, 2, 3, 3)
+    W, u = _randn(3, 4), _randn(4)
+    op, functional, args = {
+        "iters": ("power_iteration", lipkernels.power_iteration, lambda n: (W, u, n)),
+        "terms": ("soc_exp", lipkernels.soc_exp, lambda n: (x, S, n, "exact")),
+    }[name]
+    expected = _refusal(functional, op, name, args(limit + 1))
+    assert _refusal(_kernel_op(op, "cpp"), op, name, args(limit + 1)) == expected
+    if name == "terms":  # a million power iterations would take a while
+        _kernel_op(op, "cpp")(*args(limit))

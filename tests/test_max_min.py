@@ -229,16 +229,19 @@ def test_kernel_op_rejects_bad_input():
     x = torch.randn(2, 4, 3)
     mask = torch.ones(2, 2, 3, dtype=torch.bool)
     forward, backward = torch.ops.lipkernels.max_min, torch.ops.lipkernels.max_min_backward
+    # The same words and exception types as the functional API (tests/test_input_validation.py).
     cases = [
-        (forward, (x[0, 0], "halves"), r"max_min: x must have shape \(B, C, \*spatial\)"),
-        (forward, (x[:, :3], "halves"), "max_min: x must have an even number of channels"),
-        (forward, (x.int(), "halves"), "max_min: x must be float32"),
-        (forward, (x, "odd"), "max_min: pairing must be \"halves\" or \"pairs\""),
-        (backward, (x, mask.float(), "halves"), "max_min_backward: mask must be a bool tensor"),
-        (backward, (x, mask[:, :1], "pairs"),
-         r"max_min_backward: mask must have shape \[2, 2, 3\]"),
-        (backward, (x[:, :3], mask, "pairs"), "max_min_backward: grad_y must have an even number"),
+        (forward, (x[0, 0], "halves"), ValueError, "max_min: x must have at least 2 dims"),
+        (forward, (x[:, :3], "halves"), ValueError,
+         "max_min: x must have an even number of channels"),
+        (forward, (x.int(), "halves"), TypeError, "max_min: x must have dtype float32"),
+        (forward, (x, "odd"), ValueError, "max_min: pairing must be one of halves, pairs"),
+        (backward, (x, mask.float(), "halves"), TypeError, "max_min_backward: mask must have dtype bool"),
+        (backward, (x, mask[:, :1], "pairs"), ValueError,
+         r"max_min_backward: mask must have shape \(2, 2, 3\)"),
+        (backward, (x[:, :3], mask, "pairs"), ValueError,
+         "max_min_backward: grad_y must have an even number"),
     ]
-    for fn, args, message in cases:
-        with pytest.raises(RuntimeError, match=message):
+    for fn, args, error, message in cases:
+        with pytest.raises(error, match=message):
             fn(*args)

@@ -348,24 +348,27 @@ def test_kernel_op_rejects_bad_input():
     require_kernel("cpu", "cpp")
     x, S = torch.randn(1, 3, 4, 4), torch.randn(3, 3, 3, 3)
     op, backward = torch.ops.lipkernels.soc_exp, torch.ops.lipkernels.soc_exp_backward
+    # The same words and exception types as the functional API (tests/test_input_validation.py).
     cases = [
-        (op, (x[0], S, 3, "exact"), r"soc_exp: x must have shape \(B, C, H, W\)"),
-        (op, (x, S[:, :, :2, :2], 3, "exact"), "soc_exp: S must have shape .* and k odd"),
-        (op, (x, S[:2], 3, "exact"), "soc_exp: S must have shape"),
-        (op, (x, S.double(), 3, "exact"), "soc_exp: S must have the dtype of x"),
-        (op, (x.int(), S.int(), 3, "exact"), "soc_exp: x must be float32"),
-        (op, (x, S, 0, "exact"), "soc_exp: terms must be >= 1"),
-        (op, (x, S, 3, "approx"), "soc_exp: grad_mode must be"),
-        (backward, (x, S, x[:, :2], [x], 3, "exact"),
-         "soc_exp_backward: start must have the shape of grad_y"),
-        (backward, (x, S, x.double(), [], 3, "fast"),
-         "soc_exp_backward: start must have the dtype of grad_y"),
-        (backward, (x, S, x, [], 4, "exact"), "soc_exp_backward: powers must hold the 2 powers"),
-        (backward, (x, S, x, [x, x[:, :2]], 4, "exact"),
-         "soc_exp_backward: powers must have the shape of grad_y"),
+        (op, (x[0], S, 3, "exact"), ValueError, r"soc_exp: x must be 4-D"),
+        (op, (x, S[:, :, :2, :2], 3, "exact"), ValueError,
+         "soc_exp: S must have a square kernel of odd size k"),
+        (op, (x, S[:2], 3, "exact"), ValueError, "soc_exp: S must be square in channels"),
+        (op, (x, S.double(), 3, "exact"), TypeError, "soc_exp: S has dtype torch.float64 but x"),
+        (op, (x.int(), S.int(), 3, "exact"), TypeError, "soc_exp: x must have dtype float32"),
+        (op, (x, S, 0, "exact"), ValueError, "soc_exp: terms must be >= 1"),
+        (op, (x, S, 3, "approx"), ValueError, "soc_exp: grad_mode must be one of exact, fast"),
+        (backward, (x, S, x[:, :2], [x], 3, "exact"), ValueError,
+         r"soc_exp_backward: start must have shape \(1, 3, 4, 4\) to match grad_y"),
+        (backward, (x, S, x.double(), [], 3, "fast"), TypeError,
+         "soc_exp_backward: start has dtype torch.float64 but grad_y"),
+        (backward, (x, S, x, [], 4, "exact"), ValueError,
+         "soc_exp_backward: powers must hold the 2 powers"),
+        (backward, (x, S, x, [x, x[:, :2]], 4, "exact"), ValueError,
+         r"soc_exp_backward: powers\[1\] must have shape \(1, 3, 4, 4\) to match grad_y"),
     ]
-    for fn, args, message in cases:
-        with pytest.raises(RuntimeError, match=message):
+    for fn, args, error, message in cases:
+        with pytest.raises(error, match=message):
             fn(*args)
 
 

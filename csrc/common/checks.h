@@ -22,24 +22,157 @@
 
 namespace lipkernels {
 
-inline void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype);
+// Python's spelling of a shape, (2, 3), (4,) or (), so that every entry words an error alike.
+inline std::string shape_string(c10::IntArrayRef shape) {
+  std::ostringstream out;
+  out << '(';
+  for (size_t i = 0; i < shape.size(); ++i) {
+    out << (i ? ", " : "") << shape[i];
+  }
+  out << (shape.size() == 1 ? ",)" : ")");
+  return out.str();
 }
 
-// `t` must live on the same device and have the same dtype as the reference argument.
-inline void check_matches(const char* op, const std::string& name, const at::Tensor& t,
-                          const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
-              ref_name, " (", ref.device(), "), got ", t.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
-              ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
+// Python's name of a dtype without its "torch." prefix (float32, bool, complex64).
+inline std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kComplexFloat: return "complex64";
+    case at::kComplexDouble: return "complex128";
+    case at::kBool: return "bool";
+    case at::kByte: return "uint8";
+    case at::kChar: return "int8";
+    case at::kShort: return "int16";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    default: return c10::toString(dtype);
+  }
+}
+
+inline std::string dtype_string(at::ScalarType dtype) { return "torch." + dtype_name(dtype); }
+
+// The dtypes an op takes (lipkernels._checks.SUPPORTED_DTYPES by default).
+using Dtypes = std::initializer_list<at::ScalarType>;
+inline constexpr Dtypes kFloatDtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+
+// LIPKERNELS_CHECK=1: also refuse non-finite values (a device sync), as lipkernels._checks does.
+inline bool value_checks() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("LIPKERNELS_CHECK");
+    return flag != nullptr && std::string(flag) == "1";
+  }();
+  return enabled;
+}
+
+// What lipkernels._checks.check_tensor checks, in its order and words: one of `dtypes`, rank
+// `rank` (or at least `min_rank`), empty only in its first `batch_dims` dims (a negative count:
+// all but the last -batch_dims), finite under LIPKERNELS_CHECK=1.
+struct TensorRule {
+  int64_t rank = -1;
+  int64_t min_rank = -1;
+  int64_t batch_dims = 0;
+  c10::ArrayRef<at::ScalarType> dtypes = kFloatDtypes;
+
+  static TensorRule any(int64_t batch_dims = 0) { return {-1, -1, batch_dims}; }
+  static TensorRule of_rank(int64_t rank, int64_t batch_dims = 0) {
+    return {rank, -1, batch_dims};
+  }
+  static TensorRule at_least(int64_t min_rank, int64_t batch_dims) {
+    return {-1, min_rank, batch_dims};
+  }
+  // The rule with other dtypes: `dtypes` must outlive the check (a braced list in the call).
+  TensorRule of(c10::ArrayRef<at::ScalarType> other) const {
+    TensorRule rule = *this;
+    rule.dtypes = other;
+    return rule;
+  }
+};
+
+inline void check_tensor(const char* op, const std::string& name, const at::Tensor& t,
+                         const TensorRule& rule) {
+  const auto dtype = t.scalar_type();
+  if (std::find(rule.dtypes.begin(), rule.dtypes.end(), dtype) == rule.dtypes.end()) {
+    std::string supported;
+    for (const at::ScalarType allowed : rule.dtypes) {
+      supported += (supported.empty() ? "" : ", ") + dtype_name(allowed);
+    }
+    TORCH_CHECK_TYPE(false, op, ": ", name, " must have dtype ", supported, "; got ",
+                     dtype_string(dtype));
+  }
+  TORCH_CHECK_VALUE(rule.rank < 0 || t.dim() == rule.rank, op, ": ", name, " must be ", rule.rank,
+                    "-D; got shape ", shape_string(t.sizes()));
+  TORCH_CHECK_VALUE(rule.min_rank < 0 || t.dim() >= rule.min_rank, op, ": ", name,
+                    " must have at least ", rule.min_rank, " dims; got shape ",
+                    shape_string(t.sizes()));
+  const int64_t batch =
+      rule.batch_dims >= 0 ? rule.batch_dims : std::max<int64_t>(t.dim() + rule.batch_dims, 0);
+  const auto sizes = t.sizes();
+  const bool empty = std::any_of(sizes.begin() + std::min<int64_t>(batch, t.dim()), sizes.end(),
+                                 [](int64_t size) { return size == 0; });
+  TORCH_CHECK_VALUE(!empty, op, ": ", name, " must not be empty",
+                    batch == 0 ? std::string() :
+                                 " outside its first " + std::to_string(batch) + " (batch) dims",
+                    "; got shape ", shape_string(sizes));
+  TORCH_CHECK_VALUE(!value_checks() || t.isfinite().all().item<bool>(), op, ": ", name,
+                    " has NaN or inf entries (LIPKERNELS_CHECK=1)");
+}
+
+// lipkernels._checks.check_like: `t` has `shape` and the device and dtype of `ref`.
+inline void check_like(const char* op, const std::string& name, const at::Tensor& t,
+                       const char* ref_name, const at::Tensor& ref, c10::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape_string(shape),
+                    " to match ", ref_name, " ", shape_string(ref.sizes()), "; got ",
+                    shape_string(t.sizes()));
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+                    ref_name, " is on ", ref.device(), "; both must be on the same device");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
+                   dtype_string(t.scalar_type()), " but ", ref_name, " has ",
+                   dtype_string(ref.scalar_type()), "; they must match");
+}
+
+// The bounds of lipkernels._checks.MAX_ITERS and MAX_TERMS (tests/test_input_validation.py
+// checks that the two agree).
+inline constexpr int64_t kMaxIters = 1000000;
+inline constexpr int64_t kMaxTerms = 128;
+
+// lipkernels._checks.check_count for an int argument: 1 <= value <= maximum.
+inline void check_count(const char* op, const char* name, int64_t value, int64_t maximum) {
+  TORCH_CHECK_VALUE(value >= 1, op, ": ", name, " must be >= 1; got ", value);
+  TORCH_CHECK_VALUE(value <= maximum, op, ": ", name, " must be <= ", maximum, "; got ", value);
 }
 
 inline void check_iters(const char* op, int64_t iters) {
-  TORCH_CHECK(iters >= 1, op, ": iters must be >= 1, got ", iters);
+  check_count(op, "iters", iters, kMaxIters);
+}
+
+// lipkernels._checks.check_square_filter: a (C, C, k, k) filter with k odd.
+inline void check_square_filter(const char* op, const char* name, const at::Tensor& weight) {
+  check_tensor(op, name, weight, TensorRule::of_rank(4));
+  TORCH_CHECK_VALUE(weight.size(0) == weight.size(1), op, ": ", name,
+                    " must be square in channels (C, C, k, k); got shape ",
+                    shape_string(weight.sizes()));
+  TORCH_CHECK_VALUE(weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1, op, ": ", name,
+                    " must have a square kernel of odd size k; got shape ",
+                    shape_string(weight.sizes()));
+}
+
+// A string argument from a fixed set (lipkernels._conventions.GRAD_MODES, PAIRINGS): its
+// index in `choices`, or the error "must be one of a, b; got 'c'".
+inline size_t check_choice(const char* op, const char* name, c10::string_view value,
+                           std::initializer_list<const char*> choices) {
+  std::string listed;
+  size_t index = 0;
+  for (const char* choice : choices) {
+    if (value == choice) {
+      return index;
+    }
+    listed += (index++ ? ", " : "") + std::string(choice);
+  }
+  TORCH_CHECK_VALUE(false, op, ": ", name, " must be one of ", listed, "; got '", value, "'");
+  return 0;
 }
 
 // soc_exp's gradient modes (lipkernels._conventions.GRAD_MODES).
@@ -50,18 +183,13 @@ enum class SocGradMode { kExact, kFast };
 inline SocGradMode check_soc_exp_args(const char* op, const char* x_name, const at::Tensor& x,
                                       const at::Tensor& S, int64_t terms,
                                       c10::string_view grad_mode) {
-  TORCH_CHECK(x.dim() == 4, op, ": ", x_name, " must have shape (B, C, H, W), got ", x.sizes());
-  check_float_dtype(op, x_name, x);
-  check_matches(op, "S", S, x_name, x);
+  check_tensor(op, x_name, x, TensorRule::of_rank(4, 1));
+  check_square_filter(op, "S", S);
   const int64_t channels = x.size(1);
-  TORCH_CHECK(S.dim() == 4 && S.size(0) == channels && S.size(1) == channels &&
-                  S.size(2) == S.size(3) && S.size(2) % 2 == 1,
-              op, ": S must have shape (C, C, k, k) with C = ", channels,
-              " (the channels of ", x_name, ") and k odd, got ", S.sizes());
-  TORCH_CHECK(terms >= 1, op, ": terms must be >= 1, got ", terms);
-  TORCH_CHECK(grad_mode == "exact" || grad_mode == "fast", op,
-              ": grad_mode must be \"exact\" or \"fast\", got \"", grad_mode, "\"");
-  return grad_mode == "exact" ? SocGradMode::kExact : SocGradMode::kFast;
+  check_like(op, "S", S, x_name, x, {channels, channels, S.size(2), S.size(3)});
+  check_count(op, "terms", terms, kMaxTerms);
+  return check_choice(op, "grad_mode", grad_mode, {"exact", "fast"}) == 0 ? SocGradMode::kExact
+                                                                           : SocGradMode::kFast;
 }
 
 // soc_exp_backward(grad_y, S, start, powers, terms, grad_mode): grad_y has the shape of x;
@@ -76,19 +204,17 @@ inline SocGradMode check_soc_exp_backward_args(const at::Tensor& grad_y, const a
   constexpr const char* op = "soc_exp_backward";
   const SocGradMode mode = check_soc_exp_args(op, "grad_y", grad_y, S, terms, grad_mode);
   if (terms > 1) {
-    check_matches(op, "start", start, "grad_y", grad_y);
-    TORCH_CHECK(start.sizes() == grad_y.sizes(), op,
-                ": start must have the shape of grad_y ", grad_y.sizes(), ", got ", start.sizes());
+    check_like(op, "start", start, "grad_y", grad_y, grad_y.sizes());
   }
   const int64_t power_count =
       keeps_powers && mode == SocGradMode::kExact ? std::max<int64_t>(terms - 2, 0) : 0;
-  TORCH_CHECK(static_cast<int64_t>(powers.size()) == power_count, op, ": powers must hold the ",
-              power_count, " powers S^j x / j! (j = 1..terms - 2) the ", grad_mode,
-              " forward of this kernel keeps, got ", powers.size());
-  for (const at::Tensor& power : powers) {
-    check_matches(op, "powers", power, "grad_y", grad_y);
-    TORCH_CHECK(power.sizes() == grad_y.sizes(), op, ": powers must have the shape of grad_y ",
-                grad_y.sizes(), ", got ", power.sizes());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(powers.size()) == power_count, op,
+                    ": powers must hold the ", power_count,
+                    " powers S^j x / j! (j = 1..terms - 2) the ", grad_mode,
+                    " forward of this kernel keeps; got ", powers.size());
+  for (size_t j = 0; j < powers.size(); ++j) {
+    check_like(op, "powers[" + std::to_string(j) + "]", powers[j], "grad_y", grad_y,
+               grad_y.sizes());
   }
   return mode;
 }
@@ -103,61 +229,43 @@ struct MatrixBatch {
 inline MatrixBatch check_power_iteration_args(const at::Tensor& weight, const at::Tensor& u,
                                               int64_t iters) {
   constexpr const char* op = "power_iteration";
-  TORCH_CHECK(weight.dim() >= 2, op, ": weight must have shape (..., m, n), got ", weight.sizes());
-  check_float_dtype(op, "weight", weight);
-  check_matches(op, "u", u, "weight", weight);
-  check_iters(op, iters);
+  check_tensor(op, "weight", weight, TensorRule::at_least(2, -2));
+  std::vector<int64_t> batch(weight.sizes().begin(), weight.sizes().end() - 2);
   const int64_t m = weight.size(-2), n = weight.size(-1);
-  TORCH_CHECK(m >= 1 && n >= 1, op, ": weight (..., m, n) must have m >= 1 and n >= 1, got ",
-              weight.sizes());
-  std::vector<int64_t> expected_u(weight.sizes().begin(), weight.sizes().end() - 1);
-  expected_u.back() = n;
-  TORCH_CHECK(u.sizes() == c10::IntArrayRef(expected_u), op, ": u must have shape ",
-              c10::IntArrayRef(expected_u), " (the batch dims of weight ", weight.sizes(),
-              " followed by n), got ", u.sizes());
-  expected_u.pop_back();
-  const int64_t count = c10::multiply_integers(expected_u);
-  return {std::move(expected_u), count, m, n};
+  std::vector<int64_t> u_shape = batch;
+  u_shape.push_back(n);
+  check_like(op, "u", u, "weight", weight, u_shape);
+  check_iters(op, iters);
+  const int64_t count = c10::multiply_integers(batch);
+  return {std::move(batch), count, m, n};
 }
 
 // power_iteration_backward(grad_sigma (...), u (..., n), v (..., m)).
 inline MatrixBatch check_power_iteration_backward_args(const at::Tensor& grad_sigma,
                                                        const at::Tensor& u, const at::Tensor& v) {
   constexpr const char* op = "power_iteration_backward";
-  check_float_dtype(op, "u", u);
-  check_matches(op, "v", v, "u", u);
-  check_matches(op, "grad_sigma", grad_sigma, "u", u);
-  TORCH_CHECK(u.dim() >= 1 && v.dim() == u.dim(), op,
-              ": u (..., n) and v (..., m) must have the same number (>= 1) of dims, got u ",
-              u.sizes(), " and v ", v.sizes());
-  const int64_t m = v.size(-1), n = u.size(-1);
-  TORCH_CHECK(m >= 1 && n >= 1, op, ": u (..., n) and v (..., m) must be non-empty, got u ",
-              u.sizes(), " and v ", v.sizes());
+  check_tensor(op, "u", u, TensorRule::at_least(1, -1));
+  check_tensor(op, "v", v, TensorRule::at_least(1, -1));
   const c10::IntArrayRef batch = u.sizes().slice(0, u.dim() - 1);
-  TORCH_CHECK(v.sizes().slice(0, v.dim() - 1) == batch, op,
-              ": v must have the batch dims of u ", batch, ", got v ", v.sizes());
-  TORCH_CHECK(grad_sigma.sizes() == batch, op, ": grad_sigma must have the batch shape ", batch,
-              " of u, got ", grad_sigma.sizes());
-  return {batch.vec(), c10::multiply_integers(batch), m, n};
+  std::vector<int64_t> v_shape = batch.vec();
+  v_shape.push_back(v.size(-1));
+  check_like(op, "v", v, "u", u, v_shape);
+  check_like(op, "grad_sigma", grad_sigma, "u", u, batch);
+  return {batch.vec(), c10::multiply_integers(batch), v.size(-1), u.size(-1)};
 }
 
 // conv_spectral_bounds(weight (O, I, H, W), vectors [u_1..u_4], iters).
 inline kernels::F4Shape check_conv_spectral_bounds_args(const at::Tensor& weight,
                                                         at::TensorList vectors, int64_t iters) {
   constexpr const char* op = "conv_spectral_bounds";
-  TORCH_CHECK(weight.dim() == 4, op, ": weight must have shape (C_out, C_in, k_h, k_w), got ",
-              weight.sizes());
-  TORCH_CHECK(weight.numel() > 0, op, ": weight must be non-empty, got ", weight.sizes());
-  check_float_dtype(op, "weight", weight);
+  check_tensor(op, "weight", weight, TensorRule::of_rank(4));
   check_iters(op, iters);
   const kernels::F4Shape shape{weight.size(0), weight.size(1), weight.size(2), weight.size(3)};
-  TORCH_CHECK(vectors.size() == kernels::F4Shape::kMatrices, op,
-              ": vectors must hold 4 right vectors, got ", vectors.size());
+  TORCH_CHECK_VALUE(vectors.size() == kernels::F4Shape::kMatrices, op,
+                    ": vectors must hold 4 tensors (one per reshape); got ", vectors.size());
   for (int q = 0; q < kernels::F4Shape::kMatrices; ++q) {
-    check_matches(op, "vectors[" + std::to_string(q) + "]", vectors[q], "weight", weight);
-    TORCH_CHECK(vectors[q].dim() == 1 && vectors[q].size(0) == shape.cols(q), op, ": vectors[", q,
-                "] must have shape [", shape.cols(q), "] (the columns of M_", q + 1,
-                " for weight ", weight.sizes(), "), got ", vectors[q].sizes());
+    check_like(op, "vectors[" + std::to_string(q) + "]", vectors[q], "weight", weight,
+               {shape.cols(q)});
   }
   return shape;
 }
@@ -168,31 +276,25 @@ inline kernels::F4Shape check_conv_spectral_bounds_backward_args(const at::Tenso
                                                                  at::TensorList left_vectors,
                                                                  c10::IntArrayRef weight_shape) {
   constexpr const char* op = "conv_spectral_bounds_backward";
-  TORCH_CHECK(weight_shape.size() == 4 &&
-                  std::all_of(weight_shape.begin(), weight_shape.end(),
-                              [](int64_t size) { return size >= 1; }),
-              op, ": weight_shape must be [C_out, C_in, k_h, k_w] with every size >= 1, got ",
-              weight_shape);
-  check_float_dtype(op, "grad_bounds", grad_bounds);
-  TORCH_CHECK(grad_bounds.sizes() == c10::IntArrayRef{kernels::F4Shape::kMatrices}, op,
-              ": grad_bounds must have shape [4], got ", grad_bounds.sizes());
+  TORCH_CHECK_VALUE(weight_shape.size() == 4 &&
+                        std::all_of(weight_shape.begin(), weight_shape.end(),
+                                    [](int64_t size) { return size >= 1; }),
+                    op, ": weight_shape must be [C_out, C_in, k_h, k_w] with every size >= 1; got ",
+                    weight_shape);
+  check_tensor(op, "grad_bounds", grad_bounds, TensorRule::of_rank(1));
+  TORCH_CHECK_VALUE(grad_bounds.size(0) == kernels::F4Shape::kMatrices, op,
+                    ": grad_bounds must have shape (4,); got ", shape_string(grad_bounds.sizes()));
+  TORCH_CHECK_VALUE(vectors.size() == kernels::F4Shape::kMatrices &&
+                        left_vectors.size() == kernels::F4Shape::kMatrices,
+                    op, ": vectors and left_vectors must hold 4 tensors each (one per reshape); got ",
+                    vectors.size(), " and ", left_vectors.size());
   const kernels::F4Shape shape{weight_shape[0], weight_shape[1], weight_shape[2],
                                weight_shape[3]};
-  TORCH_CHECK(vectors.size() == kernels::F4Shape::kMatrices &&
-                  left_vectors.size() == kernels::F4Shape::kMatrices,
-              op, ": vectors and left_vectors must hold 4 vectors each, got ", vectors.size(),
-              " and ", left_vectors.size());
   for (int q = 0; q < kernels::F4Shape::kMatrices; ++q) {
-    check_matches(op, "vectors[" + std::to_string(q) + "]", vectors[q], "grad_bounds",
-                  grad_bounds);
-    check_matches(op, "left_vectors[" + std::to_string(q) + "]", left_vectors[q], "grad_bounds",
-                  grad_bounds);
-    TORCH_CHECK(vectors[q].dim() == 1 && vectors[q].size(0) == shape.cols(q), op, ": vectors[", q,
-                "] must have shape [", shape.cols(q), "] (the columns of M_", q + 1,
-                " for weight_shape ", weight_shape, "), got ", vectors[q].sizes());
-    TORCH_CHECK(left_vectors[q].dim() == 1 && left_vectors[q].size(0) == shape.rows(q), op,
-                ": left_vectors[", q, "] must have shape [", shape.rows(q), "] (the rows of M_",
-                q + 1, " for weight_shape ", weight_shape, "), got ", left_vectors[q].sizes());
+    check_like(op, "vectors[" + std::to_string(q) + "]", vectors[q], "grad_bounds", grad_bounds,
+               {shape.cols(q)});
+    check_like(op, "left_vectors[" + std::to_string(q) + "]", left_vectors[q], "grad_bounds",
+               grad_bounds, {shape.rows(q)});
   }
   return shape;
 }
@@ -201,12 +303,10 @@ inline kernels::F4Shape check_conv_spectral_bounds_backward_args(const at::Tenso
 // householder), paired by `pairing`; returns the pair layout of its contiguous form.
 inline kernels::PairLayout check_channel_pairs(const char* op, const char* x_name,
                                                const at::Tensor& x, kernels::Pairing pairing) {
-  TORCH_CHECK(x.dim() >= 2, op, ": ", x_name,
-              " must have shape (B, C, *spatial) with at least 2 dims, got ", x.sizes());
-  check_float_dtype(op, x_name, x);
-  TORCH_CHECK(x.size(1) % 2 == 0, op, ": ", x_name,
-              " must have an even number of channels (dim 1) to form channel pairs, got ",
-              x.sizes());
+  check_tensor(op, x_name, x, TensorRule::at_least(2, 1));
+  TORCH_CHECK_VALUE(x.size(1) % 2 == 0, op, ": ", x_name,
+                    " must have an even number of channels (dim 1) to form channel pairs; got "
+                    "shape ", shape_string(x.sizes()));
   return {x.size(0), x.size(1) / 2, c10::multiply_integers(x.sizes().slice(2)), pairing};
 }
 
@@ -219,15 +319,15 @@ inline std::vector<int64_t> pair_shape(const at::Tensor& x) {
 
 // max_min's pairing (lipkernels._conventions.PAIRINGS).
 inline kernels::Pairing check_pairing(const char* op, c10::string_view pairing) {
-  TORCH_CHECK(pairing == "halves" || pairing == "pairs", op,
-              ": pairing must be \"halves\" or \"pairs\", got \"", pairing, "\"");
-  return pairing == "halves" ? kernels::Pairing::kHalves : kernels::Pairing::kPairs;
+  return check_choice(op, "pairing", pairing, {"halves", "pairs"}) == 0 ? kernels::Pairing::kHalves
+                                                                         : kernels::Pairing::kPairs;
 }
 
 // max_min(x (B, C, *spatial), pairing).
 inline kernels::PairLayout check_max_min_args(const at::Tensor& x, c10::string_view pairing) {
   constexpr const char* op = "max_min";
-  return check_channel_pairs(op, "x", x, check_pairing(op, pairing));
+  const kernels::PairLayout layout = check_channel_pairs(op, "x", x, kernels::Pairing::kHalves);
+  return {layout.batch, layout.pairs, layout.spatial, check_pairing(op, pairing)};
 }
 
 // max_min_backward(grad_y (B, C, *spatial), mask, pairing): mask is the forward's bool
@@ -236,17 +336,17 @@ inline kernels::PairLayout check_max_min_backward_args(const at::Tensor& grad_y,
                                                        const at::Tensor& mask,
                                                        c10::string_view pairing) {
   constexpr const char* op = "max_min_backward";
-  const kernels::PairLayout layout =
-      check_channel_pairs(op, "grad_y", grad_y, check_pairing(op, pairing));
-  TORCH_CHECK(mask.scalar_type() == at::kBool, op, ": mask must be a bool tensor, got ",
-              mask.scalar_type());
-  TORCH_CHECK(mask.device() == grad_y.device(), op,
-              ": mask must be on the same device as grad_y (", grad_y.device(), "), got ",
-              mask.device());
+  const kernels::PairLayout pairs =
+      check_channel_pairs(op, "grad_y", grad_y, kernels::Pairing::kHalves);
+  const kernels::PairLayout layout{pairs.batch, pairs.pairs, pairs.spatial,
+                                   check_pairing(op, pairing)};
+  check_tensor(op, "mask", mask, TensorRule::any(1).of({at::kBool}));
   const std::vector<int64_t> expected = pair_shape(grad_y);
-  TORCH_CHECK(mask.sizes() == c10::IntArrayRef(expected), op, ": mask must have shape ",
-              c10::IntArrayRef(expected), " (grad_y ", grad_y.sizes(),
-              " with one entry per channel pair), got ", mask.sizes());
+  TORCH_CHECK_VALUE(mask.sizes() == c10::IntArrayRef(expected) && mask.device() == grad_y.device(),
+                    op, ": mask must have shape ", shape_string(expected),
+                    " (one entry per channel pair of grad_y ", shape_string(grad_y.sizes()),
+                    ") on grad_y's device ", grad_y.device(), "; got ",
+                    shape_string(mask.sizes()), " on ", mask.device());
   return layout;
 }
 
@@ -257,16 +357,19 @@ inline kernels::PairLayout check_householder_args(const char* op, const char* x_
                                                   const at::Tensor& x, const at::Tensor& theta) {
   const kernels::PairLayout layout =
       check_channel_pairs(op, x_name, x, kernels::Pairing::kHalves);
-  TORCH_CHECK(theta.device() == x.device(), op, ": theta must be on the same device as ",
-              x_name, " (", x.device(), "), got ", theta.device());
+  check_tensor(op, "theta", theta, TensorRule::any());
+  TORCH_CHECK_VALUE(theta.dim() == 1 && theta.size(0) == layout.pairs, op,
+                    ": theta must have shape (", layout.pairs,
+                    ",), one angle per channel pair of ", x_name, " ", shape_string(x.sizes()),
+                    "; got ", shape_string(theta.sizes()));
+  TORCH_CHECK_VALUE(theta.device() == x.device(), op, ": theta is on ", theta.device(), " but ",
+                    x_name, " is on ", x.device(), "; both must be on the same device");
   const bool half_x = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(theta.scalar_type() == x.scalar_type() ||
-                  (half_x && theta.scalar_type() == at::kFloat),
-              op, ": theta must have the dtype of ", x_name, " (", x.scalar_type(), ")",
-              half_x ? " or float32" : "", ", got ", theta.scalar_type());
-  TORCH_CHECK(theta.dim() == 1 && theta.size(0) == layout.pairs, op, ": theta must have shape [",
-              layout.pairs, "] (one angle per channel pair of ", x_name, " ", x.sizes(),
-              "), got ", theta.sizes());
+  TORCH_CHECK_TYPE(theta.scalar_type() == x.scalar_type() ||
+                       (half_x && theta.scalar_type() == at::kFloat),
+                   op, ": theta has dtype ", dtype_string(theta.scalar_type()), " but ", x_name,
+                   " has ", dtype_string(x.scalar_type()), "; theta must have ", x_name,
+                   "'s dtype", half_x ? " or torch.float32" : "");
   return layout;
 }
 
@@ -276,24 +379,19 @@ inline kernels::PairLayout check_householder_backward_args(const at::Tensor& gra
                                                            const at::Tensor& theta) {
   constexpr const char* op = "householder_backward";
   const kernels::PairLayout layout = check_householder_args(op, "grad_y", grad_y, theta);
-  check_matches(op, "x", x, "grad_y", grad_y);
-  TORCH_CHECK(x.sizes() == grad_y.sizes(), op, ": x must have the shape of grad_y ",
-              grad_y.sizes(), ", got ", x.sizes());
+  check_like(op, "x", x, "grad_y", grad_y, grad_y.sizes());
   return layout;
 }
 
-// W (..., m, n) with m >= n >= 1, float32/float64/complex64/complex128: the tall orientation
-// every cayley kernel works on. Errors name `op` and the argument `name`.
+// W (..., m, n) with m >= n >= 1, float32/float64/complex64/complex128 (the dtypes
+// at::linalg_solve supports on the CPU): the tall orientation every cayley kernel works on.
 inline void check_cayley_tall(const char* op, const char* name, const at::Tensor& W) {
-  TORCH_CHECK(W.dim() >= 2, op, ": ", name, " must have shape (..., m, n), got ", W.sizes());
-  TORCH_CHECK(W.size(-1) >= 1 && W.size(-2) >= W.size(-1) && W.numel() > 0, op, ": ", name,
-              " (..., m, n) must be non-empty with m >= n (transpose a wide matrix first), got ",
-              W.sizes());
-  // The dtypes at::linalg_solve supports on the CPU: the real and complex IEEE types.
-  const auto dtype = W.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kComplexFloat ||
-                  dtype == at::kComplexDouble,
-              op, ": ", name, " must be float32, float64, complex64 or complex128, got ", dtype);
+  check_tensor(op, name, W,
+               TensorRule::at_least(2, 0).of(
+                   {at::kFloat, at::kDouble, at::kComplexFloat, at::kComplexDouble}));
+  TORCH_CHECK_VALUE(W.size(-2) >= W.size(-1), op, ": ", name,
+                    " (..., m, n) must have m >= n (transpose a wide matrix first); got shape ",
+                    shape_string(W.sizes()));
 }
 
 // The arguments of cayley_backward: a tall W, grad_Q of W's shape and X (..., n, n), all of W's
@@ -302,43 +400,43 @@ inline void check_cayley_backward_args(const at::Tensor& grad_Q, const at::Tenso
                                        const at::Tensor& W) {
   constexpr const char* op = "cayley_backward";
   check_cayley_tall(op, "W", W);
-  TORCH_CHECK(grad_Q.sizes() == W.sizes() && grad_Q.scalar_type() == W.scalar_type() &&
-                  grad_Q.device() == W.device(),
-              op, ": grad_Q must have the shape, dtype and device of W ", W.sizes(), " (",
-              W.scalar_type(), ", ", W.device(), "), got ", grad_Q.sizes(), " (",
-              grad_Q.scalar_type(), ", ", grad_Q.device(), ")");
+  check_like(op, "grad_Q", grad_Q, "W", W, W.sizes());
   std::vector<int64_t> x_shape = W.sizes().vec();
   x_shape[x_shape.size() - 2] = W.size(-1);
-  TORCH_CHECK(X.sizes() == c10::IntArrayRef(x_shape) && X.scalar_type() == W.scalar_type() &&
-                  X.device() == W.device(),
-              op, ": X must be the forward's (I + A)^{-1} of shape ", c10::IntArrayRef(x_shape),
-              " and W's dtype and device, got ", X.sizes(), " (", X.scalar_type(), ", ",
-              X.device(), ")");
-}
-
-// `t` must be complex64 or complex128.
-inline void check_complex(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kComplexFloat || t.scalar_type() == at::kComplexDouble, op,
-              ": ", name, " must be complex64 or complex128, got ", t.scalar_type());
+  check_like(op, "X", X, "W", W, x_shape);
 }
 
 // The arguments of cayley_frequency_product (op names the op in errors): response (F, C_out, C_in)
 // and spectrum (F, C_in, B), complex, of one dtype and device.
 inline void check_cayley_frequency_product_args(const char* op, const at::Tensor& response,
                                                 const at::Tensor& spectrum) {
-  TORCH_CHECK(response.dim() == 3 && response.numel() > 0, op,
-              ": response must be a non-empty (F, C_out, C_in) tensor, got ", response.sizes());
-  check_complex(op, "response", response);
-  TORCH_CHECK(spectrum.dim() == 3 && spectrum.size(0) == response.size(0) &&
-                  spectrum.size(1) == response.size(2) && spectrum.size(2) >= 1,
-              op, ": spectrum must have shape (F, C_in, B) = (", response.size(0), ", ",
-              response.size(2), ", B) to match response ", response.sizes(), ", got ",
-              spectrum.sizes());
-  TORCH_CHECK(spectrum.scalar_type() == response.scalar_type() &&
-                  spectrum.device() == response.device(),
-              op, ": spectrum must have the dtype and device of response (",
-              response.scalar_type(), ", ", response.device(), "), got ", spectrum.scalar_type(),
-              ", ", spectrum.device());
+  TORCH_CHECK_VALUE(response.dim() == 3 && response.numel() > 0, op,
+                    ": response must be a non-empty (F, C_out, C_in) tensor, got ",
+                    shape_string(response.sizes()));
+  const auto dtype = response.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kComplexFloat || dtype == at::kComplexDouble, op,
+                   ": response must be complex64 or complex128, got ", dtype_string(dtype));
+  TORCH_CHECK_VALUE(spectrum.dim() == 3 && spectrum.size(0) == response.size(0) &&
+                        spectrum.size(1) == response.size(2) && spectrum.size(2) >= 1,
+                    op, ": spectrum must have shape (F, C_in, B) = (", response.size(0), ", ",
+                    response.size(2), ", B) to match response ", shape_string(response.sizes()),
+                    ", got ", shape_string(spectrum.sizes()));
+  TORCH_CHECK_VALUE(spectrum.scalar_type() == dtype && spectrum.device() == response.device(), op,
+                    ": spectrum must have the dtype and device of response (",
+                    dtype_string(dtype), ", ", response.device(), "), got ",
+                    dtype_string(spectrum.scalar_type()), ", ", spectrum.device());
+}
+
+// `tensor` has `shape` and response's dtype and device; else the error "<name> must <what>
+// <shape> and response's dtype and device, got ...".
+inline void check_like_response(const char* op, const char* name, const at::Tensor& tensor,
+                                const at::Tensor& response, c10::IntArrayRef shape,
+                                const char* what) {
+  TORCH_CHECK_VALUE(tensor.sizes() == shape && tensor.scalar_type() == response.scalar_type() &&
+                        tensor.device() == response.device(),
+                    op, ": ", name, " must ", what, " ", shape_string(shape),
+                    " and response's dtype and device, got ", shape_string(tensor.sizes()), " (",
+                    dtype_string(tensor.scalar_type()), ")");
 }
 
 // The arguments of cayley_frequency_product_backward: those of cayley_frequency_product,
@@ -352,20 +450,11 @@ inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_
   check_cayley_frequency_product_args(op, response, spectrum);
   const int64_t frequencies = response.size(0);
   const int64_t n = std::min(response.size(1), response.size(2));
-  TORCH_CHECK(grad_output.sizes() ==
-                      c10::IntArrayRef({frequencies, response.size(1), spectrum.size(2)}) &&
-                  grad_output.scalar_type() == response.scalar_type() &&
-                  grad_output.device() == response.device(),
-              op, ": grad_output must have shape (F, C_out, B) = (", frequencies, ", ",
-              response.size(1), ", ", spectrum.size(2), ") and response's dtype and device, got ",
-              grad_output.sizes(), " (", grad_output.scalar_type(), ", ", grad_output.device(),
-              ")");
-  TORCH_CHECK(inverse.sizes() == c10::IntArrayRef({frequencies, n, n}) &&
-                  inverse.scalar_type() == response.scalar_type() &&
-                  inverse.device() == response.device(),
-              op, ": inverse must be the forward's (I + A)^{-1} of shape (", frequencies, ", ", n,
-              ", ", n, ") and response's dtype and device, got ", inverse.sizes(), " (",
-              inverse.scalar_type(), ", ", inverse.device(), ")");
+  check_like_response(op, "grad_output", grad_output, response,
+                      {frequencies, response.size(1), spectrum.size(2)},
+                      "have shape (F, C_out, B) =");
+  check_like_response(op, "inverse", inverse, response, {frequencies, n, n},
+                      "be the forward's (I + A)^{-1} of shape");
 }
 
 }  // namespace lipkernels

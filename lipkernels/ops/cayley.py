@@ -14,39 +14,35 @@ from __future__ import annotations
 
 import sys
 
+from .._checks import check_like, check_tensor
 from .._conventions import CAYLEY_DTYPES, through_tall
 from ..reference.cayley import cayley_backward
 from ._registration import kernel_ops
 
 
 def _check_tall(op: str, name: str, W):
-    if W.dtype not in CAYLEY_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32, float64, complex64 or complex128, got "
-                        f"{W.dtype}")
-    if W.dim() < 2 or W.shape[-1] < 1 or W.shape[-2] < W.shape[-1] or W.numel() == 0:
-        raise ValueError(f"{op}: {name} (..., m, n) must be non-empty with m >= n (transpose a "
-                         f"wide matrix first), got {tuple(W.shape)}")
+    """W (..., m, n) with m >= n, of a dtype torch.linalg.solve takes: the tall orientation every
+    cayley kernel works on."""
+    check_tensor(op, name, W, min_rank=2, dtypes=CAYLEY_DTYPES)
+    if W.shape[-2] < W.shape[-1]:
+        raise ValueError(f"{op}: {name} (..., m, n) must have m >= n (transpose a wide matrix "
+                         f"first); got shape {tuple(W.shape)}")
 
 
 def check_inputs(W):
-    """The arguments of the op cayley(W): a tall W, with the C++ op's messages
-    (csrc/common/checks.h). The functional API takes wide matrices too and transposes them."""
+    """The arguments of the op cayley(W): a tall W. The functional API takes wide matrices too
+    and transposes them."""
     _check_tall("cayley", "W", W)
 
 
 def check_backward_inputs(grad_Q, X, W):
-    """The arguments of cayley_backward(grad_Q, X, W), with the C++ op's messages."""
+    """The arguments of cayley_backward(grad_Q, X, W): grad_Q like W, X (..., n, n) the forward's
+    (I + A)^-1."""
     op = "cayley_backward"
     _check_tall(op, "W", W)
-    if grad_Q.shape != W.shape or grad_Q.dtype != W.dtype or grad_Q.device != W.device:
-        raise ValueError(f"{op}: grad_Q must have the shape, dtype and device of W "
-                         f"{tuple(W.shape)} ({W.dtype}), got {tuple(grad_Q.shape)} "
-                         f"({grad_Q.dtype})")
+    check_like(op, "grad_Q", grad_Q, "W", W, W.shape)
     n = W.shape[-1]
-    if X.shape != (*W.shape[:-2], n, n) or X.dtype != W.dtype or X.device != W.device:
-        raise ValueError(f"{op}: X must be the forward's (I + A)^{{-1}} of shape "
-                         f"{(*W.shape[:-2], n, n)} and W's dtype, got {tuple(X.shape)} "
-                         f"({X.dtype})")
+    check_like(op, "X", X, "W", W, (*W.shape[:-2], n, n))
 
 
 def _forward_fake(W):

@@ -24,13 +24,12 @@ from ._registration import kernel_ops, recomputed_vjp
 
 
 def check_inputs(response, spectrum):
-    """The arguments of cayley_frequency_product(response, spectrum), with the C++ op's messages
-    (csrc/common/checks.h)."""
+    """The arguments of cayley_frequency_product(response, spectrum), as every entry checks them."""
     _check_frequency_args("cayley_frequency_product", response, spectrum)
 
 
 def check_backward_inputs(grad_output, response, spectrum, inverse):
-    """The arguments of cayley_frequency_product_backward, with the C++ op's messages."""
+    """The arguments of cayley_frequency_product_backward, as every entry checks them."""
     op = "cayley_frequency_product_backward"
     _check_frequency_args(op, response, spectrum)
     frequencies, c_out, c_in = response.shape
