@@ -29,7 +29,8 @@ def compiled():
 
 def test_every_case_compiles_for_both_architectures(compiled):
     cases = {row["case"] for row in compiled}
-    assert {"soc_exp-float32-C32-H32", "soc_exp_backward-bfloat16-C512-H2",
+    assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_backward-bfloat16-B128-C512-H2-k3",
+            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C1024-H1-k1",
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512"} <= cases
     assert len(compiled) == 2 * len(cases)
     assert {row["capability"] for row in compiled} == {80, 90}

@@ -21,32 +21,44 @@ import tempfile
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from lipkernels.triton import cayley, cayley_conv2d, soc_exp
 
 CAPABILITIES = (80, 90)
-_POINTER_TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16",
-                  torch.bfloat16: "*bf16"}
-
-
-def _signature(kernel, args, constants):
+def _specialization(kernel, args, constants):
+    """(signature, constexprs, attrs) of a launch as the JIT derives them (its own
+    native_specialize_impl): an int argument equal to 1 becomes a constexpr, pointers and ints
+    that are multiples of 16 get tt.divisibility 16, ints beyond 32 bits are i64. Meta tensors
+    stand for device ones (a data pointer of 0 is aligned, as allocations are)."""
     names = [name for name in kernel.arg_names if name not in constants]
-    types = [_POINTER_TYPES[a.dtype] if isinstance(a, torch.Tensor) else "i32" for a in args]
-    return {**dict(zip(names, types)), **{name: "constexpr" for name in constants}}
+    signature, constexprs, attrs = {}, dict(constants), {}
+    for name, arg in zip(names, args, strict=True):
+        kind, attr = native_specialize_impl(BaseBackend, arg, False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = arg
+        elif attr:
+            attrs[(kernel.arg_names.index(name),)] = BaseBackend.parse_attr(attr)
+    signature.update({name: "constexpr" for name in constants})
+    return signature, constexprs, attrs
 
 
 def _soc_exp_cases():
-    """Forward and backward at LipConvNet's first and last 3x3 layer widths, fp32 and bf16."""
+    """Forward and backward at LipConvNet's first and last 3x3 layer widths and its 1x1 layer on
+    1x1 images, at batch 128 and at batch 1 (where the JIT makes the batch size a constexpr),
+    fp32 and bf16."""
     for dtype in (torch.float32, torch.bfloat16):
-        for channels, size in ((32, 32), (512, 2)):
-            x = torch.empty(128, channels, size, size, dtype=dtype, device="meta")
-            S = torch.empty(channels, channels, 3, 3, dtype=dtype, device="meta")
+        for batch, channels, size, k in ((128, 32, 32, 3), (128, 512, 2, 3), (1, 32, 32, 3),
+                                         (128, 1024, 1, 1)):
+            x = torch.empty(batch, channels, size, size, dtype=dtype, device="meta")
+            S = torch.empty(channels, channels, k, k, dtype=dtype, device="meta")
             scratch = torch.empty(0, dtype=torch.float32, device="meta")
             _, config = soc_exp.launch_config(x, S)
             config["PRECISION"] = "tf32"  # what a GPU run with torch's default flags uses
-            name = f"{str(dtype).removeprefix('torch.')}-C{channels}-H{size}"
+            name = f"{str(dtype).removeprefix('torch.')}-B{batch}-C{channels}-H{size}-k{k}"
             yield (f"soc_exp-{name}", soc_exp._soc_exp_kernel,
                    (x, S, x, x, scratch, 5, *x.shape), dict(config, SAVE_Z2=True))
             yield (f"soc_exp_backward-{name}", soc_exp._soc_exp_backward_kernel,
@@ -93,8 +105,8 @@ def _resource_usage(cubin: bytes) -> dict:
 
 def compile_case(kernel, args, constants, capability):
     options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
-    source = ASTSource(fn=kernel, signature=_signature(kernel, args, constants),
-                       constexprs=constants)
+    signature, constexprs, attrs = _specialization(kernel, args, constants)
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
     return {**_resource_usage(compiled.asm["cubin"]), "shared": compiled.metadata.shared}
 

@@ -167,7 +167,9 @@ def _program_images(B, C, H, W, GROUP: tl.constexpr):
     HW = H * W
     first = tl.program_id(0) * GROUP
     P = tl.minimum(GROUP, B - first) * HW
-    return HW, P, first.to(tl.int64) * C * HW, B.to(tl.int64) * C * HW
+    # tl.cast, not .to: the JIT turns a batch of 1 (or a 1x1 image) into a constexpr, which has
+    # no .to.
+    return HW, P, first.to(tl.int64) * C * HW, tl.cast(B, tl.int64) * C * HW
 
 
 @triton.jit
@@ -279,9 +281,10 @@ def launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int], dict]:
     """(grid, compile-time constants and launch options) for images x (B, C, H, W), filter S.
 
     num_warps=8, num_stages=2: the 32x32x64 fp32 tiles spill in the backward at 4 warps, and at
-    8 warps with the default 3 pipeline stages; 8 warps with 2 stages do not
-    (tests/triton_compile_check.py; the ptxas figures are in benchmarks/results/kernel-notes.md).
-    Untuned on a GPU so far.
+    8 warps with the default 3 pipeline stages; 8 warps with 2 stages do not. In half precision
+    one stage: compiled as the JIT compiles it (tests/triton_compile_check.py), the bf16 backward
+    at 32@32x32 spills 184 bytes a thread on sm_90 with 2 stages and none with 1 (the ptxas
+    figures are in benchmarks/results/kernel-notes.md). Untuned on a GPU so far.
     """
     batch, channels, height, width = x.shape
     group = _group_size(batch, height * width)
@@ -291,7 +294,7 @@ def launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int], dict]:
     grid = (triton.cdiv(batch, group),)
     return grid, dict(GROUP=group, KSIZE=S.shape[-1], BLOCK_CO=block_channels,
                       BLOCK_CI=block_channels, BLOCK_P=block_pixels, PRECISION=_precision(x),
-                      num_warps=8, num_stages=2)
+                      num_warps=8, num_stages=1 if x.element_size() == 2 else 2)
 
 
 def _launch(kernel, x: torch.Tensor, S: torch.Tensor, *args, **constants):
