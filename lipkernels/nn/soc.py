@@ -382,11 +382,11 @@ class _SkewOrthogonal(EvalCached):
         of S_n: ||A|| certified by Cholesky factorisations of the per-frequency blocks, never a
         power-iteration estimate (those are lower bounds of sigma_max), within about 0.5% to 3%
         of the norm it certifies (the circular norm on the (n + k // 2)-torus for a given size,
-        the supremum of the symbol over 1.0197 otherwise; see there). Every such bound is at
-        least |T(0)| = 1, so once a certifies ||T(A)|| <= 1 + `tolerance` nothing tighter is
-        worth its cost: a is then the cheaper certificate's (`sufficient_norm`; 5% to 20% above
-        ||A||, in single precision for float32 weights), which is how eval-mode bounds are
-        found (15 terms: a up to about 2.5 qualifies). A zero skew(W) gives S_n = 0 and the
+        the supremum of the symbol over 1.0197 otherwise; see there). Where the cheaper
+        certificate's a (5% to 20% above ||A||, in single precision for float32 weights) moves
+        this bound by less than `tolerance` it is taken (`bound_accepts`): where the bound is at
+        most 1 + `tolerance` (none is below |T(0)| = 1; 15 terms: a up to about 2.5), or where
+        the series is flat (6 terms: a in [1.6, 3.3]). A zero skew(W) gives S_n = 0 and the
         bound 1; a NaN or inf weight gives nan. The bound is for exact arithmetic on the stored
         parameters (S_n as the layer computes it), so rounding inside the forward pass itself
         (notably under autocast) is not included.
