@@ -1,5 +1,6 @@
-"""The Triton kernels compile for sm_80 and sm_90 without a GPU, within register and shared
-memory budgets (tests/triton_compile_check.py, run in a process without the interpreter)."""
+"""The Triton kernels compile for sm_80 and sm_90 without a GPU, specialised as the JIT
+specialises a launch (batch 1 and sizes of 1 included), within register and shared memory budgets
+(tests/triton_compile_check.py, run in a process without the interpreter)."""
 
 import json
 import os
@@ -31,7 +32,9 @@ def test_every_case_compiles_for_both_architectures(compiled):
     cases = {row["case"] for row in compiled}
     assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_backward-bfloat16-B128-C512-H2-k3",
             "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C1024-H1-k1",
-            "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512"} <= cases
+            "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
+            "power_iteration-bfloat16-B128-1x64-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
+            "conv_spectral_bounds_backward-bfloat16-C512-k3"} <= cases
     assert len(compiled) == 2 * len(cases)
     assert {row["capability"] for row in compiled} == {80, 90}
 

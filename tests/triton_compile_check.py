@@ -25,7 +25,9 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from lipkernels.triton import cayley, cayley_conv2d, soc_exp
+from lipkernels._conventions import bound_matrix_shapes
+from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
+                               power_iteration, soc_exp)
 
 CAPABILITIES = (80, 90)
 def _specialization(kernel, args, constants):
@@ -92,6 +94,42 @@ def _cayley_cases():
                    (w,) * 9 + (512, 256, 128, *t_strides), constants)
 
 
+def _spectral_cases():
+    """power_iteration on one 512 x 4608 matrix (M_3 of a 512-channel 3x3 filter) and on 128
+    row vectors (1 x 64, where the JIT makes M a constexpr), 50 iterations and the training
+    step's single one (a constexpr too); conv_spectral_bounds on 3x3 and 1x1 filters (k_h = k_w
+    = 1 constexprs), with their backward, fp32 and bf16."""
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        acc = torch.empty(0, dtype=torch.float32, device="meta")
+        t = torch.empty(0, dtype=dtype, device="meta")
+        for count, m, n in ((1, 512, 4608), (128, 1, 64)):
+            block_m, block_n, num_warps = _common.tile_shape(m, n)
+            constants = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+            for iters in (50, 1):
+                yield (f"power_iteration-{name}-B{count}-{m}x{n}-T{iters}",
+                       power_iteration._power_iteration_kernel,
+                       (t, t, t, t, t, acc, iters, m, n), constants)
+            yield (f"power_iteration_backward-{name}-B{count}-{m}x{n}",
+                   power_iteration._power_iteration_backward_kernel, (t, t, t, t, m, n),
+                   constants)
+        for channels, k in ((512, 3), (1024, 1)):
+            shape = (channels, channels, k, k)
+            cols = [n for _, n in bound_matrix_shapes(shape)]
+            rows = [channels * channels * k * k // n for n in cols]
+            block_m, block_n, num_warps = _common.tile_shape(max(rows), max(cols))
+            stride = max(r + c for r, c in zip(rows, cols))
+            for iters in (50, 1):
+                yield (f"conv_spectral_bounds-{name}-C{channels}-k{k}-T{iters}",
+                       conv_spectral_bounds._conv_spectral_bounds_kernel,
+                       (t,) * 14 + (acc, stride, iters, channels, channels, k, k),
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
+            yield (f"conv_spectral_bounds_backward-{name}-C{channels}-k{k}",
+                   conv_spectral_bounds._conv_spectral_bounds_backward_kernel,
+                   (t,) * 10 + (channels * channels * k * k, channels, k, k),
+                   dict(BLOCK=conv_spectral_bounds._BACKWARD_BLOCK))
+
+
 def _resource_usage(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -114,7 +152,8 @@ def compile_case(kernel, args, constants, capability):
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
-    for name, kernel, args, constants in (*_soc_exp_cases(), *_cayley_cases()):
+    for name, kernel, args, constants in (*_soc_exp_cases(), *_cayley_cases(),
+                                          *_spectral_cases()):
         for capability in CAPABILITIES:
             usage = compile_case(kernel, args, dict(constants), capability)
             print(json.dumps({"case": name, "capability": capability, **usage}), flush=True)
