@@ -34,7 +34,8 @@ def test_every_case_compiles_for_both_architectures(compiled):
             "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C1024-H1-k1",
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
             "power_iteration-bfloat16-B128-1x64-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
-            "conv_spectral_bounds_backward-bfloat16-C512-k3"} <= cases
+            "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
+            "householder_backward-bfloat16-B128-C1024-H1"} <= cases
     assert len(compiled) == 2 * len(cases)
     assert {row["capability"] for row in compiled} == {80, 90}
 

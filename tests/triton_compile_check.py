@@ -27,7 +27,7 @@ from triton.compiler import ASTSource
 
 from lipkernels._conventions import bound_matrix_shapes
 from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
-                               power_iteration, soc_exp)
+                               householder, max_min, power_iteration, soc_exp)
 
 CAPABILITIES = (80, 90)
 def _specialization(kernel, args, constants):
@@ -130,6 +130,30 @@ def _spectral_cases():
                    dict(BLOCK=conv_spectral_bounds._BACKWARD_BLOCK))
 
 
+def _pair_cases():
+    """max_min (both pairings) and householder, forward and backward, on LipConvNet activations
+    (64 channels at 16x16, batch 128), at batch 1 and on 1x1 images (sizes the JIT makes
+    constexprs), fp32 and bf16."""
+    for dtype in (torch.float32, torch.bfloat16):
+        t = torch.empty(0, dtype=dtype, device="meta")
+        mask = torch.empty(0, dtype=torch.bool, device="meta")
+        partials = torch.empty(0, dtype=torch.float32, device="meta")
+        for shape in ((128, 64, 16, 16), (1, 32, 32, 32), (128, 1024, 1, 1)):
+            name = f"{str(dtype).removeprefix('torch.')}-B{shape[0]}-C{shape[1]}-H{shape[2]}"
+            for pairing in ("halves", "pairs"):
+                grid = max_min.PairTileGrid.of(shape, pairing)
+                yield (f"max_min-{pairing}-{name}", max_min._max_min_kernel,
+                       (t, t, mask, *grid.sizes), grid.constants())
+                yield (f"max_min_backward-{pairing}-{name}", max_min._max_min_backward_kernel,
+                       (t, mask, t, *grid.sizes), grid.constants())
+            grid = max_min.PairTileGrid.of(shape, "halves")
+            constants = grid.constants(**householder._WARPS)
+            yield (f"householder-{name}", householder._householder_kernel,
+                   (t, t, t, *grid.sizes), constants)
+            yield (f"householder_backward-{name}", householder._householder_backward_kernel,
+                   (t, t, t, t, partials, *grid.sizes), constants)
+
+
 def _resource_usage(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -153,7 +177,7 @@ def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
     for name, kernel, args, constants in (*_soc_exp_cases(), *_cayley_cases(),
-                                          *_spectral_cases()):
+                                          *_spectral_cases(), *_pair_cases()):
         for capability in CAPABILITIES:
             usage = compile_case(kernel, args, dict(constants), capability)
             print(json.dumps({"case": name, "capability": capability, **usage}), flush=True)

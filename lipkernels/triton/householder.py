@@ -9,6 +9,12 @@ from ._common import accumulation_dtype
 from .max_min import PairTileGrid, pair_tile
 
 
+# Warps per tile: the sines and cosines need far more registers than max_min's selects, so a warp
+# takes 64 elements, up to 8 warps. At max_min's 256 a (512, 1) tile (1024 channels on 1x1
+# images) spilled 3 KB a thread on sm_90 (tests/triton_compile_check.py; kernel-notes.md).
+_WARPS = dict(elements_per_warp=64, max_warps=8)
+
+
 @triton.jit
 def _pair_angles(theta_ptr, p, pairs, acc_ty: tl.constexpr):
     """(cos, sin, cos(theta/2), sin(theta/2)) of the tile's pairs as [BLOCK_P, 1] columns.
@@ -87,7 +93,7 @@ def householder(x: torch.Tensor, theta: torch.Tensor):
     Inputs are checked first (lipkernels.ops.householder); theta has x's dtype or float32."""
     x, theta = x.contiguous(), theta.contiguous()
     y = torch.empty_like(x)
-    PairTileGrid.of(x.shape, "halves").launch(_householder_kernel, x, theta, y)
+    PairTileGrid.of(x.shape, "halves").launch(_householder_kernel, x, theta, y, **_WARPS)
     return y
 
 
@@ -100,5 +106,5 @@ def householder_backward(grad_y: torch.Tensor, x: torch.Tensor, theta: torch.Ten
     # Every entry is written by exactly one program (its row chunk, spatial tile and pair).
     partials = torch.empty((grid.partial_rows, grid.pairs),
                            dtype=accumulation_dtype(x.dtype), device=x.device)
-    grid.launch(_householder_backward_kernel, grad_y, x, theta, grad_x, partials)
+    grid.launch(_householder_backward_kernel, grad_y, x, theta, grad_x, partials, **_WARPS)
     return grad_x, partials.sum(0).to(theta.dtype)

@@ -140,15 +140,26 @@ class PairTileGrid(NamedTuple):
         """Rows of per-program partial sums, one per (row chunk, spatial tile)."""
         return self.row_chunks * self.position_tiles
 
-    def launch(self, kernel, *tensors):
-        """kernel[grid](*tensors, batch, pairs, spatial, pair_stride, partner, rows_per_program)."""
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The kernels' size arguments after their tensors."""
+        return (self.batch, self.pairs, self.spatial, self.pair_stride, self.partner,
+                self.rows_per_program)
+
+    def constants(self, elements_per_warp: int = 256, max_warps: int = _MAX_WARPS) -> dict:
+        """The kernels' compile-time constants and launch options: a warp per
+        `elements_per_warp` elements of the tile, at most `max_warps`."""
+        warps = self.block_p * self.block_s // elements_per_warp
+        return dict(BLOCK_P=self.block_p, BLOCK_S=self.block_s,
+                    num_warps=max(1, min(max_warps, warps)))
+
+    def launch(self, kernel, *tensors, **warps):
+        """kernel[grid](*tensors, batch, pairs, spatial, pair_stride, partner, rows_per_program),
+        warps as `constants` takes them."""
         if self.batch * self.pairs * self.spatial == 0:
             return
-        num_warps = max(1, min(_MAX_WARPS, self.block_p * self.block_s // 256))
-        launchable(kernel)[(self.row_chunks * self.tiles,)](
-            *tensors, self.batch, self.pairs, self.spatial, self.pair_stride, self.partner,
-            self.rows_per_program, BLOCK_P=self.block_p, BLOCK_S=self.block_s,
-            num_warps=num_warps)
+        launchable(kernel)[(self.row_chunks * self.tiles,)](*tensors, *self.sizes,
+                                                            **self.constants(**warps))
 
 
 def max_min(x: torch.Tensor, pairing: str):
