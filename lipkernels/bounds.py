@@ -324,12 +324,15 @@ def _symbol_error(precision: _Precision, count: int, cap: float) -> float:
     return math.sqrt(2) * cap * (32 * u + precision.gamma(2 * count) * (1 + 32 * u))
 
 
-def _diagonal_bound(taps: torch.Tensor, precision: _Precision) -> float:
-    """An upper bound on max_i |G_ii| of every computed symbol: max_i sum_k |S_k[i, i]| (the
-    exact |H_ii| is at most that), enlarged by the symbols' rounding (32 u + gamma_2K) and the
-    float64 sum's own."""
-    count = taps.shape[0]
-    total = taps.diagonal(dim1=1, dim2=2).abs().sum(0, dtype=torch.float64).max().item()
+def _diagonal_sum(taps: torch.Tensor) -> float:
+    """max_i sum_k |S_k[i, i]|, summed in float64: the exact |H_ii| is at most that."""
+    return taps.diagonal(dim1=1, dim2=2).abs().sum(0, dtype=torch.float64).max().item()
+
+
+def _diagonal_bound(total: float, count: int, precision: _Precision) -> float:
+    """An upper bound on max_i |G_ii| of every computed symbol from `_diagonal_sum` over
+    `count` taps: enlarged by the symbols' rounding (32 u + gamma_2K) and the float64 sum's
+    own."""
     u = precision.unit_roundoff
     return _round_up(total * (1 + 64 * u + 2 * precision.gamma(2 * count)))
 
@@ -352,11 +355,19 @@ class _Certificate:
         signs[index.numel():] = -1
         self.rows, self.signs = rows.to(self.cos.device), signs.to(self.cos.device)
         self._lanczos = None
+        self._diagonal_sum, self._margins = None, {}
 
     def margin(self, precision: _Precision) -> _Margin:
-        count, channels = self.taps.shape[:2]
-        return _Margin(precision, channels, _diagonal_bound(self.taps, precision),
-                       _symbol_error(precision, count, self.cap))
+        """The certificate's margin in `precision`, computed once (one read of the diagonals
+        for every precision)."""
+        if precision not in self._margins:
+            if self._diagonal_sum is None:
+                self._diagonal_sum = _diagonal_sum(self.taps)
+            count, channels = self.taps.shape[:2]
+            self._margins[precision] = _Margin(
+                precision, channels, _diagonal_bound(self._diagonal_sum, count, precision),
+                _symbol_error(precision, count, self.cap))
+        return self._margins[precision]
 
     def batches(self, precision: _Precision):
         """Row indices in batches of at most _BATCH_BYTES of complex symbols."""
