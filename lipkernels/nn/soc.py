@@ -398,8 +398,9 @@ class _SkewOrthogonal(EvalCached):
                 Cholesky factorisation per frequency of the (H / stride + k // 2) x
                 (W / stride + k // 2) torus instead of the 32 (k // 2) x 32 (k // 2) grid
                 (which serves where it is the smaller). With stride 2, H and W must be even.
-            tolerance: how far above 1 the bound may be left by the cheaper certificate
-                (default 2^-20, about 1e-6); 0 asks for the tight certificate always.
+            tolerance: how much, relatively, the cheaper certificate may loosen the bound
+                (default 2^-20, about 1e-6; the rule above); 0 asks for the tight certificate
+                always.
         """
         tolerance = check_nonnegative(type(self).__name__, "tolerance", tolerance)
         if input_size is not None:
