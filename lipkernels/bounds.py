@@ -51,7 +51,8 @@ from the exact one by E with ||E||_F <= sqrt(2) (32 u + gamma_2K (1 + 32 u)) ||s
 Cholesky factorisation of a Hermitian n x n matrix B that runs to completion in floating point
 gives R^H R = B + dB with |dB| <= gamma |R^H| |R| (Demmel 1989; Higham, "Accuracy and stability
 of numerical algorithms", Thm 10.3, which holds for any order of the inner products, so for
-blocked LAPACK factorisations built on standard, not Strassen-like, products; gamma =
+blocked factorisations built on standard, not Strassen-like, products, LAPACK's and
+`_blocked_cholesky_succeeds`; gamma =
 gamma_{2n+4} for complex arithmetic), hence lambda_min(B) >= -gamma tr(B) / (1 - gamma) (Rump,
 BIT 46, 2006, with his underflow term, taken at the smallest normal number so that it also holds
 where subnormals are flushed to zero). These terms, below 1e-9 relative for C <= 4096 in float64
@@ -187,18 +188,55 @@ def _signed_symbols(taps: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 
 
 def _factorizes(X: torch.Tensor, shift: float) -> torch.Tensor:
-    """Whether LAPACK's Cholesky factorisation of shift I + X^T runs to completion, for each
-    matrix of the batch X (F, n, n) (row-major, overwritten; X^T Hermitian): a bool tensor.
+    """Whether a Cholesky factorisation of shift I + X^T runs to completion, for each matrix of
+    the batch X (F, n, n) (row-major, overwritten; X^T Hermitian): a bool tensor.
 
     The row-major shift I + X read in LAPACK's column-major order is shift I + X^T, so it is
     factorised in place, with no copy of its own. Where X = -conj(G) or X = -G for a Hermitian G,
     success means shift I - G (or its conjugate, with the same eigenvalues) is factorisable.
     """
     X.diagonal(dim1=-2, dim2=-1).real.add_(shift)
+    if X.device.type == "cpu" and X.shape[0] > 1 and X.shape[-1] in _BLOCKED_SIZES:
+        # X itself is Hermitian too, the conjugate of X^T: factorisable exactly when X^T is.
+        return _blocked_cholesky_succeeds(X)
     B = X.mT
     info = torch.empty(X.shape[0], dtype=torch.int32, device=X.device)
     torch.linalg.cholesky_ex(B, out=(B, info))
     return info == 0
+
+
+# Batches of matrices of these sizes are factorised block column by block column on the CPU
+# (`_blocked_cholesky_succeeds`): LAPACK factorises one matrix at a time, and here the batched
+# products of the blocked form are 1.2 to 2 times faster (81 matrices of 128 x 128: 6.4 ms
+# against 12.4 ms); from 256 on LAPACK's own blocking is the faster.
+_BLOCKED_SIZES = range(64, 129)
+
+
+def _blocked_cholesky_succeeds(B: torch.Tensor) -> torch.Tensor:
+    """Whether the Cholesky factorisation B = L L^H of each Hermitian matrix of the batch B
+    (lower triangle read, overwritten) runs to completion: the right-looking block algorithm,
+    blocks of n / 4 columns (at least 16), with LAPACK on the diagonal blocks, the panel from a
+    triangular solve, and the trailing block updated by one batched product.
+
+    Each entry of L is a_ij minus its inner product, divided by l_jj, with the inner product
+    summed block by block, so the componentwise error bound of the factorisation (Higham,
+    Thm 10.3: any order of the inner products, standard products and substitution) holds as for
+    LAPACK's own blocked factorisation, which is built from the same triangular solve and
+    products. Once a diagonal block fails, that matrix's later blocks are meaningless; it is
+    reported as failed.
+    """
+    size = B.shape[-1]
+    block = max(16, size // 4)
+    succeeds = torch.ones(B.shape[0], dtype=torch.bool, device=B.device)
+    for start in range(0, size, block):
+        end = min(start + block, size)
+        diagonal, info = torch.linalg.cholesky_ex(B[:, start:end, start:end])
+        succeeds &= info == 0
+        if end < size:
+            panel = torch.linalg.solve_triangular(diagonal.mH, B[:, end:, start:end],
+                                                  upper=True, left=False)
+            B[:, end:, end:] -= panel @ panel.mH
+    return succeeds
 
 
 class _Lanczos:

@@ -196,6 +196,25 @@ def test_factorization_accepts_exactly_the_shifts_above_the_top_eigenvalue():
                 assert bool(bounds._factorizes(X, top * factor)) is expected, (sign, row)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("size", [64, 100, 128])
+def test_blocked_factorization_decides_as_lapack(size, dtype):
+    """The blocked factorisation of a batch (sizes in _BLOCKED_SIZES) succeeds exactly where
+    LAPACK's does, at shifts just below and just above each matrix's top eigenvalue."""
+    assert size in bounds._BLOCKED_SIZES
+    generator = torch.Generator().manual_seed(size)
+    X = torch.randn(6, size, size, dtype=dtype, generator=generator)
+    H = (X + X.mH) / 2
+    tops = torch.linalg.eigvalsh(H.to(torch.complex128))[:, -1]
+    for index, top in enumerate(tops.tolist()):
+        for factor in (1 - 1e-4, 1 + 1e-4):
+            blocked = bounds._factorizes(-H.conj(), top * factor)  # shift I - H
+            B = -H.conj() + top * factor * torch.eye(size, dtype=dtype)
+            lapack = torch.linalg.cholesky_ex(B.mT)[1] == 0
+            assert torch.equal(blocked, lapack)
+            assert bool(blocked[index]) == (factor > 1)
+
+
 def test_frequency_batches_give_the_same_bound(monkeypatch):
     S = skew_filter(5, 3)
     whole = skew_conv_norm_bound(S)
