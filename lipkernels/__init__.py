@@ -8,34 +8,8 @@ Ops live in ``lipkernels.functional`` (re-exported here); their pure-PyTorch ref
 __version__ = "0.1.0"
 
 from ._backend import available_backends, build_info, use_backend  # noqa: E402
-from .functional import (  # noqa: E402
-    cayley,
-    cayley_conv2d,
-    conv_singular_values,
-    conv_spectral_bounds,
-    conv_spectral_norm,
-    fantastic_four,
-    householder,
-    max_min,
-    power_iteration,
-    skew,
-    soc_exp,
-)
+from . import functional  # noqa: E402
+from .functional import *  # noqa: E402,F401,F403  (every public op: functional.__all__)
 from . import nn  # noqa: E402  (layers; after the ops they wrap)
 
-__all__ = [
-    "available_backends",
-    "build_info",
-    "use_backend",
-    "power_iteration",
-    "conv_spectral_bounds",
-    "fantastic_four",
-    "conv_singular_values",
-    "conv_spectral_norm",
-    "skew",
-    "soc_exp",
-    "max_min",
-    "householder",
-    "cayley",
-    "cayley_conv2d",
-]
+__all__ = ["available_backends", "build_info", "use_backend", *functional.__all__]

@@ -1,7 +1,7 @@
 """The conventions every backend, layer and bound shares, declared once: the accepted values of
 the ops' string and dtype arguments, the working precision of the spectral computations, the
-shapes of the ops' derived tensors, the orientation rule of the Cayley transform and the power
-iterations' start vectors."""
+shapes of the ops' derived tensors, the orientation rule of the Cayley transform and Björck's
+iteration, Björck's input scaling and the power iterations' start vectors."""
 
 from __future__ import annotations
 
@@ -54,6 +54,35 @@ def through_tall(fn, W: torch.Tensor) -> torch.Tensor:
     if W.shape[-2] < W.shape[-1]:
         return fn(W.mT).mT
     return fn(W)
+
+
+# The highest order of Björck's iteration: the degree of the Taylor polynomial of A^(-1/2) about I.
+BJORCK_MAX_ORDER = 4
+
+
+def bjorck_coefficients(beta: float, order: int) -> tuple[float, ...]:
+    """c_0..c_order of Björck's polynomial p(A) = sum_k c_k (I - A)^k: c_0 = 1, c_1 = beta, and
+    for order >= 2 (beta = 1/2) the Taylor coefficients of A^(-1/2) about I,
+    c_k = binom(2k, k) / 4^k = c_(k-1) (2k - 1) / (2k): 3/8, 5/16, 35/128."""
+    coefficients = [1.0, float(beta)]
+    for k in range(2, order + 1):
+        coefficients.append(coefficients[-1] * (2 * k - 1) / (2 * k))
+    return tuple(coefficients)
+
+
+def bjorck_input(W: torch.Tensor, scale) -> torch.Tensor:
+    """What Björck's iteration starts from: W in its working dtype (float32 for half precision),
+    divided by `scale` per matrix, by its Frobenius norm where `scale` is None (an upper bound of
+    the largest singular value, so the scaled singular values lie in (0, 1]; a zero matrix stays
+    zero: the norm is taken as at least the smallest normal number). Differentiable."""
+    W = W.to(working_dtype(W.dtype))
+    if scale is None:
+        scale = torch.linalg.matrix_norm(W).clamp_min(torch.finfo(W.dtype).tiny)
+    elif isinstance(scale, torch.Tensor):
+        scale = scale.to(W.dtype)
+    else:
+        return W / scale
+    return W / scale[..., None, None]
 
 
 def bound_matrix_shapes(weight_shape) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ import lipkernels
 from lipkernels import functional
 from lipkernels.nn import (CayleyConv2d, CayleyLinear, HouseHolder, LipConvNet, MaxMin,
                            SOCConv2d, SOCLinear)
-from lipkernels.ops import (cayley, cayley_conv2d, householder, max_min, power_iteration,
+from lipkernels.ops import (bjorck, cayley, cayley_conv2d, householder, max_min, power_iteration,
                             soc_exp)
 from lipkernels.ops import conv_spectral_bounds
 from lipkernels.nn._unshuffle import unshuffle
@@ -58,6 +58,10 @@ def _empty_cases():
         "cayley_conv2d": (cayley_conv2d.KERNELS, functional.cayley_conv2d, (0, 3, 6, 5),
                           [torch.randn(0, 4, 6, 5, dtype=torch.float64),
                            torch.randn(3, 4, 3, 3, dtype=torch.float64)]),
+        "bjorck": (bjorck.KERNELS, functional.bjorck, (0, 5, 3),
+                   [torch.randn(0, 5, 3, dtype=torch.float64)]),
+        "bjorck-wide": (bjorck.KERNELS, functional.bjorck, (2, 0, 3, 5),
+                        [torch.randn(2, 0, 3, 5, dtype=torch.float64)]),
     }
 
 
@@ -251,6 +255,10 @@ def _nan_cases():
                         [x, torch.randn(2, dtype=torch.float64)]),
         "cayley": (cayley.KERNELS, functional.cayley, [torch.randn(5, 3, dtype=torch.float64)]),
         "cayley_conv2d": (cayley_conv2d.KERNELS, functional.cayley_conv2d, [x, filter_[:, :4]]),
+        "bjorck": (bjorck.KERNELS, functional.bjorck, [torch.randn(5, 3, dtype=torch.float64)]),
+        "bjorck-scale": (bjorck.KERNELS, lambda W, scale: functional.bjorck(W, scale=scale),
+                         [torch.randn(2, 5, 3, dtype=torch.float64),
+                          torch.full((2,), 4.0, dtype=torch.float64)]),
     }
 
 
@@ -313,6 +321,10 @@ def _zero_weight_cases():
             x, torch.zeros(6, 4, 3, 3, dtype=torch.float64)), torch.cat([x, 0 * x[:, :2]], 1)),
         "cayley_conv2d-wide": (cayley_conv2d.KERNELS, lambda: functional.cayley_conv2d(
             x, torch.zeros(3, 4, 3, 3, dtype=torch.float64)), x[:, :3]),
+        # Björck keeps zero singular values at zero: the zero matrix stays zero (not NaN).
+        "bjorck": (bjorck.KERNELS,
+                   lambda: functional.bjorck(torch.zeros(5, 3, dtype=torch.float64)),
+                   torch.zeros(5, 3, dtype=torch.float64)),
     }
 
 

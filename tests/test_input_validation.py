@@ -78,6 +78,18 @@ def _bad_cayley():
     }
 
 
+def _bad_bjorck():
+    W = _randn(4, 3)
+    return {
+        "W rank": ("W", (_randn(4), 2, 0.5, 1)),
+        "iters": ("iters", (W, 0, 0.5, 1)),
+        "order": ("order", (W, 2, 0.5, 0)),
+        "order above 4": ("order", (W, 2, 0.5, 5)),
+        "beta": ("beta", (W, 2, 1.0, 1)),
+        "beta of order 2": ("beta", (W, 2, 0.3, 2)),
+    }
+
+
 def _bad_power_iteration_backward():
     grad, u, v = _randn(2), _randn(2, 4), _randn(2, 3)
     return {
@@ -143,6 +155,19 @@ def _bad_cayley_backward():
     }
 
 
+def _bad_bjorck_backward():
+    W, grad = _randn(4, 3), _randn(4, 3)
+    iterates, grams = [_randn(4, 3)], [_randn(3, 3), _randn(3, 3)]
+    return {
+        "grad_Q shape": ("grad_Q", (_randn(4, 2), W, iterates, grams, 2, 0.5, 1)),
+        "W wide": ("W", (grad.mT, W.mT, iterates, grams, 2, 0.5, 1)),
+        "iterates count": ("iterates", (grad, W, [], grams, 2, 0.5, 1)),
+        "grams count": ("grams", (grad, W, iterates, grams[:1], 2, 0.5, 1)),
+        "grams shape": ("grams", (grad, W, iterates, [_randn(4, 3), grams[1]], 2, 0.5, 1)),
+        "iterates dtype": ("iterates", (grad, W, [iterates[0].double()], grams, 2, 0.5, 1)),
+    }
+
+
 def _frequency_problem():
     response = torch.randn(5, 3, 2, dtype=torch.complex64)
     return response, torch.randn(5, 2, 4, dtype=torch.complex64)
@@ -180,6 +205,7 @@ KERNEL_ONLY_OPS = {
     "cayley_backward": _bad_cayley_backward,
     "cayley_frequency_product": _bad_cayley_frequency_product,
     "cayley_frequency_product_backward": _bad_cayley_frequency_product_backward,
+    "bjorck_backward": _bad_bjorck_backward,
 }
 
 # op: (bad inputs {case: (argument named, args)}, the functional call on those args)
@@ -192,6 +218,7 @@ OPS = {
     "max_min": (_bad_max_min, lipkernels.max_min),
     "householder": (_bad_householder, lipkernels.householder),
     "cayley": (_bad_cayley, lipkernels.cayley),
+    "bjorck": (_bad_bjorck, lambda W, iters, beta, order: lipkernels.bjorck(W, iters, beta, order)),
 }
 
 CASES = [(op, case) for op, (bad, _) in OPS.items() for case in bad()]
@@ -202,7 +229,10 @@ KERNEL_ONLY_CASES = [(op, case) for op, bad in KERNEL_ONLY_OPS.items() for case 
 
 def _kernel_op(op: str, backend: str):
     require_backend("cpu", backend)
-    return getattr(torch.ops.lipkernels, op if backend == "cpp" else f"{op}_triton")
+    name = op if backend == "cpp" else f"{op}_triton"
+    if not hasattr(torch.ops.lipkernels, name):
+        pytest.skip(f"{op} has no {backend} kernel")
+    return getattr(torch.ops.lipkernels, name)
 
 
 def _refusal(call, op: str, argument: str, args) -> tuple[type, str]:

@@ -1,4 +1,4 @@
-"""torch.func transforms, forward-mode AD and double backward (docs/design.md §3.5: nothing
+"""torch.func transforms, forward-mode AD and double backward (docs/design.md §3.6: nothing
 silently wrong under torch.func).
 
 The rule (`lipkernels._backend`): under jvp / vmap / grad / jacrev / forward-mode AD, the
@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lipkernels
 from helpers import ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend
+from lipkernels.ops.bjorck import KERNELS as BJORCK_KERNELS
 from lipkernels.ops.cayley import KERNELS as CAYLEY_KERNELS
 from lipkernels.ops.cayley_conv2d import KERNELS as CAYLEY_CONV2D_KERNELS
 from lipkernels.ops.conv_spectral_bounds import KERNELS as BOUNDS_KERNELS
@@ -121,6 +122,17 @@ def _cayley_conv2d(c_out, c_in):
     return build
 
 
+def _bjorck(shape, with_scale):
+    """5 iterations (not converged), from the Frobenius scaling or a positive tensor scale."""
+    def build(device, iters):
+        W = _randn(*shape, device=device)
+        if not with_scale:
+            return (lambda W: lipkernels.bjorck(W, 5)), (W,)
+        scale = 2 + torch.linalg.matrix_norm(W, ord=2)
+        return (lambda W, scale: lipkernels.bjorck(W, 5, 0.5, 2, scale)), (W, scale)
+    return build
+
+
 CASES = {
     "power_iteration": Case("power_iteration", _power_iteration, POWER_ITERATION_KERNELS,
                             constant_vectors=True),
@@ -153,6 +165,8 @@ CASES = {
     "cayley_complex_wide": Case("cayley", _cayley((2, 3), True), CAYLEY_KERNELS),
     "cayley_conv2d_square": Case("cayley_conv2d", _cayley_conv2d(2, 2), CAYLEY_CONV2D_KERNELS),
     "cayley_conv2d_wide": Case("cayley_conv2d", _cayley_conv2d(2, 3), CAYLEY_CONV2D_KERNELS),
+    "bjorck_tall": Case("bjorck", _bjorck((4, 3), False), BJORCK_KERNELS),
+    "bjorck_wide_scaled": Case("bjorck", _bjorck((2, 2, 3), True), BJORCK_KERNELS),
 }
 
 cases = pytest.mark.parametrize("name", list(CASES))

@@ -457,4 +457,48 @@ inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_
                       "be the forward's (I + A)^{-1} of shape");
 }
 
+// Björck's highest order (lipkernels._conventions.BJORCK_MAX_ORDER).
+inline constexpr int64_t kBjorckMaxOrder = 4;
+
+// bjorck(W, iters, beta, order) as lipkernels.ops.bjorck.check_inputs checks it (`op` names the
+// op called): a tall float32/float64 W (..., m, n), m >= n, empty only in its batch dims;
+// 1 <= iters <= kMaxIters; 1 <= order <= kBjorckMaxOrder; 0 < beta < 1, and beta = 0.5 from
+// order 2 on.
+inline void check_bjorck_args(const char* op, const at::Tensor& W, int64_t iters, double beta,
+                              int64_t order) {
+  check_tensor(op, "W", W, TensorRule::at_least(2, -2).of({at::kFloat, at::kDouble}));
+  TORCH_CHECK_VALUE(W.size(-2) >= W.size(-1), op,
+                    ": W (..., m, n) must have m >= n (transpose a wide matrix first); got shape ",
+                    shape_string(W.sizes()));
+  check_iters(op, iters);
+  check_count(op, "order", order, kBjorckMaxOrder);
+  TORCH_CHECK_VALUE(beta > 0 && beta < 1, op, ": beta must be in (0, 1); got ", beta);
+  TORCH_CHECK_VALUE(order == 1 || beta == 0.5, op,
+                    ": beta must be 0.5 for order >= 2 (the Taylor coefficients); got ", beta);
+}
+
+// bjorck_backward(grad_Q, W, iterates, grams, ...): bjorck's arguments, grad_Q of W's shape,
+// dtype and device, and what the forward kept: iters - 1 iterates like W, iters Gram matrices
+// (..., n, n).
+inline void check_bjorck_backward_args(const at::Tensor& grad_Q, const at::Tensor& W,
+                                       at::TensorList iterates, at::TensorList grams,
+                                       int64_t iters, double beta, int64_t order) {
+  constexpr const char* op = "bjorck_backward";
+  check_bjorck_args(op, W, iters, beta, order);
+  check_like(op, "grad_Q", grad_Q, "W", W, W.sizes());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(iterates.size()) == iters - 1 &&
+                        static_cast<int64_t>(grams.size()) == iters,
+                    op, ": iterates and grams must hold the forward's iters - 1 = ", iters - 1,
+                    " iterates and ", iters, " Gram matrices; got ", iterates.size(), " and ",
+                    grams.size());
+  std::vector<int64_t> gram_shape = W.sizes().vec();
+  gram_shape[gram_shape.size() - 2] = W.size(-1);
+  for (const at::Tensor& iterate : iterates) {
+    check_like(op, "iterates", iterate, "W", W, W.sizes());
+  }
+  for (const at::Tensor& gram : grams) {
+    check_like(op, "grams", gram, "W", W, gram_shape);
+  }
+}
+
 }  // namespace lipkernels

@@ -6,7 +6,7 @@ result of the op's reference in lipkernels.reference. Adding an op adds its modu
 below.
 """
 
-from . import cayley, cayley_conv2d, conv_spectral_bounds, householder, max_min, power_iteration
+from . import bjorck, cayley, cayley_conv2d, conv_spectral_bounds, householder, max_min, power_iteration
 from . import soc_exp
 
 KERNELS = {
@@ -17,4 +17,5 @@ KERNELS = {
     "householder": householder.KERNELS,
     "cayley": cayley.KERNELS,
     "cayley_conv2d": cayley_conv2d.KERNELS,
+    "bjorck": bjorck.KERNELS,
 }

@@ -3,6 +3,7 @@
 Each function has the signature of its namesake in ``lipkernels.functional``.
 """
 
+from .bjorck import bjorck
 from .cayley import cayley
 from .cayley_conv2d import cayley_conv2d
 from .conv_singular_values import conv_singular_values, conv_spectral_norm
@@ -14,4 +15,4 @@ from .soc_exp import flip_transpose, skew, soc_exp
 
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
            "conv_singular_values", "conv_spectral_norm", "flip_transpose", "skew",
-           "soc_exp", "max_min", "householder", "cayley", "cayley_conv2d"]
+           "soc_exp", "max_min", "householder", "cayley", "cayley_conv2d", "bjorck"]
