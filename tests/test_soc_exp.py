@@ -234,6 +234,24 @@ def test_kernel_half_precision_matches_reference(device, backend, dtype, grad_mo
                            (x, S, g), dtype, ["grad_x", "grad_S"])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_triton_float32_uses_tf32_exactly_where_convolutions_may(allow_tf32):
+    """The float32 policy (docs/design.md §4): the Triton kernel's channel mixing runs on TF32
+    tensor cores only where torch lets the reference's convolutions use TF32
+    (torch.backends.cudnn.allow_tf32). With the switch off both are IEEE float32, and the
+    accuracy rule then holds the kernel to float32's accuracy; with it on, to twice the TF32
+    reference's own error."""
+    require_kernel("cuda", "triton")
+    x, S, g = kernel_problem("cuda", channels=32, size=(8, 8), batch=4)
+    kernel = lambda *a: run("triton", lipkernels.soc_exp, *a)  # noqa: E731
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow_tf32):
+        compare_with_reference(lambda x, S: kernel(x, S, 6), lambda x, S: reference.soc_exp(x, S, 6),
+                               (x, S), torch.float32, ["y"])
+        compare_with_reference(gradients(kernel, 6, "exact"), gradients(reference.soc_exp, 6, "exact"),
+                               (x, S, g), torch.float32, ["grad_x", "grad_S"])
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("grad_mode", ["exact", "fast"])
 def test_kernel_large_images_match_reference(device, backend, grad_mode):
