@@ -1,0 +1,190 @@
+"""The cost model of docs/performance.md, computed: FLOPs, bytes and roofline times at H100
+limits of the reference and of the fused GPU design, for the shapes of the benchmark grids.
+
+    python benchmarks/cost_model.py        # prints the tables docs/performance.md shows
+
+tests/test_cost_model.py checks that the page shows exactly these tables, so the page cannot
+drift from the model. Every figure is a model, not a measurement: the GPU validation run reports
+the measured times beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# H100 SXM: HBM bandwidth, dense tensor-core throughput, SIMT fp32 throughput, L2 size and its
+# bandwidth (roughly), and what an eager launch and a grid-wide barrier of a persistent kernel
+# cost (assumptions: 5 us for a dispatch and launch, 2 us for a cooperative grid sync).
+HBM_BYTES_PER_S = 3.35e12
+TENSOR_FLOPS = {"fp32/TF32": 495e12, "bf16": 990e12}
+SIMT_FP32_FLOPS = 67e12
+L2_BYTES = 50e6
+L2_BYTES_PER_S = 5e12
+LAUNCH_S = 5e-6
+GRID_BARRIER_S = 2e-6
+
+ELEMENT_BYTES = {"fp32/TF32": 4, "bf16": 2}
+
+# The SOC LipConvNet layers of the soc_exp grid (channels, image side, kernel), batch 128.
+SOC_LAYERS = ((32, 32, 3), (64, 16, 3), (128, 8, 3), (256, 4, 3), (512, 2, 3), (2048, 1, 1))
+SOC_BATCH = 128
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f}"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.1f}x"
+
+
+@dataclasses.dataclass(frozen=True)
+class SocLayer:
+    channels: int
+    side: int
+    kernel: int
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.channels}@{self.side}x{self.side} k{self.kernel}"
+
+    @property
+    def pixels(self) -> int:
+        return SOC_BATCH * self.side * self.side
+
+    @property
+    def activation_bytes(self) -> float:
+        return self.pixels * self.channels * ELEMENT_BYTES[self.dtype]
+
+    @property
+    def filter_bytes(self) -> float:
+        return self.channels ** 2 * self.kernel ** 2 * ELEMENT_BYTES[self.dtype]
+
+    @property
+    def conv_flops(self) -> float:
+        """One same convolution (one term): 2 N C^2 k^2."""
+        return 2.0 * self.pixels * self.channels ** 2 * self.kernel ** 2
+
+    @property
+    def peak(self) -> float:
+        return TENSOR_FLOPS[self.dtype]
+
+    def roofline(self, flops: float, bytes_: float) -> float:
+        return max(flops / self.peak, bytes_ / HBM_BYTES_PER_S)
+
+
+def soc_layers():
+    return [SocLayer(c, side, k, dtype) for c, side, k in SOC_LAYERS
+            for dtype in ("fp32/TF32", "bf16")]
+
+
+def soc_exp_forward_table(terms: int = 15) -> str:
+    """The reference (per term a conv, a division by i and an addition: 6 A + W bytes, 3
+    launches) against the fused forward (one launch, 2 A + W bytes)."""
+    n = terms - 1
+    lines = ["| layer | dtype | GFLOP | reference MB | reference roofline us | reference with "
+             "launches us | fused MB | fused roofline us | ratio at the roofline | fused bound "
+             "by |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for layer in soc_layers():
+        A, W = layer.activation_bytes, layer.filter_bytes
+        reference_bytes = n * (6 * A + W)
+        reference = n * layer.roofline(layer.conv_flops, 6 * A + W)
+        with_launches = reference + 3 * n * LAUNCH_S
+        flops = n * layer.conv_flops
+        fused_bytes = 2 * A + W
+        fused = layer.roofline(flops, fused_bytes) + LAUNCH_S
+        bound = "compute" if flops / layer.peak >= fused_bytes / HBM_BYTES_PER_S else "memory"
+        lines.append(f"| {layer.label} | {layer.dtype} | {flops / 1e9:.1f} | "
+                     f"{reference_bytes / 1e6:.0f} | {_us(reference)} | {_us(with_launches)} | "
+                     f"{fused_bytes / 1e6:.1f} | {_us(fused)} | {_ratio(with_launches / fused)} | "
+                     f"{bound} |")
+    return "\n".join(lines)
+
+
+def soc_exp_training_table(terms: int = 6, target: float = 2.0) -> str:
+    """Forward and exact backward, n = terms - 1. The reference, differentiated by autograd,
+    keeps every term's input and runs, per term, the forward's conv, division and addition (3
+    launches, 6 A + W bytes) and in the backward the gradient's accumulation, the division's
+    backward and the conv's input and weight gradients (5 launches with the filter gradient's
+    sum, 9 A + 2 W, two convolutions): 3 n convolutions. Two fused designs keep nothing from the
+    forward (one launch, 2 A + W) and run the backward in two launches (3 A + 2 W at least):
+    "kept" recomputes the n - 1 powers and keeps them through the backward, then n transposed
+    convolutions and n weight-gradient contractions, (4 n - 1) convolutions in all; "lean"
+    keeps two working activations only, rebuilding each h_b = sum_(j>b) c_j (S^T)^(j-1-b) g from
+    g beside the power S^b x it meets, 3 n + n (n - 1) / 2 convolutions. Peak memory is what
+    the benchmark reports: beyond the resident inputs (x, S, the loss weights), so y, the output
+    gradient and grad_x, plus the reference's n - 1 kept term inputs and one working
+    activation, the kept design's n - 1 powers and one, the lean design's two."""
+    n = terms - 1
+    lines = ["| layer | dtype | reference us | kept: roofline us | kept: ratio | kept: "
+             f"efficiency for {target:.0f}x | lean: roofline us | lean: ratio | peak memory, "
+             "reference / kept / lean |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for layer in soc_layers():
+        A, W, conv = layer.activation_bytes, layer.filter_bytes, layer.conv_flops
+        reference = n * (layer.roofline(conv, 6 * A + W) + layer.roofline(2 * conv, 9 * A + 2 * W))
+        reference += 8 * n * LAUNCH_S
+        kept_flops = (4 * n - 1) * conv
+        lean_flops = (3 * n + n * (n - 1) / 2) * conv
+        kept = layer.roofline(kept_flops, 5 * A + 3 * W) + 2 * LAUNCH_S
+        lean = layer.roofline(lean_flops, 5 * A + 3 * W) + 2 * LAUNCH_S
+        # The efficiency e at which kept_flops / (e peak) + launches = reference / target.
+        budget = reference / target - 2 * LAUNCH_S
+        needed = kept_flops / layer.peak / budget if budget > 0 else math.inf
+        memory = (3 + n, 3 + n, 5)
+        lines.append(f"| {layer.label} | {layer.dtype} | {_us(reference)} | {_us(kept)} | "
+                     f"{_ratio(reference / kept)} | {needed:.0%} | {_us(lean)} | "
+                     f"{_ratio(reference / lean)} | {' / '.join(f'{m} A' for m in memory)} |")
+    return "\n".join(lines)
+
+
+# The Fantastic Four grid: square seed filters of the SOC LipConvNet.
+F4_CHANNELS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
+    """conv_spectral_bounds at `iters` iterations, fp32. The reference: three reshape copies of
+    the filter, then per iteration and reshape two matrix-vector products and two normalisations
+    (8 launches), each product reading the matrix (from L2 while the four fit in it, else from
+    HBM). The design: one persistent launch over at least 132 CTAs, each owning output-channel
+    slabs W[o] (the rows of M_1, M_2 and M_3 and the columns of M_4 with that o): per iteration
+    one read of the filter updates all four iterates, u <- M^T (M u) row by row (a row stays on
+    chip between its dot product and its update; M_4 through M_4 M_4^T on its columns), with
+    per-CTA partial sums reduced after a grid barrier (two barriers an iteration)."""
+    lines = ["| filter | filter MB | reference launches | reference ms | design ms | design "
+             "bound by | ratio |", "|---|---:|---:|---:|---:|---|---:|"]
+    for channels in F4_CHANNELS:
+        for kernel in (1, 3):
+            filter_bytes = 4.0 * channels ** 2 * kernel ** 2
+            reshapes = 4
+            copies = 0 if kernel == 1 else 3
+            launches = reshapes * (8 * iters + 3) + copies
+            bandwidth = L2_BYTES_PER_S if reshapes * filter_bytes <= L2_BYTES else HBM_BYTES_PER_S
+            reference = (2 * copies * filter_bytes / HBM_BYTES_PER_S
+                         + iters * 2 * reshapes * filter_bytes / bandwidth + launches * LAUNCH_S)
+            design_bandwidth = L2_BYTES_PER_S if filter_bytes <= L2_BYTES else HBM_BYTES_PER_S
+            flops = 16.0 * channels ** 2 * kernel ** 2  # 4 dots and 4 updates an element
+            per_iteration = max(filter_bytes / design_bandwidth, flops / SIMT_FP32_FLOPS)
+            bound = ("memory" if filter_bytes / design_bandwidth >= flops / SIMT_FP32_FLOPS
+                     else "compute")
+            if per_iteration < 2 * GRID_BARRIER_S:
+                bound = "barriers"
+            design = LAUNCH_S + iters * (per_iteration + 2 * GRID_BARRIER_S)
+            lines.append(f"| C{channels}-k{kernel} | {filter_bytes / 1e6:.2f} | {launches} | "
+                         f"{reference * 1e3:.2f} | {design * 1e3:.2f} | {bound} | "
+                         f"{_ratio(reference / design)} |")
+    return "\n".join(lines)
+
+
+TABLES = {
+    "soc_exp forward, 15 terms": soc_exp_forward_table,
+    "soc_exp forward and backward, 6 terms": soc_exp_training_table,
+    "fantastic_four, 50 iterations": fantastic_four_table,
+}
+
+if __name__ == "__main__":
+    for title, table in TABLES.items():
+        print(f"{title}\n\n{table()}\n")
