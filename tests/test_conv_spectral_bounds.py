@@ -56,6 +56,23 @@ def test_forward_matches_reference(device, backend, shape, iters):
             (weight, vectors), dtype, names[:5])
 
 
+@pytest.mark.parametrize("dtype,shape", [(torch.float64, (300, 200, 3, 3)),
+                                         (torch.float64, (1100, 500, 1, 1)),
+                                         (torch.float32, (600, 400, 3, 3))])
+@pytest.mark.parametrize("iters", [1, 4])
+def test_large_filters_take_the_slab_passes_at_every_iteration_count(dtype, shape, iters):
+    """The C++ CPU forward runs filters of 4 MiB and more (and one iteration of any filter with
+    reshapes to copy) as passes over output-channel slabs, the other calls through the four
+    reshapes: filters above the threshold, against the reference."""
+    require_backend("cpu", "cpp")
+    weight = torch.randn(shape, dtype=torch.float64)
+    assert weight.to(dtype).numel() * weight.to(dtype).element_size() >= 2 ** 22
+    vectors = random_vectors(shape, "cpu")
+    names = ["bounds"] + [f"u{q}" for q in range(1, 5)] + [f"v{q}" for q in range(1, 5)]
+    compare_with_reference(kernel_with_left_vectors("cpp"), reference_with_left_vectors,
+                           (weight, vectors, iters), dtype, names)
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("shape", [(6, 3, 3, 3), (5, 3, 3, 1), (2, 3, 5, 5)])
 def test_backward_matches_reference(device, backend, shape):

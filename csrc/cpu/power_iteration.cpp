@@ -28,16 +28,6 @@
 #include "cpu/parallel.h"
 #include "kernels/power_iteration.cuh"
 
-// The build uses no -march flag, so by default only SSE2 code would be generated. On x86-64 GCC,
-// the hot loops are compiled for AVX-512 and AVX2+FMA as well and the best one the machine
-// supports is picked once at load time (function multiversioning through an ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LIPKERNELS_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LIPKERNELS_CPU_CLONES
-#endif
-
 namespace lipkernels {
 namespace cpu {
 namespace {
@@ -148,12 +138,7 @@ LIPKERNELS_CPU_CLONES void sweep_rows(const acc_t* w, int64_t n, const acc_t* u,
 
 template <typename acc_t>
 LIPKERNELS_CPU_CLONES acc_t dot(const acc_t* x, const acc_t* y, int64_t n) {
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) {
-    sum += x[i] * y[i];
-  }
-  return sum;
+  return simd_dot(x, y, n);
 }
 
 // Calls fn(c, row_begin, row_end) for the `chunks` equal row chunks of `rows` rows, in parallel
