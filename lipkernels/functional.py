@@ -403,7 +403,9 @@ def bjorck(W: torch.Tensor, iters: int = 20, beta: float = 0.5, order: int = 1,
             its largest singular value, so W_0's singular values are in (0, 1]); a tensor of
             shape W.shape[:-2] (for instance sigma from `power_iteration` with a persistent
             vector, as the layers use), or a positive float. Differentiable. A scale below
-            sigma_max / sqrt(3) makes order 1 diverge.
+            sigma_max / sqrt(3) makes order 1 diverge. A tensor's entries are not checked
+            (that would need a device sync): the result is the polar factor of W / scale, so
+            a negative entry negates its matrix's Q, and a NaN gives NaN.
 
     Returns:
         Q (..., m, n) in W's dtype, differentiable w.r.t. W (and a tensor `scale`): the exact
