@@ -104,6 +104,45 @@ def soc_exp_forward_table(terms: int = 15) -> str:
     return "\n".join(lines)
 
 
+def _horner_step_design(layer: SocLayer) -> tuple[float, float, str]:
+    """(seconds of one Horner step, seconds of the two layout copies, what bounds the step) of
+    the implemented forward (lipkernels/triton/soc_exp.py): per step an implicit GEMM reading z
+    and x and writing z (3 A from HBM, and the filter), its operands re-read from L2 by every
+    row and column of tiles (`horner_operand_reads`, at the tiles the launcher picks, the
+    shifted reads of a channel block from L1); x and the filter are copied channels-last and
+    reduction-major once (2 A + 2 W)."""
+    from lipkernels.triton.soc_exp import horner_operand_reads, horner_tiles
+
+    size = ELEMENT_BYTES[layer.dtype]
+    shape = (layer.pixels, layer.channels, layer.kernel, layer.side)
+    tiles = horner_tiles(*shape, size)[:2]
+    times = {"compute": layer.conv_flops / layer.peak,
+             "HBM": (3 * layer.activation_bytes + layer.filter_bytes) / HBM_BYTES_PER_S,
+             "L2": horner_operand_reads(tiles, *shape) * size / L2_BYTES_PER_S}
+    bound = max(times, key=times.get)
+    copies = 2 * (layer.activation_bytes + layer.filter_bytes) / HBM_BYTES_PER_S
+    return times[bound], copies, bound
+
+
+def soc_exp_horner_table(terms: int = 15, target: float = 3.0) -> str:
+    """The implemented forward, one launch per Horner step (n steps and 2 layout copies), against
+    the reference with its 3 n launches: predicted time, what bounds a step, and the share of
+    the time that is launches."""
+    n = terms - 1
+    lines = ["| layer | dtype | step us | step bound by | design us | launches | ratio | "
+             f"meets {target:.0f}x |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for layer in soc_layers():
+        A, W = layer.activation_bytes, layer.filter_bytes
+        reference = n * layer.roofline(layer.conv_flops, 6 * A + W) + 3 * n * LAUNCH_S
+        step, copies, bound = _horner_step_design(layer)
+        launches = (n + 2) * LAUNCH_S
+        design = n * step + copies + launches
+        lines.append(f"| {layer.label} | {layer.dtype} | {step * 1e6:.1f} | {bound} | "
+                     f"{_us(design)} | {launches / design:.0%} | {_ratio(reference / design)} | "
+                     f"{'yes' if reference / design >= target else 'no'} |")
+    return "\n".join(lines)
+
+
 def soc_exp_training_table(terms: int = 6, target: float = 2.0) -> str:
     """Forward and exact backward, n = terms - 1. The reference, differentiated by autograd,
     keeps every term's input and runs, per term, the forward's conv, division and addition (3
@@ -181,6 +220,7 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
 
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
+    "soc_exp forward, 15 terms, one launch per Horner step": soc_exp_horner_table,
     "soc_exp forward and backward, 6 terms": soc_exp_training_table,
     "fantastic_four, 50 iterations": fantastic_four_table,
 }

@@ -269,8 +269,9 @@ def test_kernel_large_images_match_reference(device, backend, grad_mode):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("grad_mode", ["exact", "fast"])
 def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch):
-    """Small images are packed several per program (the last group partial): the zero padding
-    must stop at each image's border inside a group."""
+    """Small images are packed several per program of the backward (the last group partial),
+    and the forward's pixel tiles span several images: the zero padding must stop at each
+    image's border inside a group or a tile."""
     require_kernel(device, "triton")
     from lipkernels.triton import soc_exp as triton_soc_exp
 
@@ -282,6 +283,22 @@ def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch)
                            ["grad_x", "grad_S"])
     compare_with_reference(lambda x, S: run("triton", lipkernels.soc_exp, x, S, 6, grad_mode),
                            lambda x, S: reference.soc_exp(x, S, 6), (x, S), torch.float64, ["y"])
+
+
+@pytest.mark.parametrize("channels", [32, 40])
+def test_triton_forward_tiles_split_channels(channels):
+    """The forward's Horner step over several tiles of output channels and of reduction
+    channels, whole (32 = 2 x 16) and with a partial last block (40), its pixel tiles crossing
+    image borders: the interpreter against the float64 reference."""
+    require_kernel("cpu", "triton")
+    from lipkernels.triton import soc_exp as triton_soc_exp
+
+    x, S, _ = kernel_problem("cpu", channels=channels, size=(3, 5), batch=3)
+    grid, config = triton_soc_exp.forward_launch_config(x, S)
+    assert grid[1] > 1 and config["BLOCK_K"] < channels
+    assert config["WHOLE_BLOCKS"] == (channels % config["BLOCK_K"] == 0)
+    compare_with_reference(lambda x, S: run("triton", lipkernels.soc_exp, x, S, 5, "fast"),
+                           lambda x, S: reference.soc_exp(x, S, 5), (x, S), torch.float64, ["y"])
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)

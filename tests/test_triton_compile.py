@@ -1,6 +1,8 @@
 """The Triton kernels compile for sm_80 and sm_90 without a GPU, specialised as the JIT
 specialises a launch (batch 1 and sizes of 1 included), within register and shared memory budgets
-(tests/triton_compile_check.py, run in a process without the interpreter)."""
+(tests/triton_compile_check.py, run in a process without the interpreter); and the soc_exp
+forward is what its design claims (docs/performance.md): tensor-core instructions, 16-byte
+loads and a program per SM at every LipConvNet layer, read off the PTX and the launch grid."""
 
 import json
 import os
@@ -31,7 +33,7 @@ def compiled():
 def test_every_case_compiles_for_both_architectures(compiled):
     cases = {row["case"] for row in compiled}
     assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_backward-bfloat16-B128-C512-H2-k3",
-            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C1024-H1-k1",
+            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C2048-H1-k1",
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
             "power_iteration-bfloat16-B128-1x64-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
@@ -46,3 +48,41 @@ def test_resource_usage_stays_within_budget(compiled):
         assert 0 < row["registers"] <= 255, where
         assert row["shared"] <= MAX_SHARED_BYTES, f"{where}: {row['shared']} bytes of shared memory"
         assert row["stack"] <= MAX_STACK_BYTES, f"{where}: {row['stack']} bytes of stack (spills)"
+
+
+def _forward_steps(compiled, batch=None):
+    rows = [row for row in compiled if row["case"].startswith("soc_exp-")
+            and (batch is None or f"-B{batch}-" in row["case"])]
+    assert rows
+    return rows
+
+
+def test_forward_steps_multiply_on_tensor_cores(compiled):
+    """soc_exp's Horner step: every channel mixing on tensor cores, fp32 (TF32) and bf16 alike;
+    on sm_90 the tiles of 64 and 128 pixels (the layers of 4x4 images and more at batch 128) use
+    Hopper's warpgroup wgmma (tiles of fewer pixels are below its 64 rows and use mma.sync)."""
+    for row in _forward_steps(compiled):
+        assert row["mma"] + row["wgmma"] > 0, f"{row['case']} on sm_{row['capability']}"
+    for row in _forward_steps(compiled, batch=128):
+        if row["capability"] == 90 and any(f"-C{c}-H{h}-" in row["case"]
+                                           for c, h in ((32, 32), (64, 16), (128, 8), (256, 4))):
+            assert row["wgmma"] > 0, f"{row['case']}: no wgmma on sm_90"
+
+
+def test_forward_steps_load_16_bytes_wide(compiled):
+    """The Horner step's operand loads are 16-byte vectors (cp.async into shared memory in the
+    pipelined reduction loop): most of its global loads, on every layer and both
+    architectures."""
+    for row in _forward_steps(compiled):
+        assert row["wide_loads"] > row["narrow_loads"], \
+            f"{row['case']} on sm_{row['capability']}: {row['wide_loads']} 16-byte loads, " \
+            f"{row['narrow_loads']} narrower"
+
+
+def test_forward_steps_fill_an_h100_at_batch_128(compiled):
+    """At batch 128 every LipConvNet layer's Horner step launches at least a program per SM of
+    an H100 (132), the small-image layers by splitting their output channels."""
+    rows = _forward_steps(compiled, batch=128)
+    assert len({row["case"] for row in rows}) == 12  # six layers, two dtypes
+    for row in rows:
+        assert row["programs"] >= 132, f"{row['case']}: {row['programs']} programs"

@@ -48,23 +48,34 @@ def _specialization(kernel, args, constants):
     return signature, constexprs, attrs
 
 
+# LipConvNet's SOC layers (channels, image size, kernel) at batch 128: the forward's grid.
+SOC_LAYERS = ((32, 32, 3), (64, 16, 3), (128, 8, 3), (256, 4, 3), (512, 2, 3), (2048, 1, 1))
+
+
 def _soc_exp_cases():
-    """Forward and backward at LipConvNet's first and last 3x3 layer widths and its 1x1 layer on
-    1x1 images, at batch 128 and at batch 1 (where the JIT makes the batch size a constexpr),
-    fp32 and bf16."""
+    """The forward's Horner step at every LipConvNet layer at batch 128 and at 32@32x32 at
+    batch 1 (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run with
+    torch's default flags uses) and bf16; the backward at the first and last 3x3 layer widths
+    and the 1x1 layer, at batch 128 and 1."""
     for dtype in (torch.float32, torch.bfloat16):
-        for batch, channels, size, k in ((128, 32, 32, 3), (128, 512, 2, 3), (1, 32, 32, 3),
-                                         (128, 1024, 1, 1)):
+        dtype_name = str(dtype).removeprefix("torch.")
+        for batch, (channels, size, k) in ((1, SOC_LAYERS[0]),
+                                           *((128, layer) for layer in SOC_LAYERS)):
             x = torch.empty(batch, channels, size, size, dtype=dtype, device="meta")
             S = torch.empty(channels, channels, k, k, dtype=dtype, device="meta")
-            scratch = torch.empty(0, dtype=torch.float32, device="meta")
-            _, config = soc_exp.launch_config(x, S)
-            config["PRECISION"] = "tf32"  # what a GPU run with torch's default flags uses
-            name = f"{str(dtype).removeprefix('torch.')}-B{batch}-C{channels}-H{size}-k{k}"
-            yield (f"soc_exp-{name}", soc_exp._soc_exp_kernel,
-                   (x, S, x, x, scratch, 5, *x.shape), dict(config, SAVE_Z2=True))
-            yield (f"soc_exp_backward-{name}", soc_exp._soc_exp_backward_kernel,
-                   (x, S, S, x, x, scratch, scratch, 5, *x.shape), dict(config, EXACT=True))
+            name = f"{dtype_name}-B{batch}-C{channels}-H{size}-k{k}"
+            grid, config = soc_exp.forward_launch_config(x, S)
+            config["PRECISION"] = "tf32"
+            pixels = batch * size * size
+            yield (f"soc_exp-{name}", soc_exp._horner_step_kernel,
+                   (x, x, S, x, x, 5, pixels, channels, size, size),
+                   dict(config, LAST=False, COPY=True), grid[0] * grid[1])
+            if channels in (32, 512, 2048):
+                _, config = soc_exp.backward_launch_config(x, S)
+                config["PRECISION"] = "tf32"
+                scratch = torch.empty(0, dtype=torch.float32, device="meta")
+                yield (f"soc_exp_backward-{name}", soc_exp._soc_exp_backward_kernel,
+                       (x, S, S, x, x, scratch, scratch, 5, *x.shape), dict(config, EXACT=True))
 
 
 def _cayley_cases():
@@ -165,22 +176,46 @@ def _resource_usage(cubin: bytes) -> dict:
     return {"registers": int(usage.group(1)), "stack": int(usage.group(2))}
 
 
+# PTX instructions counted per kernel: tensor-core products (Hopper's warpgroup wgmma, and the
+# warp-level mma.sync of sm_80 and of tiles too small for wgmma), and global loads by width:
+# 16 bytes (ld.global.v4 of 32-bit words, or cp.async of 16 bytes into shared memory, which is
+# how the pipelined loops load) against narrower ones.
+_PTX_COUNTS = {
+    "wgmma": r"\bwgmma\.mma_async\b",
+    "mma": r"\bmma\.sync\b",
+    "wide_loads": r"\bld\.global(\.\w+)*\.v4\.(b|f|u|s)32\b|\bcp\.async\.c[ag]\.shared\.global"
+                  r"\s*\[[^]]*\],\s*\[[^]]*\],\s*(16|0x10)\b",
+    "narrow_loads": r"\bld\.global(?!(\.\w+)*\.v4\.(b|f|u|s)32\b)|\bcp\.async\.c[ag]\.shared"
+                    r"\.global\s*\[[^]]*\],\s*\[[^]]*\],\s*(4|8|0x4|0x8)\b",
+}
+
+
+def ptx_counts(ptx: str) -> dict:
+    return {key: len(re.findall(pattern, ptx)) for key, pattern in _PTX_COUNTS.items()}
+
+
 def compile_case(kernel, args, constants, capability):
     options = {key: constants.pop(key) for key in ("num_warps", "num_stages") if key in constants}
     signature, constexprs, attrs = _specialization(kernel, args, constants)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
-    return {**_resource_usage(compiled.asm["cubin"]), "shared": compiled.metadata.shared}
+    return {**_resource_usage(compiled.asm["cubin"]), "shared": compiled.metadata.shared,
+            **ptx_counts(compiled.asm["ptx"])}
 
 
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
-    for name, kernel, args, constants in (*_soc_exp_cases(), *_cayley_cases(),
-                                          *_spectral_cases(), *_pair_cases()):
+    # A case is (name, kernel, args, constants), with the launch's program count after them
+    # where the case states it.
+    for name, kernel, args, constants, *programs in (*_soc_exp_cases(), *_cayley_cases(),
+                                                     *_spectral_cases(), *_pair_cases()):
         for capability in CAPABILITIES:
             usage = compile_case(kernel, args, dict(constants), capability)
-            print(json.dumps({"case": name, "capability": capability, **usage}), flush=True)
+            row = {"case": name, "capability": capability, **usage}
+            if programs:
+                row["programs"] = programs[0]
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
