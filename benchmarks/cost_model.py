@@ -143,6 +143,48 @@ def soc_exp_horner_table(terms: int = 15, target: float = 3.0) -> str:
     return "\n".join(lines)
 
 
+def _weight_gradient_design(layer: SocLayer) -> float:
+    """Seconds of one weight-gradient launch of the implemented backward: a GEMM reduced over
+    the pixels (2 N C^2 k^2 FLOPs), reading u and the power (2 A) and the per-split partial sums
+    (read and written, float32) from HBM, and from L2 each program's slices of u and of the
+    shifted power, for every tap and channel tile (`weight_gradient_tiles`)."""
+    from lipkernels.triton.soc_exp import weight_gradient_tiles
+
+    size = ELEMENT_BYTES[layer.dtype]
+    taps = layer.kernel ** 2
+    block, _, _, splits = weight_gradient_tiles(layer.pixels, layer.channels, layer.kernel, size)
+    hbm = 2 * layer.activation_bytes + 2 * splits * layer.channels ** 2 * taps * 4
+    l2 = 2 * taps * math.ceil(layer.channels / block) * layer.activation_bytes
+    return max(layer.conv_flops / layer.peak, hbm / HBM_BYTES_PER_S, l2 / L2_BYTES_PER_S)
+
+
+def soc_exp_training_horner_table(terms: int = 6, target: float = 2.0) -> str:
+    """The implemented forward and exact backward (lipkernels/triton/soc_exp.py): the forward's
+    n Horner steps; in the backward n - 1 steps for the powers, n for u_{n-2} .. u_0 and
+    grad_x, and n weight-gradient launches, plus the layout copies of x, grad_y and the two
+    filters (4 A + 4 W); against the reference of the table above. Peak memory beyond the
+    resident inputs: y, grad_y, the n powers (x's channels-last copy among them) and g's copy,
+    every u written into a spent buffer, then grad_x."""
+    n = terms - 1
+    lines = ["| layer | dtype | reference us | design us | launches | ratio | meets "
+             f"{target:.0f}x | peak memory, reference / design |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for layer in soc_layers():
+        A, W, conv = layer.activation_bytes, layer.filter_bytes, layer.conv_flops
+        reference = n * (layer.roofline(conv, 6 * A + W) + layer.roofline(2 * conv, 9 * A + 2 * W))
+        reference += 8 * n * LAUNCH_S
+        step, copies, _ = _horner_step_design(layer)
+        launch_count = n + 2 + (n - 1) + n + n + 4
+        launches = launch_count * LAUNCH_S
+        design = ((3 * n - 1) * step + n * _weight_gradient_design(layer) + 2 * copies
+                  + launches)
+        lines.append(f"| {layer.label} | {layer.dtype} | {_us(reference)} | {_us(design)} | "
+                     f"{launches / design:.0%} | {_ratio(reference / design)} | "
+                     f"{'yes' if reference / design >= target else 'no'} | {3 + n} A / "
+                     f"{n + 3} A |")
+    return "\n".join(lines)
+
+
 def soc_exp_training_table(terms: int = 6, target: float = 2.0) -> str:
     """Forward and exact backward, n = terms - 1. The reference, differentiated by autograd,
     keeps every term's input and runs, per term, the forward's conv, division and addition (3
@@ -222,6 +264,7 @@ TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
     "soc_exp forward, 15 terms, one launch per Horner step": soc_exp_horner_table,
     "soc_exp forward and backward, 6 terms": soc_exp_training_table,
+    "soc_exp forward and backward, 6 terms, Horner steps": soc_exp_training_horner_table,
     "fantastic_four, 50 iterations": fantastic_four_table,
 }
 

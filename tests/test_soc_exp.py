@@ -268,16 +268,15 @@ def test_kernel_large_images_match_reference(device, backend, grad_mode):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("grad_mode", ["exact", "fast"])
-def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch):
-    """Small images are packed several per program of the backward (the last group partial),
-    and the forward's pixel tiles span several images: the zero padding must stop at each
-    image's border inside a group or a tile."""
+def test_triton_tiles_across_images_match_reference(device, grad_mode):
+    """Small images: the Horner steps' pixel tiles and the weight gradient's pixel splits span
+    several images, and the zero padding must stop at each image's border inside them."""
     require_kernel(device, "triton")
     from lipkernels.triton import soc_exp as triton_soc_exp
 
-    monkeypatch.setattr(triton_soc_exp, "_MIN_PROGRAMS", 2)
     x, S, g = kernel_problem(device, channels=3, size=(2, 3), batch=7)
-    assert triton_soc_exp._group_size(7, 6) == 3
+    assert triton_soc_exp.forward_launch_config(x, S)[1]["BLOCK_M"] > 6
+    assert triton_soc_exp._WeightGradient(x, S).partial.shape[0] > 1
     compare_with_reference(gradients(lambda *a: run("triton", lipkernels.soc_exp, *a), 6, grad_mode),
                            gradients(reference.soc_exp, 6, grad_mode), (x, S, g), torch.float64,
                            ["grad_x", "grad_S"])
@@ -285,20 +284,39 @@ def test_triton_groups_of_images_match_reference(device, grad_mode, monkeypatch)
                            lambda x, S: reference.soc_exp(x, S, 6), (x, S), torch.float64, ["y"])
 
 
-@pytest.mark.parametrize("channels", [32, 40])
-def test_triton_forward_tiles_split_channels(channels):
-    """The forward's Horner step over several tiles of output channels and of reduction
-    channels, whole (32 = 2 x 16) and with a partial last block (40), its pixel tiles crossing
-    image borders: the interpreter against the float64 reference."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_triton_weight_gradient_is_the_same_on_every_run(device):
+    """grad_S from per-program partial sums added in a fixed order, with no atomics: two runs of
+    the exact backward agree bit for bit, with the pixels split over several programs."""
+    require_kernel(device, "triton")
+    from lipkernels.triton import soc_exp as triton_soc_exp
+
+    x, S, g = kernel_problem(device, channels=3, size=(2, 3), batch=7)
+    assert triton_soc_exp._WeightGradient(x, S).partial.shape[0] > 1
+    first, second = (run("triton", lambda: gradients(lipkernels.soc_exp, 4, "exact")(x, S, g))
+                     for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("channels", [32, 72])
+def test_triton_tiles_split_channels(channels):
+    """The Horner steps over several tiles of output channels and of reduction channels, whole
+    (32 = 2 x 16) and with a partial last block (72 = 4 x 16 + 8), and the weight gradient over
+    two tiles of channels at 72: the interpreter against the float64 reference, forward and
+    exact gradients."""
     require_kernel("cpu", "triton")
     from lipkernels.triton import soc_exp as triton_soc_exp
 
-    x, S, _ = kernel_problem("cpu", channels=channels, size=(3, 5), batch=3)
+    x, S, g = kernel_problem("cpu", channels=channels, size=(3, 5), batch=3)
     grid, config = triton_soc_exp.forward_launch_config(x, S)
     assert grid[1] > 1 and config["BLOCK_K"] < channels
     assert config["WHOLE_BLOCKS"] == (channels % config["BLOCK_K"] == 0)
-    compare_with_reference(lambda x, S: run("triton", lipkernels.soc_exp, x, S, 5, "fast"),
-                           lambda x, S: reference.soc_exp(x, S, 5), (x, S), torch.float64, ["y"])
+    assert (triton_soc_exp._WeightGradient(x, S).config["BLOCK_CO"] < channels) == (channels > 64)
+    kernel = lambda *a: run("triton", lipkernels.soc_exp, *a)  # noqa: E731
+    compare_with_reference(lambda x, S: kernel(x, S, 4), lambda x, S: reference.soc_exp(x, S, 4),
+                           (x, S), torch.float64, ["y"])
+    compare_with_reference(gradients(kernel, 4, "exact"), gradients(reference.soc_exp, 4, "exact"),
+                           (x, S, g), torch.float64, ["grad_x", "grad_S"])
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)

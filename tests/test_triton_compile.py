@@ -1,7 +1,7 @@
 """The Triton kernels compile for sm_80 and sm_90 without a GPU, specialised as the JIT
 specialises a launch (batch 1 and sizes of 1 included), within register and shared memory budgets
 (tests/triton_compile_check.py, run in a process without the interpreter); and the soc_exp
-forward is what its design claims (docs/performance.md): tensor-core instructions, 16-byte
+kernels are what their design claims (docs/performance.md): tensor-core instructions, 16-byte
 loads and a program per SM at every LipConvNet layer, read off the PTX and the launch grid."""
 
 import json
@@ -32,8 +32,8 @@ def compiled():
 
 def test_every_case_compiles_for_both_architectures(compiled):
     cases = {row["case"] for row in compiled}
-    assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_backward-bfloat16-B128-C512-H2-k3",
-            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_backward-float32-B128-C2048-H1-k1",
+    assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_power-bfloat16-B128-C512-H2-k3",
+            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_weight_gradient-float32-B128-C2048-H1-k1",
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
             "power_iteration-bfloat16-B128-1x64-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
@@ -50,39 +50,60 @@ def test_resource_usage_stays_within_budget(compiled):
         assert row["stack"] <= MAX_STACK_BYTES, f"{where}: {row['stack']} bytes of stack (spills)"
 
 
-def _forward_steps(compiled, batch=None):
-    rows = [row for row in compiled if row["case"].startswith("soc_exp-")
+def _soc_exp_rows(compiled, kernel="soc_exp", batch=None):
+    """The compiled cases of one soc_exp kernel: "soc_exp" (the Horner step with x added, as
+    the series runs it), "soc_exp_power" (without, the exact backward's powers) or
+    "soc_exp_weight_gradient"; at one batch size or all."""
+    rows = [row for row in compiled if row["case"].startswith(f"{kernel}-")
             and (batch is None or f"-B{batch}-" in row["case"])]
     assert rows
     return rows
 
 
-def test_forward_steps_multiply_on_tensor_cores(compiled):
-    """soc_exp's Horner step: every channel mixing on tensor cores, fp32 (TF32) and bf16 alike;
-    on sm_90 the tiles of 64 and 128 pixels (the layers of 4x4 images and more at batch 128) use
-    Hopper's warpgroup wgmma (tiles of fewer pixels are below its 64 rows and use mma.sync)."""
-    for row in _forward_steps(compiled):
+_SOC_EXP_KERNELS = ("soc_exp", "soc_exp_power", "soc_exp_weight_gradient")
+
+
+@pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS)
+def test_soc_exp_multiplies_on_tensor_cores(compiled, kernel):
+    """Every soc_exp kernel does its channel mixing on tensor cores, fp32 (TF32) and bf16
+    alike; on sm_90 the tiles of 64 rows or more use Hopper's warpgroup wgmma: the Horner
+    steps' 64- and 128-pixel tiles (the layers of 4x4 images and more at batch 128) and the
+    weight gradient's 64-channel tiles (from 64 channels on); smaller tiles are below its 64
+    rows and use mma.sync."""
+    for row in _soc_exp_rows(compiled, kernel):
         assert row["mma"] + row["wgmma"] > 0, f"{row['case']} on sm_{row['capability']}"
-    for row in _forward_steps(compiled, batch=128):
-        if row["capability"] == 90 and any(f"-C{c}-H{h}-" in row["case"]
-                                           for c, h in ((32, 32), (64, 16), (128, 8), (256, 4))):
+    for row in _soc_exp_rows(compiled, kernel, batch=128):
+        if kernel == "soc_exp_weight_gradient":
+            tall = "-C32-" not in row["case"]
+        else:
+            tall = any(f"-C{c}-H{h}-" in row["case"]
+                       for c, h in ((32, 32), (64, 16), (128, 8), (256, 4)))
+        if row["capability"] == 90 and tall:
             assert row["wgmma"] > 0, f"{row['case']}: no wgmma on sm_90"
 
 
-def test_forward_steps_load_16_bytes_wide(compiled):
+@pytest.mark.parametrize("kernel", ["soc_exp", "soc_exp_power"])
+def test_horner_steps_load_16_bytes_wide(compiled, kernel):
     """The Horner step's operand loads are 16-byte vectors (cp.async into shared memory in the
     pipelined reduction loop): most of its global loads, on every layer and both
-    architectures."""
-    for row in _forward_steps(compiled):
+    architectures. (The weight gradient's are not in fp32: TF32 tensor cores read operands
+    contiguous along the reduction, here the pixels, and channels-last activations are
+    contiguous along the channels; bf16 operands may be transposed and load 16 bytes wide.)"""
+    for row in _soc_exp_rows(compiled, kernel):
         assert row["wide_loads"] > row["narrow_loads"], \
             f"{row['case']} on sm_{row['capability']}: {row['wide_loads']} 16-byte loads, " \
             f"{row['narrow_loads']} narrower"
+    for row in _soc_exp_rows(compiled, "soc_exp_weight_gradient"):
+        if "bfloat16" in row["case"]:
+            assert row["wide_loads"] > row["narrow_loads"], row["case"]
 
 
-def test_forward_steps_fill_an_h100_at_batch_128(compiled):
-    """At batch 128 every LipConvNet layer's Horner step launches at least a program per SM of
-    an H100 (132), the small-image layers by splitting their output channels."""
-    rows = _forward_steps(compiled, batch=128)
+@pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS)
+def test_soc_exp_fills_an_h100_at_batch_128(compiled, kernel):
+    """At batch 128 every LipConvNet layer's launches have at least a program per SM of an
+    H100 (132): the Horner steps by splitting the small-image layers' output channels, the
+    weight gradient by splitting the pixels where the channels give too few tiles."""
+    rows = _soc_exp_rows(compiled, kernel, batch=128)
     assert len({row["case"] for row in rows}) == 12  # six layers, two dtypes
     for row in rows:
         assert row["programs"] >= 132, f"{row['case']}: {row['programs']} programs"

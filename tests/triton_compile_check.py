@@ -53,10 +53,11 @@ SOC_LAYERS = ((32, 32, 3), (64, 16, 3), (128, 8, 3), (256, 4, 3), (512, 2, 3), (
 
 
 def _soc_exp_cases():
-    """The forward's Horner step at every LipConvNet layer at batch 128 and at 32@32x32 at
-    batch 1 (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run with
-    torch's default flags uses) and bf16; the backward at the first and last 3x3 layer widths
-    and the 1x1 layer, at batch 128 and 1."""
+    """soc_exp's two kernels at every LipConvNet layer at batch 128 and at 32@32x32 at batch 1
+    (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run with torch's
+    default flags uses) and bf16: the Horner step as the series runs it (with x added) and as
+    the exact backward's powers run it (without), and the weight gradient. Each case carries its
+    launch's program count."""
     for dtype in (torch.float32, torch.bfloat16):
         dtype_name = str(dtype).removeprefix("torch.")
         for batch, (channels, size, k) in ((1, SOC_LAYERS[0]),
@@ -66,16 +67,14 @@ def _soc_exp_cases():
             name = f"{dtype_name}-B{batch}-C{channels}-H{size}-k{k}"
             grid, config = soc_exp.forward_launch_config(x, S)
             config["PRECISION"] = "tf32"
-            pixels = batch * size * size
-            yield (f"soc_exp-{name}", soc_exp._horner_step_kernel,
-                   (x, x, S, x, x, 5, pixels, channels, size, size),
-                   dict(config, LAST=False, COPY=True), grid[0] * grid[1])
-            if channels in (32, 512, 2048):
-                _, config = soc_exp.backward_launch_config(x, S)
-                config["PRECISION"] = "tf32"
-                scratch = torch.empty(0, dtype=torch.float32, device="meta")
-                yield (f"soc_exp_backward-{name}", soc_exp._soc_exp_backward_kernel,
-                       (x, S, S, x, x, scratch, scratch, 5, *x.shape), dict(config, EXACT=True))
+            sizes = (batch * size * size, channels, size, size)
+            for add, step in ((True, "soc_exp"), (False, "soc_exp_power")):
+                yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, x, 5, *sizes),
+                       dict(config, ADD=add, LAST=False, COPY=add), grid[0] * grid[1])
+            gradient = soc_exp._WeightGradient(x, S)
+            yield (f"soc_exp_weight_gradient-{name}", soc_exp._weight_gradient_kernel,
+                   (x, x, gradient.partial, 5, *gradient.sizes),
+                   dict(gradient.config, PRECISION="tf32"), gradient.programs)
 
 
 def _cayley_cases():

@@ -1,4 +1,4 @@
-"""Triton skew-orthogonal convolution series: every term of a direction in one launch.
+"""Triton skew-orthogonal convolution series on tensor cores: one launch per Horner step.
 
 Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021; the fast gradient from Singla, Singla
 & Feizi, "Improved techniques for deterministic l2 robustness", NeurIPS 2022. The math is that of
@@ -9,37 +9,27 @@ Wg(a, b) the weight gradient of conv(a, .) against the output gradient b):
                exact grad_S = sum_{j=0}^{n-1} Wg(S^j x, u_j) / (j+1)!
                fast  grad_S = Wg(z_2, u_0)
 
-The forward is one launch per Horner step, each an implicit GEMM over the whole batch: rows are
-the M = B H W pixels, columns the output channels, the reduction the input channels of every tap
+Every step of either direction, and every power S^j x the exact backward recomputes, is one
+launch of `_horner_step_kernel`: an implicit GEMM over the whole batch, rows the M = B H W
+pixels, columns the output channels, the reduction the input channels of every tap
 (docs/performance.md: a design that keeps the activations of an image group on chip needs the
-whole C x C filter in every program each term, 9.4 MB at 512 channels, and grows only one program
-per image group). Tiles are as large as the grid allows while it still has a program per SM of an
-H100 (`term_tiles`), so the small-image, many-channel layers split their output channels over
-programs and read only their slice of the filter. The working activations are channels-last, so
-a tile of input channels is contiguous (16-byte loads) and the reduction loop over (tap, channel
-block) is one loop the compiler pipelines; the step's epilogue adds x and divides by i, so a term
-costs one launch and 3 activation passes (read z and x, write the new z). The state z is stored
-in the input's dtype between steps and each step accumulates in float32 (float64 for float64):
-half-precision inputs are multiplied on tensor cores in their own precision (bf16/fp16 mma) and
-each Horner partial sum is rounded once, where the reference rounds each term's convolution,
-division and addition.
+whole C x C filter in every program each term, 9.4 MB at 512 channels, and has only one program
+per image group). Among the tiles whose grid has a program per SM of an H100, the launcher takes
+those that read the least from L2 (`horner_tiles`), so the small-image, many-channel layers split
+their output channels over programs. The activations are channels-last, so a tile of input
+channels is contiguous (16-byte loads), and the reduction over (channel block, tap) is one loop
+the compiler pipelines, taps innermost so that the shifted re-reads of a block hit L1; the
+epilogue adds x (or g) and divides by the step's integer, so a step costs one launch and 3
+activation passes. Activations are stored in the input's dtype between steps and each step
+accumulates in float32 (float64 for float64): half-precision inputs are multiplied on tensor
+cores in their own precision (bf16/fp16 mma) and each Horner partial sum is rounded once, where
+the reference rounds each term's convolution, division and addition.
 
-Why the backward's program owns whole images: term i + 1 of the series needs term i at every
-neighbouring pixel and channel, and programs cannot wait for each other. A program that holds all
-channels and pixels of its images needs no other program's data, so it runs the whole loop with a
-CTA barrier (tl.debug_barrier, which also orders the program's global memory) between terms. Each
-LipConvNet activation is at most 32K values an image, so the working set stays in L2. Images
-with few pixels are grouped, several per program, so the pixel axis of the matrix products stays
-wide; pixels of different images in a group never mix (the padding masks are per image).
-
-A term is a set of (channel block x pixel block) output tiles; a tile accumulates, over input
-channel blocks and the k x k taps, tl.dot(filter tap tile, shifted input tile), with the
-shifted input masked to zero outside its image (the zero padding). Terms live in a scratch
-tensor of the accumulation dtype (float32, float64 for float64) so the series is rounded to the
-input dtype once. The weight gradient tile (output channels x input channels, one tap) is
-tl.dot(u tile, shifted power tile^T) summed over the program's pixels and added to a float
-buffer with tl.atomic_add: programs never wait for each other, and the order of the additions
-(hence the last bits of grad_S) varies from run to run.
+The weight gradient is `_weight_gradient_kernel`, a GEMM reduced over the pixels, one (output x
+input channels) tile of one tap per program, the pixels split over programs only until the grid
+fills the GPU; each program owns its partial sum, so grad_S needs no atomics and is the same on
+every run. The exact gradient's sum over j is accumulated Horner-like, G <- G / (j + 2) +
+Wg(S^j x, u_j) from j = n - 1 down, so its coefficients 1 / (j + 1)! are exact integer divisions.
 """
 
 from __future__ import annotations
@@ -50,146 +40,18 @@ import triton.language as tl
 
 from ._common import accumulation_dtype, launchable
 
-# The pixel axis of a tile: 64 keeps the (channels x pixels) accumulator and the two operand
-# tiles within the register file at 4 warps; images are grouped up to this many pixels.
-_BLOCK_PIXELS = 64
 # tl.dot needs every dimension >= 16.
 _MIN_BLOCK = 16
-_MAX_BLOCK_CHANNELS = 32
-# Programs a launch should have before images are grouped: about the SM count of an H100, so a
-# batch of large images fills the GPU one image per program.
-_MIN_PROGRAMS = 128
-
-
-@triton.jit
-def _pixel_coordinates(p, HW, W):
-    """(image, row, column) of group pixel index p = image * H * W + row * W + column."""
-    image = p // HW
-    pixel = p % HW
-    return image, pixel // W, pixel % W
-
-
-@triton.jit
-def _shifted_tile(src_ptr, channels, image, row, column, pixel_mask, dy, dx, C, H, W, HW,
-                  acc_ty: tl.constexpr):
-    """src[image, channel, row + dy, column + dx] as a (channels x pixels) tile, 0 outside the
-    image (zero "same" padding) and for masked channels or pixels."""
-    shifted_row = row + dy
-    shifted_column = column + dx
-    valid = pixel_mask & (shifted_row >= 0) & (shifted_row < H) & (shifted_column >= 0) \
-        & (shifted_column < W)
-    offsets = (image * C)[None, :] * HW + channels[:, None] * HW \
-        + (shifted_row * W + shifted_column)[None, :]
-    mask = (channels < C)[:, None] & valid[None, :]
-    return tl.load(src_ptr + offsets, mask=mask, other=0.0).to(acc_ty)
-
-
-@triton.jit
-def _conv_tile(src_ptr, w_ptr, out_channels, p, P, C, H, W, HW,
-               KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-               BLOCK_P: tl.constexpr, acc_ty: tl.constexpr, PRECISION: tl.constexpr):
-    """conv(src, w)[out_channels, p] for a tile of output channels and group pixels p:
-    sum over input channels ci and taps (ty, tx) of w[co, ci, ty, tx] src[ci, p + (ty - k/2,
-    tx - k/2)]."""
-    image, row, column = _pixel_coordinates(p, HW, W)
-    pixel_mask = p < P
-    acc = tl.zeros((BLOCK_CO, BLOCK_P), acc_ty)
-    for ci0 in range(0, C, BLOCK_CI):
-        in_channels = ci0 + tl.arange(0, BLOCK_CI)
-        w_mask = (out_channels < C)[:, None] & (in_channels < C)[None, :]
-        w_offsets = (out_channels[:, None] * C + in_channels[None, :]) * (KSIZE * KSIZE)
-        for tap in range(KSIZE * KSIZE):
-            taps = tl.load(w_ptr + w_offsets + tap, mask=w_mask, other=0.0).to(acc_ty)
-            src = _shifted_tile(src_ptr, in_channels, image, row, column, pixel_mask,
-                                tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2,
-                                C, H, W, HW, acc_ty)
-            acc += tl.dot(taps, src, input_precision=PRECISION)
-    return acc
-
-
-@triton.jit
-def _series_step(src_ptr, dst_ptr, add_ptr, w_ptr, scale, P, C, H, W, HW,
-                 ADD: tl.constexpr, KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr,
-                 BLOCK_CI: tl.constexpr, BLOCK_P: tl.constexpr, acc_ty: tl.constexpr,
-                 PRECISION: tl.constexpr):
-    """dst = scale * conv(src, w) (+ add if ADD) over the program's images. Ends with a barrier:
-    the next step reads dst at other pixels and channels."""
-    for co0 in range(0, C, BLOCK_CO):
-        out_channels = co0 + tl.arange(0, BLOCK_CO)
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            out = scale * _conv_tile(src_ptr, w_ptr, out_channels, p, P, C, H, W, HW,
-                                     KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
-            image, row, column = _pixel_coordinates(p, HW, W)
-            offsets = (image * C)[None, :] * HW + out_channels[:, None] * HW \
-                + (row * W + column)[None, :]
-            mask = (out_channels < C)[:, None] & (p < P)[None, :]
-            if ADD:
-                out += tl.load(add_ptr + offsets, mask=mask, other=0.0).to(acc_ty)
-            tl.store(dst_ptr + offsets, out.to(dst_ptr.dtype.element_ty), mask=mask)
-    tl.debug_barrier()
-
-
-@triton.jit
-def _copy(src_ptr, dst_ptr, count, BLOCK: tl.constexpr):
-    """dst[:count] = src[:count] (cast to dst's dtype), then a barrier."""
-    for start in range(0, count, BLOCK):
-        offsets = start + tl.arange(0, BLOCK)
-        values = tl.load(src_ptr + offsets, mask=offsets < count)
-        tl.store(dst_ptr + offsets, values.to(dst_ptr.dtype.element_ty), mask=offsets < count)
-    tl.debug_barrier()
-
-
-@triton.jit
-def _add_weight_gradient(src_ptr, u_ptr, grad_ptr, coefficient, P, C, H, W, HW,
-                         KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-                         BLOCK_P: tl.constexpr, acc_ty: tl.constexpr, PRECISION: tl.constexpr):
-    """grad[co, ci, ty, tx] += coefficient * sum_p u[co, p] src[ci, p + (ty - k/2, tx - k/2)]
-    over the program's pixels: Wg(src, u), the weight gradient of conv(src, .) against u."""
-    for co0 in range(0, C, BLOCK_CO):
-        out_channels = co0 + tl.arange(0, BLOCK_CO)
-        for ci0 in range(0, C, BLOCK_CI):
-            in_channels = ci0 + tl.arange(0, BLOCK_CI)
-            grad_mask = (out_channels < C)[:, None] & (in_channels < C)[None, :]
-            grad_offsets = (out_channels[:, None] * C + in_channels[None, :]) * (KSIZE * KSIZE)
-            for tap in range(KSIZE * KSIZE):
-                acc = tl.zeros((BLOCK_CO, BLOCK_CI), acc_ty)
-                for p0 in range(0, P, BLOCK_P):
-                    p = p0 + tl.arange(0, BLOCK_P)
-                    image, row, column = _pixel_coordinates(p, HW, W)
-                    pixel_mask = p < P
-                    u = _shifted_tile(u_ptr, out_channels, image, row, column, pixel_mask, 0, 0,
-                                      C, H, W, HW, acc_ty)
-                    src = _shifted_tile(src_ptr, in_channels, image, row, column, pixel_mask,
-                                        tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2,
-                                        C, H, W, HW, acc_ty)
-                    acc += tl.dot(u, tl.trans(src), input_precision=PRECISION)
-                tl.atomic_add(grad_ptr + grad_offsets + tap, coefficient * acc, mask=grad_mask)
-    # The caller overwrites src or u next.
-    tl.debug_barrier()
-
-
-@triton.jit
-def _program_images(B, C, H, W, GROUP: tl.constexpr):
-    """This program's share of the batch: images GROUP * pid onwards (fewer in the last group).
-
-    Returns (H * W, P = pixels of the group, element offset of its first image, elements of one
-    activation-sized scratch slot)."""
-    HW = H * W
-    first = tl.program_id(0) * GROUP
-    P = tl.minimum(GROUP, B - first) * HW
-    # tl.cast, not .to: the JIT turns a batch of 1 (or a 1x1 image) into a constexpr, which has
-    # no .to.
-    return HW, P, first.to(tl.int64) * C * HW, tl.cast(B, tl.int64) * C * HW
 
 
 @triton.jit
 def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C, H, W,
-                        LAST: tl.constexpr, COPY: tl.constexpr, KSIZE: tl.constexpr,
+                        ADD: tl.constexpr, LAST: tl.constexpr, COPY: tl.constexpr,
+                        KSIZE: tl.constexpr,
                         WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         acc_ty: tl.constexpr, operand_ty: tl.constexpr, PRECISION: tl.constexpr):
-    """One Horner step of the forward series over the whole batch:
-        out = x + conv(z, S) / divisor,
+    """One Horner step of the series over the whole batch:
+        out = x + conv(z, S) / divisor   (out = conv(z, S) / divisor without ADD),
     an implicit GEMM (M pixels x C output channels, reduction over C input channels x k^2 taps)
     on a (BLOCK_M x BLOCK_N) output tile per program. z and x are channels-last (M, C) in the
     input dtype, taps is S as (k, k, C_out, C_in): both operands contiguous along the reduction,
@@ -228,7 +90,9 @@ def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C
                      out_dtype=acc_ty)
     mask = row_mask[:, None] & col_mask[None, :]
     rows_major = rows[:, None] * C + cols[None, :]
-    out = tl.load(x_ptr + rows_major, mask=mask, other=0.0).to(acc_ty) + acc / divisor
+    out = acc / divisor
+    if ADD:
+        out += tl.load(x_ptr + rows_major, mask=mask, other=0.0).to(acc_ty)
     image_major = (rows - pixel)[:, None] * C + cols[None, :] * (H * W) + pixel[:, None]
     if LAST:
         tl.store(out_ptr + image_major, out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -239,66 +103,44 @@ def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C
 
 
 @triton.jit
-def _soc_exp_backward_kernel(g_ptr, w_ptr, wt_ptr, start_ptr, grad_x_ptr, grad_w_ptr,
-                             scratch_ptr, n, B, C, H, W,
-                             GROUP: tl.constexpr, EXACT: tl.constexpr, KSIZE: tl.constexpr,
-                             BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
-                             BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward of the series (n >= 1) for GROUP images per program, in one launch.
-
-    Exact mode, scratch slots 0..n (each activation-sized, accumulation dtype):
-      slot j <- S^j x for j = 0..n-1 (slot 0 a copy of start = x), slot n <- g = u_{n-1};
-      for j = n-1..0: u_j = g + S^T u_{j+1} / (j+2) is written to slot j+1, whose power S^{j+1} x
-      was used last iteration; then grad_S += Wg(S^j x, u_j) / (j+1)!.
-    Fast mode, slots 0..2: slot 0 <- start = z_2, u_j in slot 1 + (j % 2); grad_S = Wg(z_2, u_0).
-    Both end with grad_x = g + S^T u_0. wt is flipT(S); grad_w a zeroed accumulation-dtype
-    buffer that the programs' partial weight gradients are atomically added to.
-    """
-    acc_ty = scratch_ptr.dtype.element_ty
-    HW, P, base, slot = _program_images(B, C, H, W, GROUP)
-    g_ptr += base
-    start_ptr += base
-    grad_x_ptr += base
-    scratch_ptr += base
-    _copy(start_ptr, scratch_ptr, P * C, BLOCK_CO * BLOCK_P)
-    if EXACT:
-        for j in range(1, n):
-            _series_step(scratch_ptr + (j - 1) * slot, scratch_ptr + j * slot, g_ptr, w_ptr,
-                         1.0, P, C, H, W, HW, False, KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty,
-                         PRECISION)
-        u_last = n
-    else:
-        u_last = 1 + (n - 1) % 2
-    _copy(g_ptr, scratch_ptr + u_last * slot, P * C, BLOCK_CO * BLOCK_P)
-    # 1 / (j+1)! for j = n-1, updated as j decreases.
-    coefficient = tl.full([], 1.0, acc_ty)
-    for m in range(2, n + 1):
-        coefficient = coefficient / m
-    for step in range(0, n):
-        j = n - 1 - step
-        if EXACT:
-            u_slot = j + 1
-        else:
-            u_slot = 1 + j % 2
-        if j < n - 1:
-            if EXACT:
-                previous = j + 2
-            else:
-                previous = 1 + (j + 1) % 2
-            _series_step(scratch_ptr + previous * slot, scratch_ptr + u_slot * slot, g_ptr,
-                         wt_ptr, 1.0 / (j + 2).to(acc_ty), P, C, H, W, HW, True,
-                         KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
-        if EXACT:
-            _add_weight_gradient(scratch_ptr + j * slot, scratch_ptr + u_slot * slot,
-                                 grad_w_ptr, coefficient, P, C, H, W, HW,
-                                 KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
-            coefficient = coefficient * (j + 1)
-    if not EXACT:
-        _add_weight_gradient(scratch_ptr, scratch_ptr + slot, grad_w_ptr, 1.0, P, C, H, W, HW,
-                             KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
-    # u_0 is in slot 1 in both modes.
-    _series_step(scratch_ptr + slot, grad_x_ptr, g_ptr, wt_ptr, 1.0, P, C, H, W, HW, True,
-                 KSIZE, BLOCK_CO, BLOCK_CI, BLOCK_P, acc_ty, PRECISION)
+def _weight_gradient_kernel(u_ptr, p_ptr, partial_ptr, divisor, M, C, H, W, split_pixels,
+                            KSIZE: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
+                            BLOCK_P: tl.constexpr, acc_ty: tl.constexpr,
+                            operand_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """partial <- partial / divisor + Wg(p, u) on one (output channels x input channels) tile of
+    one tap, over one split of the pixels:
+        Wg(p, u)[co, ci, tap] = sum_q u[q, co] p[q + shift(tap), ci]   (0 outside the image),
+    the weight gradient of conv(p, .) against the output gradient u: a GEMM reduced over the
+    pixels (u^T p). u and p are channels-last (M, C); partial is (splits, k, k, C_out, C_in) in
+    the accumulation dtype, each program alone on its slot, so the sum over the splits (on the
+    host) is in a fixed order and grad_S is the same on every run. Program axes: output channel
+    blocks, input channel blocks, taps x splits."""
+    out_channels = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    in_channels = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    tap = tl.program_id(2) % (KSIZE * KSIZE)
+    split = tl.program_id(2) // (KSIZE * KSIZE)
+    dy, dx = tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2
+    first = split.to(tl.int64) * split_pixels
+    last = tl.minimum(first + split_pixels, M)
+    acc = tl.zeros((BLOCK_CO, BLOCK_CI), acc_ty)
+    for start in range(first, last, BLOCK_P):
+        rows = start + tl.arange(0, BLOCK_P)
+        pixel = rows % (H * W)
+        row, column = pixel // W, pixel % W
+        in_split = rows < last
+        inside = in_split & (row + dy >= 0) & (row + dy < H) & (column + dx >= 0) \
+            & (column + dx < W)
+        u = tl.load(u_ptr + rows[:, None] * C + out_channels[None, :],
+                    mask=in_split[:, None] & (out_channels < C)[None, :], other=0.0)
+        p = tl.load(p_ptr + (rows + dy * W + dx)[:, None] * C + in_channels[None, :],
+                    mask=inside[:, None] & (in_channels < C)[None, :], other=0.0)
+        acc = tl.dot(tl.trans(u.to(operand_ty)), p.to(operand_ty), acc,
+                     input_precision=PRECISION, out_dtype=acc_ty)
+    slot = (split * KSIZE * KSIZE + tap).to(tl.int64) * C
+    offsets = (slot + out_channels)[:, None] * C + in_channels[None, :]
+    mask = (out_channels < C)[:, None] & (in_channels < C)[None, :]
+    previous = tl.load(partial_ptr + offsets, mask=mask, other=0.0)
+    tl.store(partial_ptr + offsets, previous / divisor + acc, mask=mask)
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -306,34 +148,6 @@ def _precision(x: torch.Tensor) -> str:
     if x.is_cuda and x.dtype != torch.float64 and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return "ieee"
-
-
-def _group_size(batch: int, pixels: int) -> int:
-    """Images per program: enough to fill a pixel block, but never fewer than _MIN_PROGRAMS
-    programs when the batch allows it (parallelism first; grouping only in large batches)."""
-    filling = max(1, _BLOCK_PIXELS // pixels)
-    return max(1, min(filling, batch // _MIN_PROGRAMS))
-
-
-def backward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int], dict]:
-    """(grid, compile-time constants and launch options) of the backward for images x
-    (B, C, H, W) and filter S.
-
-    num_warps=8, num_stages=2: the 32x32x64 fp32 tiles spill in the backward at 4 warps, and at
-    8 warps with the default 3 pipeline stages; 8 warps with 2 stages do not. In half precision
-    one stage: compiled as the JIT compiles it (tests/triton_compile_check.py), the bf16 backward
-    at 32@32x32 spills 184 bytes a thread on sm_90 with 2 stages and none with 1 (the ptxas
-    figures are in benchmarks/results/kernel-notes.md). Untuned on a GPU so far.
-    """
-    batch, channels, height, width = x.shape
-    group = _group_size(batch, height * width)
-    block_channels = min(max(triton.next_power_of_2(channels), _MIN_BLOCK), _MAX_BLOCK_CHANNELS)
-    block_pixels = min(max(triton.next_power_of_2(group * height * width), _MIN_BLOCK),
-                       _BLOCK_PIXELS)
-    grid = (triton.cdiv(batch, group),)
-    return grid, dict(GROUP=group, KSIZE=S.shape[-1], BLOCK_CO=block_channels,
-                      BLOCK_CI=block_channels, BLOCK_P=block_pixels, PRECISION=_precision(x),
-                      num_warps=8, num_stages=1 if x.element_size() == 2 else 2)
 
 
 # The forward's tiles. 128 x 64 output tiles are the largest that wgmma serves with a 16-deep
@@ -383,8 +197,13 @@ def horner_tiles(pixels: int, channels: int, kernel: int, width: int,
     else:
         block_m, block_n = max(candidates, key=lambda t: (
             horner_programs(t, pixels, channels), -reads(t), -t[0]))
-    block_k = min(max(triton.next_power_of_2(channels), _MIN_BLOCK), 64 // element_size)
-    return block_m, block_n, block_k
+    return block_m, block_n, _reduction_block(channels, element_size)
+
+
+def _reduction_block(channels: int, element_size: int) -> int:
+    """The depth of a tl.dot's reduction step: 64 bytes of each operand row (16 fp32 or 32 bf16
+    values; 16 float64, the smallest tl.dot takes), no deeper than the channels need."""
+    return max(min(triton.next_power_of_2(channels), 64 // element_size), _MIN_BLOCK)
 
 
 def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, int], dict]:
@@ -408,13 +227,30 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
                       num_warps=warps, num_stages=3)
 
 
-def _scratch(x: torch.Tensor, slots: int) -> torch.Tensor:
-    return torch.empty((slots, x.numel()), dtype=accumulation_dtype(x.dtype), device=x.device)
-
-
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) as a contiguous (B, H, W, C) tensor: the Horner step's row-major (M, C)."""
     return t.permute(0, 2, 3, 1).contiguous()
+
+
+class _Series:
+    """The Horner step's launch for one shape: out = (x +) conv(z, filter) / divisor over the
+    channels-last (M, C) activations, with S or its adjoint flipT(S) as the filter (both
+    reduction-major, (k, k, C_out, C_in))."""
+
+    def __init__(self, x: torch.Tensor, S: torch.Tensor):
+        grid, self.config = forward_launch_config(x, S)
+        self.step = launchable(_horner_step_kernel)[grid]
+        self.sizes = (x.shape[0] * x.shape[2] * x.shape[3], *x.shape[1:])
+        self.taps = S.permute(2, 3, 0, 1).contiguous()
+        self.adjoint_taps = S.transpose(0, 1).flip(2, 3).permute(2, 3, 0, 1).contiguous()
+
+    def __call__(self, z, x, taps, out, divisor, last=False, copy=None):
+        """out = (x +, where x is not None) conv(z, taps) / divisor; `last`: out is NCHW; `copy`:
+        an NCHW tensor that also receives out."""
+        self.step(z, z if x is None else x, taps, out, out if copy is None else copy, divisor,
+                  *self.sizes, ADD=x is not None, LAST=last, COPY=copy is not None,
+                  **self.config)
+        return out
 
 
 def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
@@ -429,46 +265,101 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
     keeps_z2 = grad_mode == "fast"
     if n == 0 or x.numel() == 0:  # custom ops must not return their inputs
         return x.clone(), [x.clone()] if keeps_z2 and n > 0 else []
-    y = torch.empty_like(x)
+    series = _Series(x, S)
     # z_2 is x itself when n == 1; otherwise the step i = 2 stores it.
     z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else None
-    grid, config = forward_launch_config(x, S)
-    rows, taps = _channels_last(x), S.permute(2, 3, 0, 1).contiguous()
+    rows = _channels_last(x)
     states = [torch.empty_like(rows) for _ in range(min(n - 1, 2))]
-    step = launchable(_horner_step_kernel)[grid]
     z = rows
     for i in range(n, 1, -1):
-        copy = keeps_z2 and i == 2
-        out = states[i % 2]
-        step(z, rows, taps, out, z2 if copy else out, i, rows.shape[0] * rows.shape[1] *
-             rows.shape[2], *x.shape[1:], LAST=False, COPY=copy, **config)
-        z = out
-    step(z, rows, taps, y, y, 1, rows.shape[0] * rows.shape[1] * rows.shape[2], *x.shape[1:],
-         LAST=True, COPY=False, **config)
+        z = series(z, rows, series.taps, states[i % 2], i, copy=z2 if keeps_z2 and i == 2 else None)
+    y = series(z, rows, series.taps, torch.empty_like(x), 1, last=True)
     return y, [z2] if keeps_z2 else []
 
 
-def _launch_backward(x: torch.Tensor, S: torch.Tensor, *args, **constants):
-    """Launch the backward on a grid of image groups of x (B, C, H, W) with filter S."""
-    grid, config = backward_launch_config(x, S)
-    launchable(_soc_exp_backward_kernel)[grid](*args, *x.shape, **config, **constants)
+def weight_gradient_tiles(pixels: int, channels: int, kernel: int,
+                          element_size: int) -> tuple[int, int, int, int]:
+    """(channel block, pixel block, pixels per split, splits) of the weight gradient: square
+    tiles of up to 64 channels, and the pixels split until the grid (channel tiles x taps x
+    splits) has a program per SM of an H100 (many channels need no split)."""
+    block = min(max(triton.next_power_of_2(channels), _MIN_BLOCK), _HORNER_BLOCK_N[0])
+    block_p = _reduction_block(channels, element_size)
+    tiles = triton.cdiv(channels, block) ** 2 * kernel * kernel
+    wanted = min(triton.cdiv(_HORNER_SMS, tiles), triton.cdiv(pixels, block_p))
+    split = triton.cdiv(triton.cdiv(pixels, wanted), block_p) * block_p
+    return block, block_p, split, triton.cdiv(pixels, split)
+
+
+class _WeightGradient:
+    """grad_S accumulated Horner-like by `_weight_gradient_kernel` launches: G <- G / divisor +
+    Wg(p, u), in per-split partial sums of the accumulation dtype (`weight_gradient_tiles`)
+    summed at the end."""
+
+    def __init__(self, x: torch.Tensor, S: torch.Tensor):
+        pixels, channels, kernel = x.shape[0] * x.shape[2] * x.shape[3], x.shape[1], S.shape[-1]
+        block, block_p, split, splits = weight_gradient_tiles(pixels, channels, kernel,
+                                                              x.element_size())
+        self.partial = torch.zeros((splits, kernel, kernel, channels, channels),
+                                   dtype=accumulation_dtype(x.dtype), device=x.device)
+        forward = forward_launch_config(x, S)[1]
+        grid = (triton.cdiv(channels, block), triton.cdiv(channels, block), kernel * kernel * splits)
+        self.programs = grid[0] * grid[1] * grid[2]
+        self.kernel = launchable(_weight_gradient_kernel)[grid]
+        self.sizes = (pixels, *x.shape[1:], split)
+        self.config = dict(KSIZE=kernel, BLOCK_CO=block, BLOCK_CI=block, BLOCK_P=block_p,
+                           acc_ty=forward["acc_ty"], operand_ty=forward["operand_ty"],
+                           PRECISION=forward["PRECISION"],
+                           num_warps=min(max(block * block // _HORNER_OUTPUTS_PER_WARP, 1), 8),
+                           num_stages=3)
+
+    def add(self, u: torch.Tensor, p: torch.Tensor, divisor: int):
+        self.kernel(u, p, self.partial, divisor, *self.sizes, **self.config)
+
+    def result(self, dtype: torch.dtype) -> torch.Tensor:
+        """(C_out, C_in, k, k) in `dtype`: the splits summed in order."""
+        return self.partial.sum(0).permute(2, 3, 0, 1).to(dtype).contiguous()
 
 
 def soc_exp_backward(grad_y: torch.Tensor, S: torch.Tensor, start: torch.Tensor,
                      powers: list[torch.Tensor], terms: int, grad_mode: str):
     """(grad_x, grad_S) for the output gradient grad_y; `start` is x (exact) or z_2 (fast).
-    These kernels keep no powers (`powers` is empty): the exact backward recomputes them."""
+    These kernels keep no powers (`powers` is empty): the exact backward recomputes them.
+
+    On channels-last activations, with Horner steps of the adjoint filter flipT(S) and the
+    weight gradient's GEMM (n = terms - 1, g = grad_y):
+        exact: p_j = S^j x for j < n (n - 1 steps without the addition);
+        u_{n-1} = g; u_j = g + S^T u_{j+1} / (j + 2); grad_x = g + S^T u_0;
+        exact grad_S = sum_j Wg(p_j, u_j) / (j + 1)!, summed Horner-like from j = n - 1:
+            G <- G / (j + 2) + Wg(p_j, u_j);
+        fast grad_S = Wg(z_2, u_0)."""
     if powers:
         raise ValueError(f"soc_exp_backward: powers must be empty for the Triton kernels, which "
                          f"recompute the powers; got {len(powers)}")
     grad_y, S, start = grad_y.contiguous(), S.contiguous(), start.contiguous()
     n = terms - 1
-    if n == 0:
+    if n == 0 or grad_y.numel() == 0:
         return grad_y.clone(), torch.zeros_like(S)
     exact = grad_mode == "exact"
-    grad_x = torch.empty_like(grad_y)
-    grad_S = torch.zeros(S.shape, dtype=accumulation_dtype(S.dtype), device=S.device)
-    adjoint = S.transpose(0, 1).flip(2, 3).contiguous()
-    _launch_backward(grad_y, S, grad_y, S, adjoint, start, grad_x, grad_S,
-                     _scratch(grad_y, n + 1 if exact else 3), n, EXACT=exact)
-    return grad_x, grad_S.to(S.dtype)
+    series, weight_gradient = _Series(grad_y, S), _WeightGradient(grad_y, S)
+    g = _channels_last(grad_y)
+    powers = [_channels_last(start)]
+    while exact and len(powers) < n:
+        powers.append(series(powers[-1], None, series.taps, torch.empty_like(g), 1))
+    # Each u_j is written into a buffer already spent (a power whose weight gradient is taken,
+    # or u_{j+2}), so the backward holds n + 1 activations (the powers and g) at its peak.
+    spent, u = [], g
+    for j in range(n - 1, -1, -1):
+        if j < n - 1:
+            previous = u
+            u = series(u, g, series.adjoint_taps, spent.pop() if spent else torch.empty_like(g),
+                       j + 2)
+            if previous is not g:
+                spent.append(previous)
+        if exact:
+            weight_gradient.add(u, powers[j], j + 2)
+            spent.append(powers.pop())
+    if not exact:
+        weight_gradient.add(u, powers.pop(), 1)
+    spent.clear()
+    grad_x = series(u, g, series.adjoint_taps, torch.empty_like(grad_y), 1, last=True)
+    return grad_x, weight_gradient.result(S.dtype)
