@@ -26,6 +26,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from lipkernels._conventions import bound_matrix_shapes
+from lipkernels.benchmarking.suites import soc_exp as soc_suite
 from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
                                householder, max_min, power_iteration, soc_exp)
 
@@ -48,33 +49,38 @@ def _specialization(kernel, args, constants):
     return signature, constexprs, attrs
 
 
-# LipConvNet's SOC layers (channels, image size, kernel) at batch 128: the forward's grid.
-SOC_LAYERS = ((32, 32, 3), (64, 16, 3), (128, 8, 3), (256, 4, 3), (512, 2, 3), (2048, 1, 1))
+def soc_layers():
+    """The soc_exp benchmark grid's layers (channels, image size, kernel): LipConvNet's SOC
+    layers and its strided ones (`lipkernels.benchmarking.suites.soc_exp`)."""
+    return ([(c, size, 3) for c, size in soc_suite.SOC_ACTIVATIONS]
+            + list(soc_suite.SOC_STRIDED_ACTIVATIONS))
 
 
 def _soc_exp_cases():
-    """soc_exp's two kernels at every LipConvNet layer at batch 128 and at 32@32x32 at batch 1
-    (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run with torch's
-    default flags uses) and bf16: the Horner step as the series runs it (with x added) and as
-    the exact backward's powers run it (without), and the weight gradient. Each case carries its
-    launch's program count."""
+    """soc_exp's two kernels at every layer of the benchmark grid at batch 128 and at its first
+    layer at batch 1 (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run
+    with torch's default flags uses) and bf16: the Horner step as the series runs it (with x
+    added) and as the exact backward's powers run it (without), and the weight gradient. Each
+    case carries its launch's program count."""
+    layers = soc_layers()
     for dtype in (torch.float32, torch.bfloat16):
         dtype_name = str(dtype).removeprefix("torch.")
-        for batch, (channels, size, k) in ((1, SOC_LAYERS[0]),
-                                           *((128, layer) for layer in SOC_LAYERS)):
+        for batch, (channels, size, k) in ((1, layers[0]), *((128, layer) for layer in layers)):
             x = torch.empty(batch, channels, size, size, dtype=dtype, device="meta")
             S = torch.empty(channels, channels, k, k, dtype=dtype, device="meta")
             name = f"{dtype_name}-B{batch}-C{channels}-H{size}-k{k}"
             grid, config = soc_exp.forward_launch_config(x, S)
             config["PRECISION"] = "tf32"
             sizes = (batch * size * size, channels, size, size)
+            launch = {"programs": grid[0] * grid[1], "tile_rows": config["BLOCK_M"]}
             for add, step in ((True, "soc_exp"), (False, "soc_exp_power")):
                 yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, x, 5, *sizes),
-                       dict(config, ADD=add, LAST=False, COPY=add), grid[0] * grid[1])
+                       dict(config, ADD=add, LAST=False, COPY=add), launch)
             gradient = soc_exp._WeightGradient(x, S)
             yield (f"soc_exp_weight_gradient-{name}", soc_exp._weight_gradient_kernel,
                    (x, x, gradient.partial, 5, *gradient.sizes),
-                   dict(gradient.config, PRECISION="tf32"), gradient.programs)
+                   dict(gradient.config, PRECISION="tf32"),
+                   {"programs": gradient.programs, "tile_rows": gradient.config["BLOCK_CO"]})
 
 
 def _cayley_cases():
@@ -205,15 +211,13 @@ def compile_case(kernel, args, constants, capability):
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
-    # A case is (name, kernel, args, constants), with the launch's program count after them
-    # where the case states it.
-    for name, kernel, args, constants, *programs in (*_soc_exp_cases(), *_cayley_cases(),
-                                                     *_spectral_cases(), *_pair_cases()):
+    # A case is (name, kernel, args, constants), with facts of its launch after them (a dict)
+    # where the case states them.
+    for name, kernel, args, constants, *launch in (*_soc_exp_cases(), *_cayley_cases(),
+                                                   *_spectral_cases(), *_pair_cases()):
         for capability in CAPABILITIES:
             usage = compile_case(kernel, args, dict(constants), capability)
-            row = {"case": name, "capability": capability, **usage}
-            if programs:
-                row["programs"] = programs[0]
+            row = {"case": name, "capability": capability, **usage, **(launch[0] if launch else {})}
             print(json.dumps(row), flush=True)
 
 

@@ -221,7 +221,9 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
     # float32.
     widen = x.dtype == torch.bfloat16 and x.device.type == "cpu"
     operand_ty = tl.float32 if widen else _TRITON_DTYPES[x.dtype]
-    warps = min(max(block_m * block_n // _HORNER_OUTPUTS_PER_WARP, 1), 8)
+    # wgmma (tiles of 64 rows and more) needs a whole warpgroup of 4 warps.
+    fewest = 4 if block_m >= 64 else 1
+    warps = min(max(block_m * block_n // _HORNER_OUTPUTS_PER_WARP, fewest), 8)
     return grid, dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0, BLOCK_M=block_m,
                       BLOCK_N=block_n, BLOCK_K=block_k, acc_ty=acc_ty, operand_ty=operand_ty, PRECISION=_precision(x),
                       num_warps=warps, num_stages=3)
