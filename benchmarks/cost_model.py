@@ -309,6 +309,47 @@ def cayley_conv2d_table(target: float = 3.0) -> str:
     return "\n".join(lines)
 
 
+# The conv_singular_values grid: square 3x3 filters on n x n images, circular padding, the
+# power iteration's iteration count. A complex SVD's values cost about 32/3 C^3 real FLOPs
+# (Golub and Van Loan's 8/3 n^3 bidiagonalisation, four real products a complex one); a
+# cuSOLVER gesvd call on one matrix runs its bidiagonalisation and QR sweeps as tens of kernels
+# with host synchronisations: taken as 100 us a call (an assumption the first GPU run measures;
+# torch batches only matrices of at most 32 rows through gesvdj).
+CONV_NORM_CHANNELS = (64, 128, 256, 512)
+CONV_NORM_SIZES = (32, 56)
+CONV_NORM_ITERS = 50
+SVD_FLOPS_PER_CUBE = 32 / 3
+CUSOLVER_CALL_S = 100e-6
+
+
+def conv_spectral_norm_table(target: float = 20.0) -> str:
+    """conv_spectral_norm of a C x C x 3 x 3 filter on an n x n image (F = n (n // 2 + 1)
+    frequencies, one of each conjugate pair): the reference's exact norm, svdvals of the F
+    complex64 responses, one cuSOLVER call each (at least its FLOPs at the SIMT peak, at least
+    the call's cost), against the design's power iteration at every frequency in one launch,
+    each iteration two complex matrix-vector products per frequency reading the responses once
+    (8 F C^2 bytes, from L2 while they fit in it)."""
+    lines = ["| filter | image | F | responses MB | reference ms | design ms | design bound by | "
+             f"ratio | meets {target:.0f}x |", "|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for channels in CONV_NORM_CHANNELS:
+        for size in CONV_NORM_SIZES:
+            frequencies = size * (size // 2 + 1)
+            responses = 8.0 * frequencies * channels ** 2
+            svd = SVD_FLOPS_PER_CUBE * channels ** 3 / SIMT_FP32_FLOPS
+            reference = frequencies * max(svd, CUSOLVER_CALL_S) + LAUNCH_S
+            bandwidth = L2_BYTES_PER_S if responses <= L2_BYTES else HBM_BYTES_PER_S
+            flops = 2 * COMPLEX_MAC_FLOPS * frequencies * channels ** 2
+            per_iteration = max(flops / SIMT_FP32_FLOPS, responses / bandwidth)
+            bound = ("compute" if flops / SIMT_FP32_FLOPS >= responses / bandwidth
+                     else "L2" if bandwidth == L2_BYTES_PER_S else "HBM")
+            design = CONV_NORM_ITERS * per_iteration + responses / HBM_BYTES_PER_S + LAUNCH_S
+            lines.append(f"| C{channels}-k3 | {size}x{size} | {frequencies} | "
+                         f"{responses / 1e6:.0f} | {reference * 1e3:.1f} | {design * 1e3:.2f} | "
+                         f"{bound} | {_ratio(reference / design)} | "
+                         f"{'yes' if reference / design >= target else 'no'} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
     "soc_exp forward, 15 terms, one launch per Horner step": soc_exp_horner_table,
@@ -316,6 +357,7 @@ TABLES = {
     "soc_exp forward and backward, 6 terms, Horner steps": soc_exp_training_horner_table,
     "fantastic_four, 50 iterations": fantastic_four_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
+    "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
 }
 
 if __name__ == "__main__":
