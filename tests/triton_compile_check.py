@@ -60,7 +60,8 @@ def _soc_exp_cases():
     """soc_exp's two kernels at every layer of the benchmark grid at batch 128 and at its first
     layer at batch 1 (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run
     with torch's default flags uses) and bf16: the Horner step as the series runs it (with x
-    added) and as the exact backward's powers run it (without), and the weight gradient. Each
+    added; the last step, dividing by 1, at the first layer) and as the exact backward's powers
+    run it (without), and the weight gradient. Each
     case carries its launch's program count."""
     layers = soc_layers()
     for dtype in (torch.float32, torch.bfloat16):
@@ -76,6 +77,10 @@ def _soc_exp_cases():
             for add, step in ((True, "soc_exp"), (False, "soc_exp_power")):
                 yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, x, 5, *sizes),
                        dict(config, ADD=add, LAST=False, COPY=add), launch)
+            if (batch, channels) == (128, layers[0][0]):  # the last step: y stored NCHW
+                yield (f"soc_exp_last_step-{name}", soc_exp._horner_step_kernel,
+                       (x, x, S, x, x, 1, *sizes), dict(config, ADD=True, LAST=True, COPY=False),
+                       launch)
             gradient = soc_exp._WeightGradient(x, S)
             yield (f"soc_exp_weight_gradient-{name}", soc_exp._weight_gradient_kernel,
                    (x, x, gradient.partial, 5, *gradient.sizes),
