@@ -106,8 +106,9 @@ def test_horner_steps_load_16_bytes_wide(compiled, kernel):
 @pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS)
 def test_soc_exp_fills_an_h100_at_batch_128(compiled, kernel):
     """At batch 128 every layer of the soc_exp benchmark grid has at least a program per SM of
-    an H100 (132) in each launch: the Horner steps by splitting the small-image layers' output channels, the
-    weight gradient by splitting the pixels where the channels give too few tiles."""
+    an H100 (132) in each launch: the Horner steps by splitting the small-image layers' output
+    channels, the weight gradient by splitting the pixels where the channels give too few
+    tiles."""
     rows = _soc_exp_rows(compiled, kernel, batch=128)
     assert len({row["case"] for row in rows}) == 2 * len(_compile_check().soc_layers())
     for row in rows:

@@ -47,16 +47,17 @@ _MIN_BLOCK = 16
 @triton.jit
 def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C, H, W,
                         ADD: tl.constexpr, LAST: tl.constexpr, COPY: tl.constexpr,
-                        KSIZE: tl.constexpr,
-                        WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        acc_ty: tl.constexpr, operand_ty: tl.constexpr, PRECISION: tl.constexpr):
+                        KSIZE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
+                        operand_ty: tl.constexpr, PRECISION: tl.constexpr):
     """One Horner step of the series over the whole batch:
         out = x + conv(z, S) / divisor   (out = conv(z, S) / divisor without ADD),
     an implicit GEMM (M pixels x C output channels, reduction over C input channels x k^2 taps)
     on a (BLOCK_M x BLOCK_N) output tile per program. z and x are channels-last (M, C) in the
     input dtype, taps is S as (k, k, C_out, C_in): both operands contiguous along the reduction,
-    the layout float32 wgmma reads from shared memory (only 16-bit types may be transposed). out is channels-last like z, or, for the last
-    step (LAST), y in x's NCHW layout; COPY also stores out there to copy_ptr (z_2, NCHW).
+    the layout float32 wgmma reads from shared memory (only 16-bit types may be transposed).
+    out is channels-last like z, or, for the last step (LAST), y in x's NCHW layout; COPY also
+    stores out there to copy_ptr (z_2, NCHW). WHOLE_BLOCKS: BLOCK_K divides C.
     acc_ty: the accumulation dtype (float64 for float64 inputs, else float32); operand_ty: the
     dtype the tensor cores multiply in (`forward_launch_config`)."""
     # int64 pixel indices: B C H W may exceed 2^31 elements.
@@ -221,12 +222,16 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
     # float32.
     widen = x.dtype == torch.bfloat16 and x.device.type == "cpu"
     operand_ty = tl.float32 if widen else _TRITON_DTYPES[x.dtype]
-    # wgmma (tiles of 64 rows and more) needs a whole warpgroup of 4 warps.
-    fewest = 4 if block_m >= 64 else 1
-    warps = min(max(block_m * block_n // _HORNER_OUTPUTS_PER_WARP, fewest), 8)
     return grid, dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0, BLOCK_M=block_m,
-                      BLOCK_N=block_n, BLOCK_K=block_k, acc_ty=acc_ty, operand_ty=operand_ty, PRECISION=_precision(x),
-                      num_warps=warps, num_stages=3)
+                      BLOCK_N=block_n, BLOCK_K=block_k, acc_ty=acc_ty, operand_ty=operand_ty,
+                      PRECISION=_precision(x), num_warps=_warps(block_m, block_n), num_stages=3)
+
+
+def _warps(rows: int, cols: int) -> int:
+    """Warps of a rows x cols output tile: one per 512 outputs, up to 8, and at least the
+    warpgroup of 4 that wgmma needs for tiles of 64 rows and more."""
+    fewest = 4 if rows >= 64 else 1
+    return min(max(rows * cols // _HORNER_OUTPUTS_PER_WARP, fewest), 8)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -274,7 +279,8 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
     states = [torch.empty_like(rows) for _ in range(min(n - 1, 2))]
     z = rows
     for i in range(n, 1, -1):
-        z = series(z, rows, series.taps, states[i % 2], i, copy=z2 if keeps_z2 and i == 2 else None)
+        copy = z2 if keeps_z2 and i == 2 else None
+        z = series(z, rows, series.taps, states[i % 2], i, copy=copy)
     y = series(z, rows, series.taps, torch.empty_like(x), 1, last=True)
     return y, [z2] if keeps_z2 else []
 
@@ -304,14 +310,14 @@ class _WeightGradient:
         self.partial = torch.zeros((splits, kernel, kernel, channels, channels),
                                    dtype=accumulation_dtype(x.dtype), device=x.device)
         forward = forward_launch_config(x, S)[1]
-        grid = (triton.cdiv(channels, block), triton.cdiv(channels, block), kernel * kernel * splits)
+        tiles = triton.cdiv(channels, block)
+        grid = (tiles, tiles, kernel * kernel * splits)
         self.programs = grid[0] * grid[1] * grid[2]
         self.kernel = launchable(_weight_gradient_kernel)[grid]
         self.sizes = (pixels, *x.shape[1:], split)
         self.config = dict(KSIZE=kernel, BLOCK_CO=block, BLOCK_CI=block, BLOCK_P=block_p,
                            acc_ty=forward["acc_ty"], operand_ty=forward["operand_ty"],
-                           PRECISION=forward["PRECISION"],
-                           num_warps=min(max(block * block // _HORNER_OUTPUTS_PER_WARP, 1), 8),
+                           PRECISION=forward["PRECISION"], num_warps=_warps(block, block),
                            num_stages=3)
 
     def add(self, u: torch.Tensor, p: torch.Tensor, divisor: int):
