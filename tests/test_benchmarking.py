@@ -1,5 +1,6 @@
 """The benchmark harness's registry: every suite module is registered, every pytest-benchmark
-front end names a registered suite, and each suite's cases belong to its own ops."""
+front end names a registered suite, and each suite's cases belong to its own ops; the hand-fused
+baseline computes what the reference does, on the cases it covers."""
 
 import ast
 import pathlib
@@ -7,7 +8,11 @@ import pkgutil
 
 import pytest
 
+import torch
+
+from lipkernels import reference
 from lipkernels.benchmarking import OPS, SUITES, suites
+from lipkernels.benchmarking.providers import HandFusedReference, select_providers
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -36,3 +41,34 @@ def test_cases_are_of_the_suites_ops(name, full):
     cases = suite.cases(full)
     assert cases and {case.op for case in cases} == set(suite.ops)
     assert all(OPS[case.op.name] is case.op for case in cases)
+
+
+def test_hand_fused_soc_exp_is_the_reference_series():
+    """reference-fused's soc_exp (filters pre-divided by i, the sum accumulated in place): the
+    reference's output and exact gradients, in float64."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    S = (0.3 * reference.skew(torch.randn(4, 4, 3, 3, dtype=torch.float64,
+                                          generator=generator))).requires_grad_()
+    fused = HandFusedReference().implementation(OPS["soc_exp"])
+    for terms in (1, 2, 6):
+        y, expected = fused(x, S, terms, "exact"), reference.soc_exp(x, S, terms)
+        torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(y.shape, dtype=torch.float64, generator=generator)
+        grads = torch.autograd.grad((y * weights).sum(), (x, S), allow_unused=True,
+                                    materialize_grads=True)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), (x, S),
+                                             allow_unused=True, materialize_grads=True)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_hand_fused_baseline_runs_the_exact_soc_exp_cases():
+    """reference-fused is a default provider; it runs soc_exp's fwd and exact fwd+bwd rows, not
+    its fast-gradient rows, and nothing of the suites whose ops declare no hand fusion."""
+    provider = HandFusedReference()
+    assert "reference-fused" in [p.name for p in select_providers("cpu")[0]]
+    for name, suite in SUITES.items():
+        for case in suite.cases(True):
+            expected = name == "soc_exp" and not case.shape.endswith("-fast")
+            assert provider.covers(case, True) == expected, (name, case.shape, case.mode)

@@ -180,6 +180,9 @@ class Op:
     reference_row: Callable[[], Callable] | None = None
     # (case, full) -> whether reference-compile runs the case; None: never.
     compiled_on: Callable[[Case, bool], bool] | None = None
+    # The factory of the reference with the fusion a user would write by hand (reference-fused;
+    # differentiated by autograd, so on the exact gradient's cases); None: no such baseline.
+    hand_fused: Callable[[], Callable] | None = None
     peers: Mapping[str, PeerAdapter] = dataclasses.field(default_factory=dict)
 
 

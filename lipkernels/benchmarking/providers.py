@@ -1,5 +1,5 @@
 """The providers: the implementations a benchmark compares. The reference, torch.compile of the
-reference, each lipkernels backend, and the peer libraries; what a provider runs for an op beyond
+reference, the reference fused by hand, each lipkernels backend, and the peer libraries; what a provider runs for an op beyond
 the op of `lipkernels.reference` / `lipkernels` is the op's to declare (`core.Op`), so adding a
 suite adds nothing here."""
 
@@ -69,6 +69,20 @@ def _compiled_reference(op: str):
     return torch.compile(getattr(reference, op), dynamic=True)
 
 
+class HandFusedReference(Provider):
+    """The reference as a user would fuse it by hand, where the op declares it (`Op.hand_fused`):
+    the other baseline beside torch.compile. It is differentiated by autograd, so it runs the
+    cases of the exact gradient only."""
+
+    name = "reference-fused"
+
+    def implementation(self, op):
+        return op.hand_fused() if op.hand_fused else None
+
+    def covers(self, case, full):
+        return case.op.hand_fused is not None and case.grad_mode == "exact"
+
+
 class Backend(Provider):
     """A lipkernels backend (cpp, triton, cuda) through the public functional API."""
 
@@ -111,13 +125,15 @@ PEERS = (
 )
 
 KERNEL_BACKENDS = ("cpp", "triton", "cuda")
-PROVIDER_NAMES = ("reference", "reference-compile", *KERNEL_BACKENDS, *(p.name for p in PEERS))
+PROVIDER_NAMES = ("reference", "reference-compile", "reference-fused", *KERNEL_BACKENDS,
+                  *(p.name for p in PEERS))
 
 
 def select_providers(device: str, requested: list[str] | None = None):
     """(providers to run, {provider: why it does not run}) for `device`.
 
-    Default: reference, reference-compile (on its subset of cases), every lipkernels backend
+    Default: reference, reference-compile and reference-fused (on their subsets of cases), every
+    lipkernels backend
     usable on the device except Triton on the CPU (the interpreter is orders of magnitude slow), and
     the installed peers. A requested provider that cannot run is an error naming the reason.
     """
@@ -147,5 +163,5 @@ def select_providers(device: str, requested: list[str] | None = None):
                    if name not in names}
     else:
         names = [name for name in PROVIDER_NAMES if name not in reasons]
-    known = {p.name: p for p in (Reference(), CompiledReference(), *PEERS)}
+    known = {p.name: p for p in (Reference(), CompiledReference(), HandFusedReference(), *PEERS)}
     return [known.get(name) or Backend(name) for name in names], reasons
