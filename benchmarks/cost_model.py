@@ -74,6 +74,19 @@ class SocLayer:
     def roofline(self, flops: float, bytes_: float) -> float:
         return max(flops / self.peak, bytes_ / HBM_BYTES_PER_S)
 
+    def reference_forward(self, n: int) -> float:
+        """Seconds of the reference's n terms, each a conv, a division by i and an addition
+        (6 A + W bytes, 3 launches)."""
+        A, W = self.activation_bytes, self.filter_bytes
+        return n * self.roofline(self.conv_flops, 6 * A + W) + 3 * n * LAUNCH_S
+
+    def reference_training(self, n: int) -> float:
+        """Seconds of the reference's n terms forward and, by autograd, backward (per term 8
+        launches; the backward's two convolutions read 9 A + 2 W; see soc_exp_training_table)."""
+        A, W, conv = self.activation_bytes, self.filter_bytes, self.conv_flops
+        return (n * (self.roofline(conv, 6 * A + W) + self.roofline(2 * conv, 9 * A + 2 * W))
+                + 8 * n * LAUNCH_S)
+
 
 def soc_layers():
     return [SocLayer(c, side, k, dtype) for c, side, k in SOC_LAYERS
@@ -91,8 +104,8 @@ def soc_exp_forward_table(terms: int = 15) -> str:
     for layer in soc_layers():
         A, W = layer.activation_bytes, layer.filter_bytes
         reference_bytes = n * (6 * A + W)
-        reference = n * layer.roofline(layer.conv_flops, 6 * A + W)
-        with_launches = reference + 3 * n * LAUNCH_S
+        with_launches = layer.reference_forward(n)
+        reference = with_launches - 3 * n * LAUNCH_S
         flops = n * layer.conv_flops
         fused_bytes = 2 * A + W
         fused = layer.roofline(flops, fused_bytes) + LAUNCH_S
@@ -132,8 +145,7 @@ def soc_exp_horner_table(terms: int = 15, target: float = 3.0) -> str:
     lines = ["| layer | dtype | step us | step bound by | design us | launches | ratio | "
              f"meets {target:.0f}x |", "|---|---|---:|---|---:|---:|---:|---|"]
     for layer in soc_layers():
-        A, W = layer.activation_bytes, layer.filter_bytes
-        reference = n * layer.roofline(layer.conv_flops, 6 * A + W) + 3 * n * LAUNCH_S
+        reference = layer.reference_forward(n)
         step, copies, bound = _horner_step_design(layer)
         launches = (n + 2) * LAUNCH_S
         design = n * step + copies + launches
@@ -170,9 +182,7 @@ def soc_exp_training_horner_table(terms: int = 6, target: float = 2.0) -> str:
              f"{target:.0f}x | peak memory, reference / design |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for layer in soc_layers():
-        A, W, conv = layer.activation_bytes, layer.filter_bytes, layer.conv_flops
-        reference = n * (layer.roofline(conv, 6 * A + W) + layer.roofline(2 * conv, 9 * A + 2 * W))
-        reference += 8 * n * LAUNCH_S
+        reference = layer.reference_training(n)
         step, copies, _ = _horner_step_design(layer)
         launch_count = n + 2 + (n - 1) + n + n + 4
         launches = launch_count * LAUNCH_S
@@ -206,8 +216,7 @@ def soc_exp_training_table(terms: int = 6, target: float = 2.0) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for layer in soc_layers():
         A, W, conv = layer.activation_bytes, layer.filter_bytes, layer.conv_flops
-        reference = n * (layer.roofline(conv, 6 * A + W) + layer.roofline(2 * conv, 9 * A + 2 * W))
-        reference += 8 * n * LAUNCH_S
+        reference = layer.reference_training(n)
         kept_flops = (4 * n - 1) * conv
         lean_flops = (3 * n + n * (n - 1) / 2) * conv
         kept = layer.roofline(kept_flops, 5 * A + 3 * W) + 2 * LAUNCH_S

@@ -215,16 +215,21 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
     block_m, block_n, block_k = horner_tiles(pixels, channels, S.shape[-1], width,
                                              x.element_size())
     grid = (triton.cdiv(pixels, block_m), triton.cdiv(channels, block_n))
-    acc_ty = tl.float64 if x.dtype == torch.float64 else tl.float32
-    # The input's own dtype, except bfloat16 on the CPU: the Triton interpreter multiplies
-    # bfloat16 tl.dot operands wrongly (numpy has no bfloat16), so they are widened to float32
-    # there, which gives the same products (exact in float32) as a bf16 mma accumulating in
-    # float32.
-    widen = x.dtype == torch.bfloat16 and x.device.type == "cpu"
-    operand_ty = tl.float32 if widen else _TRITON_DTYPES[x.dtype]
     return grid, dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0, BLOCK_M=block_m,
-                      BLOCK_N=block_n, BLOCK_K=block_k, acc_ty=acc_ty, operand_ty=operand_ty,
-                      PRECISION=_precision(x), num_warps=_warps(block_m, block_n), num_stages=3)
+                      BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
+                      num_warps=_warps(block_m, block_n), num_stages=3)
+
+
+def _arithmetic(x: torch.Tensor) -> dict:
+    """The products' dtypes and precision for inputs like x, as both kernels take them:
+    acc_ty float64 for float64, else float32; operand_ty the input's own dtype, except bfloat16
+    on the CPU: the Triton interpreter multiplies bfloat16 tl.dot operands wrongly (numpy has no
+    bfloat16), so they are widened to float32 there, which gives the same products (exact in
+    float32) as a bf16 mma accumulating in float32."""
+    widen = x.dtype == torch.bfloat16 and x.device.type == "cpu"
+    return dict(acc_ty=tl.float64 if x.dtype == torch.float64 else tl.float32,
+                operand_ty=tl.float32 if widen else _TRITON_DTYPES[x.dtype],
+                PRECISION=_precision(x))
 
 
 def _warps(rows: int, cols: int) -> int:
@@ -309,16 +314,13 @@ class _WeightGradient:
                                                               x.element_size())
         self.partial = torch.zeros((splits, kernel, kernel, channels, channels),
                                    dtype=accumulation_dtype(x.dtype), device=x.device)
-        forward = forward_launch_config(x, S)[1]
         tiles = triton.cdiv(channels, block)
         grid = (tiles, tiles, kernel * kernel * splits)
         self.programs = grid[0] * grid[1] * grid[2]
         self.kernel = launchable(_weight_gradient_kernel)[grid]
         self.sizes = (pixels, *x.shape[1:], split)
         self.config = dict(KSIZE=kernel, BLOCK_CO=block, BLOCK_CI=block, BLOCK_P=block_p,
-                           acc_ty=forward["acc_ty"], operand_ty=forward["operand_ty"],
-                           PRECISION=forward["PRECISION"], num_warps=_warps(block, block),
-                           num_stages=3)
+                           **_arithmetic(x), num_warps=_warps(block, block), num_stages=3)
 
     def add(self, u: torch.Tensor, p: torch.Tensor, divisor: int):
         self.kernel(u, p, self.partial, divisor, *self.sizes, **self.config)
