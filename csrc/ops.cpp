@@ -84,6 +84,12 @@ TORCH_LIBRARY(lipkernels, m) {
       "cayley_frequency_product_backward(Tensor grad_output, Tensor response, Tensor spectrum,"
       " Tensor inverse) -> (Tensor, Tensor)");
 
+  // The certificate of lipkernels.bounds.skew_conv_norm_bound (CPU only; no gradient): for each
+  // row r of phases (2, R, K), whether a Cholesky factorisation of shift I + X_r^T runs to
+  // completion, X_r = sum_k (phases[0, r, k] + i phases[1, r, k]) taps[k] (C x C complex, the
+  // real taps (K, C, C) of the filter, X_r row-major). Returns a bool tensor (R,).
+  m.def("symbols_factorize(Tensor taps, Tensor phases, float shift) -> Tensor");
+
   // Björck's orthonormalisation (Björck & Bowie 1971; the Lipschitz networks' form) of a tall,
   // already scaled W (..., m, n), m >= n, float32/float64: `iters` times
   // W <- W p(W^T W), p(A) = sum_{k<=order} c_k (I - A)^k, c_0 = 1, c_1 = beta, c_k (order >= 2,

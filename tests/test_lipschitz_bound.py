@@ -173,15 +173,21 @@ def test_certificate_recovers_from_a_wrong_candidate(monkeypatch):
     assert skew_conv_norm_bound(S, 4) == pytest.approx(cap, rel=1e-12)
 
 
+def _symbols_and_phases(channels, kernel, grid, dtype, sign):
+    S = skew_filter(channels, kernel)
+    index, _ = bounds._representatives(grid, "cpu")
+    cos, sin = bounds._phases((kernel, kernel), grid, index)
+    taps = S.permute(2, 3, 0, 1).reshape(kernel * kernel, channels, channels).to(dtype)
+    signs = torch.full((len(index),), float(sign), dtype=torch.float64)
+    return S, index, taps, bounds._signed_phases(cos, sin, signs, dtype)
+
+
 def test_factorization_accepts_exactly_the_shifts_above_the_top_eigenvalue():
     """The sign conventions of the certificate: shift I + X^T, X = -conj(H) (sign 1) or H
     (sign -1), factorises iff shift > lambda_max(+-H), at every frequency."""
-    S = skew_filter(6, 3)
     grid = (4, 5)
-    index, _ = bounds._representatives(grid, "cpu")
-    cos, sin = bounds._phases((3, 3), grid, index)
-    taps = S.permute(2, 3, 0, 1).reshape(9, 6, 6)
-    H = bounds._signed_symbols(taps, cos, sin, -torch.ones(len(index), dtype=torch.float64))
+    S, index, taps, phases = _symbols_and_phases(6, 3, grid, torch.float64, -1)
+    H = bounds._signed_symbols(taps, phases)
     torch.testing.assert_close(H, H.mH, rtol=0, atol=1e-14)
     # H(w) = i S^(w): its eigenvalues' moduli are the circular conv's singular values.
     singular = lipkernels.conv_singular_values(S, grid).flatten(0, 1)[index]
@@ -189,30 +195,66 @@ def test_factorization_accepts_exactly_the_shifts_above_the_top_eigenvalue():
                                singular.sort(-1).values, rtol=0, atol=1e-12)
     for sign in (1, -1):
         tops = (sign * torch.linalg.eigvalsh(H)).max(-1).values
+        _, _, _, signed = _symbols_and_phases(6, 3, grid, torch.float64, sign)
         for factor, expected in ((1 - 1e-6, False), (1 + 1e-6, True)):
             for row, top in enumerate(tops.tolist()):
-                X = bounds._signed_symbols(taps, cos[row:row + 1], sin[row:row + 1],
-                                           torch.tensor([float(sign)], dtype=torch.float64))
+                X = bounds._signed_symbols(taps, signed[:, row:row + 1])
                 assert bool(bounds._factorizes(X, top * factor)) is expected, (sign, row)
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("size", [64, 100, 128])
-def test_blocked_factorization_decides_as_lapack(size, dtype):
-    """The blocked factorisation of a batch (sizes in _BLOCKED_SIZES) succeeds exactly where
-    LAPACK's does, at shifts just below and just above each matrix's top eigenvalue."""
-    assert size in bounds._BLOCKED_SIZES
-    generator = torch.Generator().manual_seed(size)
-    X = torch.randn(6, size, size, dtype=dtype, generator=generator)
-    H = (X + X.mH) / 2
-    tops = torch.linalg.eigvalsh(H.to(torch.complex128))[:, -1]
-    for index, top in enumerate(tops.tolist()):
-        for factor in (1 - 1e-4, 1 + 1e-4):
-            blocked = bounds._factorizes(-H.conj(), top * factor)  # shift I - H
-            B = -H.conj() + top * factor * torch.eye(size, dtype=dtype)
-            lapack = torch.linalg.cholesky_ex(B.mT)[1] == 0
-            assert torch.equal(blocked, lapack)
-            assert bool(blocked[index]) == (factor > 1)
+@pytest.mark.skipif(not lipkernels._backend.extension_loaded(), reason="needs lipkernels._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels, kernel, grid", [(6, 3, (4, 5)), (40, 3, (3, 3)),
+                                                    (70, 1, (1, 1)), (9, 5, (6, 6))])
+def test_cpu_kernel_decides_as_the_composite(channels, kernel, grid, dtype):
+    """torch.ops.lipkernels.symbols_factorize succeeds exactly where the composite (symbols by
+    a product, torch.linalg.cholesky_ex) does, at shifts just below and just above each row's
+    top eigenvalue, for both signs."""
+    for sign in (1, -1):
+        _, _, taps, phases = _symbols_and_phases(channels, kernel, grid, dtype, sign)
+        G = -bounds._signed_symbols(taps.double(), phases.double()).mT  # shift I + X^T = shift I - G
+        tops = torch.linalg.eigvalsh(G)[:, -1]
+        for factor in (1 - 1e-3, 1 + 1e-3):
+            for row, top in enumerate(tops.tolist()):
+                one = phases[:, row:row + 1]
+                kernel_says = torch.ops.lipkernels.symbols_factorize(taps, one, top * factor)
+                composite = bounds._factorizes(bounds._signed_symbols(taps, one), top * factor)
+                assert kernel_says.dtype == torch.bool and kernel_says.shape == (1,)
+                assert torch.equal(kernel_says, composite), (sign, row, factor)
+                assert bool(kernel_says) == (factor > 1), (sign, row, factor)
+
+
+@pytest.mark.skipif(not lipkernels._backend.extension_loaded(), reason="needs lipkernels._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("input_size", [None, 4])
+def test_bounds_are_the_same_without_the_cpu_kernel(monkeypatch, input_size, dtype):
+    """The composite path (no extension, or another device) certifies the same bounds, quick
+    and tight."""
+    S = skew_filter(12, 3).to(dtype)
+    with_kernel = [skew_conv_norm_bound(S, input_size),
+                   skew_conv_norm_bound(S, input_size, sufficient=10.0)]
+    monkeypatch.setattr(lipkernels._backend, "extension_loaded", lambda: False)
+    assert [skew_conv_norm_bound(S, input_size),
+            skew_conv_norm_bound(S, input_size, sufficient=10.0)] == with_kernel
+
+
+@pytest.mark.skipif(not lipkernels._backend.extension_loaded(), reason="needs lipkernels._C")
+def test_cpu_kernel_opcheck():
+    _, _, taps, phases = _symbols_and_phases(6, 3, (4, 5), torch.float32, 1)
+    torch.library.opcheck(torch.ops.lipkernels.symbols_factorize, (taps, phases, 2.0))
+
+
+@pytest.mark.skipif(not lipkernels._backend.extension_loaded(), reason="needs lipkernels._C")
+def test_cpu_kernel_refuses_bad_arguments():
+    taps = torch.zeros(9, 4, 4)
+    with pytest.raises(TypeError, match="symbols_factorize: taps must have dtype float32, float64"):
+        torch.ops.lipkernels.symbols_factorize(taps.half(), torch.zeros(2, 3, 9).half(), 1.0)
+    with pytest.raises(ValueError, match=r"symbols_factorize: taps must be \(K, C, C\)"):
+        torch.ops.lipkernels.symbols_factorize(torch.zeros(9, 4, 5), torch.zeros(2, 3, 9), 1.0)
+    with pytest.raises(ValueError, match=r"symbols_factorize: phases must have shape \(2, 3, 9\)"):
+        torch.ops.lipkernels.symbols_factorize(taps, torch.zeros(2, 3, 8), 1.0)
+    with pytest.raises(TypeError, match="symbols_factorize: phases has dtype torch.float64"):
+        torch.ops.lipkernels.symbols_factorize(taps, torch.zeros(2, 3, 9, dtype=torch.float64), 1.0)
 
 
 def test_frequency_batches_give_the_same_bound(monkeypatch):
