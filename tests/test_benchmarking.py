@@ -1,6 +1,6 @@
 """The benchmark harness's registry: every suite module is registered, every pytest-benchmark
 front end names a registered suite, and each suite's cases belong to its own ops; the hand-fused
-baseline computes what the reference does, on the cases it covers."""
+and graph-captured baselines compute what the reference does, on the cases they cover."""
 
 import ast
 import pathlib
@@ -12,7 +12,9 @@ import torch
 
 from lipkernels import reference
 from lipkernels.benchmarking import OPS, SUITES, suites
-from lipkernels.benchmarking.providers import HandFusedReference, select_providers
+from lipkernels.benchmarking.core import Measurement, Task
+from lipkernels.benchmarking.providers import (GraphedReference, HandFusedReference, Reference,
+                                               select_providers)
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -72,3 +74,45 @@ def test_hand_fused_baseline_runs_the_exact_soc_exp_cases():
         for case in suite.cases(True):
             expected = name == "soc_exp" and not case.shape.endswith("-fast")
             assert provider.covers(case, True) == expected, (name, case.shape, case.mode)
+
+
+GRAPHED_OPS = {"soc_exp", "power_iteration", "conv_spectral_bounds", "fantastic_four", "bjorck"}
+
+
+def test_graph_baseline_runs_on_a_gpu_only():
+    """reference-graph (the reference replayed from a CUDA graph) is not run on the CPU, with the
+    reason, and asking for it there is an error that says why."""
+    providers, reasons = select_providers("cpu")
+    assert "reference-graph" not in [p.name for p in providers]
+    assert reasons["reference-graph"] == "CUDA graphs need a GPU (device cpu)"
+    with pytest.raises(ValueError, match="reference-graph: CUDA graphs need a GPU"):
+        select_providers("cpu", ["reference-graph"])
+
+
+def test_graph_baseline_covers_the_ops_without_host_synchronisation():
+    """The ops whose reference is a loop of kernels with no host sync are captured (by
+    reference-graph, and reference-fused's hand fusion where there is one); the others (linear
+    solves and SVDs that check their results on the host, Python-float bounds) are not."""
+    assert {name for name, op in OPS.items() if op.graphs} == GRAPHED_OPS
+    graphed, fused, eager = GraphedReference(), HandFusedReference(), Reference()
+    for suite in SUITES.values():
+        for case in suite.cases(True):
+            assert graphed.covers(case, True) == (case.op.name in GRAPHED_OPS)
+            assert graphed.graphs(case.op) and not eager.graphs(case.op)
+            assert fused.graphs(case.op) == (case.op.name in GRAPHED_OPS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GRAPHED_OPS))
+def test_graph_baseline_replays_the_reference(name):
+    """On a GPU, each timed call of reference-graph replays the captured call: its output equals
+    an eager call's (the same kernels on the same inputs), forward and forward+backward."""
+    suite = next(s for s in SUITES.values() if any(op.name == name for op in s.ops))
+    for mode in ("fwd", "fwd+bwd"):
+        case = next(c for c in suite.cases(False) if c.op.name == name and c.mode == mode)
+        task = Task(suite.name, case, GraphedReference())
+        with Measurement(task, "cuda") as measurement:
+            assert measurement.target is not measurement._eager_target
+            replayed = measurement.target().clone()
+            torch.testing.assert_close(replayed, measurement._eager_target(), rtol=0, atol=0)
+            assert measurement.time_rounds()

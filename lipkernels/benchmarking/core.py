@@ -183,6 +183,9 @@ class Op:
     # The factory of the reference with the fusion a user would write by hand (reference-fused;
     # differentiated by autograd, so on the exact gradient's cases); None: no such baseline.
     hand_fused: Callable[[], Callable] | None = None
+    # Whether the reference (and its hand fusion) can be captured in a CUDA graph: no host
+    # synchronisation and no data-dependent control flow in a call (reference-graph).
+    graphs: bool = False
     peers: Mapping[str, PeerAdapter] = dataclasses.field(default_factory=dict)
 
 
@@ -299,6 +302,31 @@ class _CudaEventClock:
         return self._seconds
 
 
+GRAPH_WARMUP_CALLS = 3
+
+
+def cuda_graphed(target: Callable[[], Any]) -> Callable[[], Any]:
+    """`target` captured once in a CUDA graph, as a user removes launch overhead from a loop of
+    small kernels: a call replays the graph (the same kernels on the same tensors) and returns
+    the output tensors of the capture, which the replay overwrites. Warm-up calls on a side
+    stream first, as capture requires (autograd and cuBLAS allocate their workspaces there)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP_CALLS):
+            target()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = target()
+
+    def replay():
+        graph.replay()
+        return output
+
+    return replay
+
+
 @functools.cache
 def clock(device: str) -> Callable[[], float]:
     """Seconds, for timing one call as clock() - clock(): wall clock on the CPU, CUDA events on a
@@ -355,10 +383,12 @@ class Measurement:
                 torch.autograd.grad(op.loss(estimate, state), weight)
             return estimate
 
-        self.target = target
+        self.target = self._eager_target = target
         self._stack.enter_context(self.task.provider.context())
         try:
             self._first_estimate = target().detach()
+            if self.device == "cuda" and self.task.provider.graphs(op):
+                self.target = cuda_graphed(target)
             warmup = self._time(lambda spent, calls: spent < WARMUP_FRACTION * self.budget.seconds
                                 or calls < WARMUP_MIN_CALLS)
             per_call = statistics.median(warmup)
@@ -396,7 +426,9 @@ class Measurement:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        self.target()
+        # A graph's replay allocates nothing (its memory was taken at capture): the eager call's
+        # peak is the memory the computation needs.
+        self._eager_target()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
 

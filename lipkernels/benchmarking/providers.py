@@ -1,7 +1,8 @@
 """The providers: the implementations a benchmark compares. The reference, torch.compile of the
-reference, the reference fused by hand, each lipkernels backend, and the peer libraries; what a provider runs for an op beyond
-the op of `lipkernels.reference` / `lipkernels` is the op's to declare (`core.Op`), so adding a
-suite adds nothing here."""
+reference, the reference captured in a CUDA graph, the reference fused by hand, each lipkernels
+backend, and the peer libraries; what a provider runs for an op beyond the op of
+`lipkernels.reference` / `lipkernels` is the op's to declare (`core.Op`), so adding a suite adds
+nothing here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from .core import Case, Op
 
 
 class Provider:
-    """One implementation of the ops. `implementation(op)` is None where it has none."""
+    """One implementation of the ops. `implementation(op)` is None where it has none; where
+    `graphs(op)`, each timed call on a GPU replays a CUDA graph of the call
+    (`core.cuda_graphed`)."""
 
     name: str
 
@@ -31,6 +34,9 @@ class Provider:
 
     def context(self):
         return contextlib.nullcontext()
+
+    def graphs(self, op: Op) -> bool:
+        return False
 
 
 class Reference(Provider):
@@ -69,12 +75,30 @@ def _compiled_reference(op: str):
     return torch.compile(getattr(reference, op), dynamic=True)
 
 
+class GraphedReference(Reference):
+    """The reference captured once in a CUDA graph and replayed (GPU only), where the op says it
+    can be (`Op.graphs`): what a user does against the launch overhead of the reference's loops
+    (1612 launches for 50 Fantastic Four iterations)."""
+
+    name = "reference-graph"
+
+    def covers(self, case, full):
+        return case.op.graphs
+
+    def graphs(self, op):
+        return True
+
+
 class HandFusedReference(Provider):
     """The reference as a user would fuse it by hand, where the op declares it (`Op.hand_fused`):
     the other baseline beside torch.compile. It is differentiated by autograd, so it runs the
-    cases of the exact gradient only."""
+    cases of the exact gradient only. On a GPU it is also captured in a CUDA graph where the op
+    can be (`Op.graphs`), as the hand fusion would be."""
 
     name = "reference-fused"
+
+    def graphs(self, op):
+        return op.graphs
 
     def implementation(self, op):
         return op.hand_fused() if op.hand_fused else None
@@ -125,20 +149,22 @@ PEERS = (
 )
 
 KERNEL_BACKENDS = ("cpp", "triton", "cuda")
-PROVIDER_NAMES = ("reference", "reference-compile", "reference-fused", *KERNEL_BACKENDS,
-                  *(p.name for p in PEERS))
+PROVIDER_NAMES = ("reference", "reference-compile", "reference-graph", "reference-fused",
+                  *KERNEL_BACKENDS, *(p.name for p in PEERS))
 
 
 def select_providers(device: str, requested: list[str] | None = None):
     """(providers to run, {provider: why it does not run}) for `device`.
 
-    Default: reference, reference-compile and reference-fused (on their subsets of cases), every
-    lipkernels backend
-    usable on the device except Triton on the CPU (the interpreter is orders of magnitude slow), and
-    the installed peers. A requested provider that cannot run is an error naming the reason.
+    Default: reference, reference-compile, reference-graph (on a GPU) and reference-fused (on
+    their subsets of cases), every lipkernels backend usable on the device except Triton on the
+    CPU (the interpreter is orders of magnitude slow), and the installed peers. A requested
+    provider that cannot run is an error naming the reason.
     """
     usable = lipkernels.available_backends(device)
     reasons = {}
+    if device != "cuda":
+        reasons["reference-graph"] = f"CUDA graphs need a GPU (device {device})"
     for name in KERNEL_BACKENDS:
         if name not in usable:
             reasons[name] = (f"not usable on {device} (lipkernels.available_backends({device!r}) = "
@@ -163,5 +189,6 @@ def select_providers(device: str, requested: list[str] | None = None):
                    if name not in names}
     else:
         names = [name for name in PROVIDER_NAMES if name not in reasons]
-    known = {p.name: p for p in (Reference(), CompiledReference(), HandFusedReference(), *PEERS)}
+    known = {p.name: p for p in (Reference(), CompiledReference(), GraphedReference(),
+                                 HandFusedReference(), *PEERS)}
     return [known.get(name) or Backend(name) for name in names], reasons

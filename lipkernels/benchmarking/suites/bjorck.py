@@ -56,7 +56,8 @@ BJORCK = Op(
     lambda fn, W, dQ, case: fn(W, case.iters),
     orthogonality_error,
     loss=weighted_sum_loss,
-    compiled_on=lambda case, full: full or case.data.label == "B5-M64-N64")
+    compiled_on=lambda case, full: full or case.data.label == "B5-M64-N64",
+    graphs=True)
 
 SUITE = Suite(
     "bjorck",

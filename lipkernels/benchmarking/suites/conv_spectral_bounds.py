@@ -14,11 +14,11 @@ def _estimate(fn, weight, vectors, case):
 CONV_SPECTRAL_BOUNDS = Op(
     "conv_spectral_bounds", _estimate,
     relative_error(lambda data: data.bound_scale * data.exact_sigmas()),
-    compiled_on=_spectral.compiled_on("C64-C64-k3"))
+    compiled_on=_spectral.compiled_on("C64-C64-k3"), graphs=True)
 FANTASTIC_FOUR = Op(
     "fantastic_four", _estimate,
     relative_error(lambda data: data.bound_scale * data.exact_sigmas().min()),
-    compiled_on=_spectral.compiled_on("C64-C64-k3", at_50_iterations=("fwd",)))
+    compiled_on=_spectral.compiled_on("C64-C64-k3", at_50_iterations=("fwd",)), graphs=True)
 
 _OPS = (CONV_SPECTRAL_BOUNDS, FANTASTIC_FOUR)
 

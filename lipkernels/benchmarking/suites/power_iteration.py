@@ -114,6 +114,7 @@ POWER_ITERATION = Op(
     lambda fn, weight, u, case: fn(weight, u, case.iters)[0],
     relative_error(lambda data: data.exact_sigmas()),
     compiled_on=_spectral.compiled_on("B2-M192-N192"),
+    graphs=True,
     peers={"orthogonium": PeerAdapter(_orthogonium_power_iteration),
            "deel-torchlip": PeerAdapter(_deel_torchlip_power_iteration)})
 

@@ -78,7 +78,8 @@ SOC_EXP = Op(
     norm_ratio_error,
     loss=weighted_sum_loss,
     compiled_on=lambda case, full: full and case.data.label == COMPILED_LABEL,
-    hand_fused=_hand_fused_soc_exp)
+    hand_fused=_hand_fused_soc_exp,
+    graphs=True)
 
 SUITE = Suite(
     "soc_exp",
@@ -104,7 +105,8 @@ SUITE = Suite(
         "skew-symmetric operator preserves norms",
         "- reference-fused: the reference series fused as a user would by hand, each term's "
         "filter divided by i once and the sum accumulated in place (2 launches a term instead "
-        "of 3), differentiated by autograd: fwd and exact fwd+bwd rows only"),
+        "of 3), differentiated by autograd: fwd and exact fwd+bwd rows only; on a GPU replayed "
+        "from a CUDA graph, as is reference-graph (the reference itself)"),
     "soc_exp on every LipConvNet layer, strided ones included, at batch 128 and 256 in float32 "
     "and bfloat16",
     # reference-compile runs only with --full: the line also says why it is absent.
