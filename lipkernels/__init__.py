@@ -11,5 +11,7 @@ from ._backend import available_backends, build_info, use_backend  # noqa: E402
 from . import functional  # noqa: E402
 from .functional import *  # noqa: E402,F401,F403  (every public op: functional.__all__)
 from . import nn  # noqa: E402  (layers; after the ops they wrap)
+from .certification import Certification, certify  # noqa: E402
 
-__all__ = ["available_backends", "build_info", "use_backend", *functional.__all__]
+__all__ = ["available_backends", "build_info", "use_backend", "Certification", "certify",
+           *functional.__all__]

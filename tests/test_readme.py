@@ -18,7 +18,7 @@ def example_namespace(marker="class FantasticFourConv2d"):
 
 
 def test_lipconvnet_example_trains_and_bounds_its_lipschitz_constant(capsys):
-    namespace = example_namespace("lipkernels.nn.LipConvNet")
+    namespace = example_namespace("lipkernels.nn.LipConvNet(depth=10")
     assert namespace["model"].head.weight.grad is not None
     printed = float(capsys.readouterr().out)
     assert 1.0 <= printed < 1.001
@@ -35,3 +35,13 @@ def test_fantastic_four_conv_is_one_lipschitz_and_updates_its_vectors():
     assert ratios.max().item() <= 1.0 + 1e-3
     y.sum().backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_certification_example_reports_clean_and_certified_accuracy(capsys):
+    namespace = example_namespace("lipkernels.certify(")
+    result = namespace["result"]
+    assert result.eps == (0.0, 36 / 255, 72 / 255)
+    assert result.radii.shape == (16,) and (result.radii >= 0).all()
+    # Certified accuracy can only fall as eps grows, and is at most the clean accuracy.
+    assert result.accuracy[0] >= result.accuracy[1] >= result.accuracy[2] >= 0
+    assert "tensor(" in capsys.readouterr().out
