@@ -269,6 +269,46 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
     return "\n".join(lines)
 
 
+# The power_iteration shapes: the M_3 reshape (C x 9C) of each Fantastic Four filter of 3 x 3
+# taps, and conv_spectral_norm's batch of real forms (544 frequencies of 64 channels at 32 x 32,
+# 128 x 128 each); (count, m, n).
+POWER_ITERATION_MATRICES = (*((1, c, 9 * c) for c in F4_CHANNELS), (544, 128, 128))
+H100_SMS = 132
+
+
+def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
+    """power_iteration at `iters` iterations, fp32. The reference: per iteration two
+    matrix-vector products and two normalisations (8 launches), 3 more at the end, each product
+    reading W (from L2 while it fits, else HBM). The implemented design
+    (lipkernels/triton/power_iteration.py, its `launch_config`): one persistent launch of
+    min(132, tiles) programs; per iteration the row pass reads W (from L2 once it fits there)
+    and re-reads each row block from L2 for its partial W^T (W u), writing the partials, which
+    the column pass reads back; two grid barriers. A grid of fewer than 132 programs gets that
+    share of the bandwidth."""
+    import torch
+
+    from lipkernels.triton.power_iteration import launch_config
+    lines = [f"| matrices | W MB | programs | reference ms | design ms | design bound by | "
+             f"ratio | meets {target:g}x |", "|---|---:|---:|---:|---:|---|---:|---|"]
+    for count, m, n in POWER_ITERATION_MATRICES:
+        config = launch_config(count, m, n, torch.device("meta"))
+        share = config["programs"] / H100_SMS
+        w_bytes = 4.0 * count * m * n
+        partial_bytes = 4.0 * count * config["row_blocks"] * n
+        w_bandwidth = L2_BYTES_PER_S if w_bytes <= L2_BYTES else HBM_BYTES_PER_S
+        terms = {"W": w_bytes / (w_bandwidth * share),
+                 "L2": (w_bytes + 2 * partial_bytes) / (L2_BYTES_PER_S * share),
+                 "barriers": 2 * GRID_BARRIER_S}
+        design = LAUNCH_S + iters * sum(terms.values())
+        reference = (8 * iters + 3) * LAUNCH_S + iters * 2 * w_bytes / w_bandwidth
+        ratio = reference / design
+        lines.append(f"| {count} x {m} x {n} | {w_bytes / 1e6:.2f} | {config['programs']} | "
+                     f"{reference * 1e3:.2f} | {design * 1e3:.2f} | "
+                     f"{max(terms, key=terms.get)} | {_ratio(ratio)} | "
+                     f"{'yes' if ratio >= target else 'no'} |")
+    return "\n".join(lines)
+
+
 # The cayley_conv2d grid: the Cayley paper's layers (channels, image side), 3x3 filters,
 # circular padding, batch 128, fp32. A complex multiply-add is 8 real FLOPs; float32-accurate
 # products on TF32 tensor cores take three passes (split precision, the high and low halves).
@@ -365,6 +405,7 @@ TABLES = {
     "soc_exp forward and backward, 6 terms": soc_exp_training_table,
     "soc_exp forward and backward, 6 terms, Horner steps": soc_exp_training_horner_table,
     "fantastic_four, 50 iterations": fantastic_four_table,
+    "power_iteration, 50 iterations, one persistent launch": power_iteration_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
 }

@@ -2,7 +2,9 @@
 specialises a launch (batch 1 and sizes of 1 included), within register and shared memory budgets
 (tests/triton_compile_check.py, run in a process without the interpreter); and the soc_exp
 kernels are what their design claims (docs/performance.md): tensor-core instructions, 16-byte
-loads and a program per SM at every LipConvNet layer, read off the PTX and the launch grid."""
+loads and a program per SM at every LipConvNet layer, read off the PTX and the launch grid; the
+power iteration is one persistent launch of a program per SM with its grid barriers compiled
+in."""
 
 import json
 import os
@@ -113,3 +115,30 @@ def test_soc_exp_fills_an_h100_at_batch_128(compiled, kernel):
     assert len({row["case"] for row in rows}) == 2 * len(_compile_check().soc_layers())
     for row in rows:
         assert row["programs"] >= 132, f"{row['case']}: {row['programs']} programs"
+
+
+def _power_iteration_rows(compiled):
+    rows = [row for row in compiled if row["case"].startswith("power_iteration-")]
+    assert len(rows) == 2 * 2 * 4 * 2  # dtypes x iteration counts x shapes x architectures
+    return rows
+
+
+def test_power_iteration_is_one_persistent_launch_over_the_sms(compiled):
+    """The power iteration splits its matrices over the whole grid in one launch: a program per
+    SM of an H100 wherever the matrices have as many tiles (a single 512 x 4608 matrix
+    included), never more (every program must be resident for the grid barriers, whose release
+    increment and acquire reads are in the code)."""
+    for row in _power_iteration_rows(compiled):
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] == min(132, row["tiles"]), where
+        assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
+        if "-B128-1x64-" not in row["case"]:
+            assert row["programs"] == 132, where
+
+
+def test_power_iteration_streams_matrices_16_bytes_wide(compiled):
+    """The row pass streams W in 16-byte vectors: most global loads of the float32 kernel on
+    matrices of 128 columns or more (in bf16 about half of them are, W's among them)."""
+    for row in _power_iteration_rows(compiled):
+        if "float32" in row["case"] and "-1x64-" not in row["case"]:
+            assert row["wide_loads"] > row["narrow_loads"], row["case"]

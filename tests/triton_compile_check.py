@@ -116,24 +116,35 @@ def _cayley_cases():
 
 
 def _spectral_cases():
-    """power_iteration on one 512 x 4608 matrix (M_3 of a 512-channel 3x3 filter) and on 128
-    row vectors (1 x 64, where the JIT makes M a constexpr), 50 iterations and the training
-    step's single one (a constexpr too); conv_spectral_bounds on 3x3 and 1x1 filters (k_h = k_w
-    = 1 constexprs), with their backward, fp32 and bf16."""
+    """power_iteration at the suites' shapes: one 512 x 4608 matrix (M_3 of a 512-channel 3x3
+    filter) and one 2048 x 18432 (of a 2048-channel one), the 544 real forms of 128 x 128 of
+    conv_spectral_norm on 64 channels at 32 x 32, and 128 row vectors (1 x 64, where the JIT makes
+    M a constexpr); the persistent launch at 50 iterations and at the training step's single one
+    (a constexpr too); conv_spectral_bounds on 3x3 and 1x1 filters (k_h = k_w = 1 constexprs),
+    with their backward, fp32 and bf16. The power-iteration cases carry their launch's program
+    count and the matrices' tile count."""
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         acc = torch.empty(0, dtype=torch.float32, device="meta")
+        counter = torch.empty(0, dtype=torch.int32, device="meta")
         t = torch.empty(0, dtype=dtype, device="meta")
-        for count, m, n in ((1, 512, 4608), (128, 1, 64)):
-            block_m, block_n, num_warps = _common.tile_shape(m, n)
-            constants = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        for count, m, n in ((1, 512, 4608), (1, 2048, 18432), (544, 128, 128), (128, 1, 64)):
+            config = power_iteration.launch_config(count, m, n, torch.device("meta"))
+            programs, row_blocks = config.pop("programs"), config.pop("row_blocks")
+            column_blocks = config.pop("column_blocks")
+            launch = {"programs": programs,
+                      "tiles": count * max(row_blocks, column_blocks)}
+            constants = dict(config, BLOCK_R=power_iteration._BLOCK_R,
+                             num_warps=power_iteration._NUM_WARPS)
             for iters in (50, 1):
                 yield (f"power_iteration-{name}-B{count}-{m}x{n}-T{iters}",
                        power_iteration._power_iteration_kernel,
-                       (t, t, t, t, t, acc, iters, m, n), constants)
+                       (t,) * 5 + (acc,) * 5 + (counter, 0, 2 * iters + 1, iters, count, m, n,
+                                                row_blocks, column_blocks), constants, launch)
+            block_m, block_n, num_warps = _common.tile_shape(m, n)
             yield (f"power_iteration_backward-{name}-B{count}-{m}x{n}",
                    power_iteration._power_iteration_backward_kernel, (t, t, t, t, m, n),
-                   constants)
+                   dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
         for channels, k in ((512, 3), (1024, 1)):
             shape = (channels, channels, k, k)
             cols = [n for _, n in bound_matrix_shapes(shape)]
@@ -187,9 +198,9 @@ def _resource_usage(cubin: bytes) -> dict:
 
 
 # PTX instructions counted per kernel: tensor-core products (Hopper's warpgroup wgmma, and the
-# warp-level mma.sync of sm_80 and of tiles too small for wgmma), and global loads by width:
+# warp-level mma.sync of sm_80 and of tiles too small for wgmma), global loads by width:
 # 16 bytes (ld.global.v4 of 32-bit words, or cp.async of 16 bytes into shared memory, which is
-# how the pipelined loops load) against narrower ones.
+# how the pipelined loops load) against narrower ones, and ordered atomics.
 _PTX_COUNTS = {
     "wgmma": r"\bwgmma\.mma_async\b",
     "mma": r"\bmma\.sync\b",
@@ -197,6 +208,9 @@ _PTX_COUNTS = {
                   r"\s*\[[^]]*\],\s*\[[^]]*\],\s*(16|0x10)\b",
     "narrow_loads": r"\bld\.global(?!(\.\w+)*\.v4\.(b|f|u|s)32\b)|\bcp\.async\.c[ag]\.shared"
                     r"\.global\s*\[[^]]*\],\s*\[[^]]*\],\s*(4|8|0x4|0x8)\b",
+    # Grid barriers: the release increment and the acquire reads of the launch's counter.
+    "release_increments": r"\b(red|atom)(\.\w+)*\.release(\.\w+)*\.add\b",
+    "acquire_reads": r"\b(ld|atom)(\.\w+)*\.acquire\b",
 }
 
 

@@ -1,8 +1,9 @@
 """Triton power iteration on batches of matrices, all iterations in one launch.
 
-The iteration body `_power_iterate` addresses the matrix through a two-level index map, so the
-same code runs on a plain row-major matrix here and on the four Fantastic Four reshapes of a
-conv filter in `conv_spectral_bounds` without materialising them.
+`_power_iteration_kernel` splits every matrix over the whole grid, phase by phase with grid
+barriers between them (a persistent launch). `_power_iterate`, one program per matrix, addresses
+the matrix through a two-level index map, so that `conv_spectral_bounds` runs it on the four
+Fantastic Four reshapes of a conv filter without materialising them.
 """
 
 import torch
@@ -121,26 +122,162 @@ def _power_iterate(w_ptr, u_ptr, u_out_ptr, v_out_ptr, us_ptr, vs_ptr, iters, M,
 
 
 @triton.jit
-def _power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, scratch_ptr, iters, M, N,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _grid_barrier(counter_ptr, arrivals):
+    """Wait until the launch-wide counter at counter_ptr reaches `arrivals` (the k-th barrier of
+    a launch waits for k arrivals of every program), every store a program made before it
+    visible to all after it: a CTA barrier (all threads' stores issued), one release increment
+    per program, acquire reads of the counter until it is reached, a CTA barrier. Every program
+    of the launch must be resident at once (the launcher keeps the grid at the SM count)."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while arrived < arrivals:
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _sum_entries(ptr, count, BLOCK: tl.constexpr):
+    """The sum of `count` accumulation-dtype entries at ptr written by other programs (loaded
+    from L2, `.cg`, not a stale L1 line), in a fixed order."""
+    total = tl.zeros([BLOCK], ptr.dtype.element_ty)
+    for start in range(0, count, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        total += tl.load(ptr + offsets, mask=offsets < count, other=0.0, cache_modifier=".cg")
+    return tl.sum(total, axis=0)
+
+
+@triton.jit
+def _row_pass(w_ptr, u_ptr, wu_ptr, t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr,
+              first, count, M, N, row_blocks, column_blocks,
+              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Per (matrix b, block of BLOCK_M rows) tile of this program: wu = W_rows u with u the
+    input (`first`) or t / max(|t|, eps) of the previous column pass, stored with |wu|^2 of the
+    block; then the block's share of W^T wu, t_partial[b, block] (N entries), from a second
+    sweep of the same rows (read from L2)."""
+    acc_ty = t_ptr.dtype.element_ty
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    for tile in range(tl.program_id(0), count * row_blocks, tl.num_programs(0)):
+        b = tile // row_blocks
+        wide_b = tl.cast(b, tl.int64)  # a cast that also takes the interpreter's int
+        rows = (tile % row_blocks) * BLOCK_M + offs_m
+        row_mask = rows < M
+        matrix = w_ptr + wide_b * M * N + rows.to(tl.int64)[:, None] * N
+        # The input u is used as given (v = normalize(W u)), hence the unit scale.
+        inv_norm_u = tl.full([], 1.0, acc_ty)
+        if not first:
+            inv_norm_u = _inv_norm(_sum_entries(column_squares_ptr + b * column_blocks,
+                                                column_blocks, BLOCK_R))
+        wu = tl.zeros([BLOCK_M], acc_ty)
+        for k0 in range(0, N, BLOCK_K):
+            cols = k0 + offs_k
+            w = tl.load(matrix + cols[None, :], mask=row_mask[:, None] & (cols < N)[None, :],
+                        other=0.0).to(acc_ty)
+            if first:
+                u = tl.load(u_ptr + wide_b * N + cols, mask=cols < N, other=0.0).to(acc_ty)
+            else:
+                u = tl.load(t_ptr + wide_b * N + cols, mask=cols < N, other=0.0,
+                            cache_modifier=".cg")
+            wu += tl.sum(w * u[None, :], axis=1)
+        wu = wu * inv_norm_u
+        tl.store(wu_ptr + wide_b * M + rows, wu, mask=row_mask)
+        tl.store(row_squares_ptr + tile, tl.sum(wu * wu, axis=0))
+        partial = t_partial_ptr + tl.cast(tile, tl.int64) * N
+        for k0 in range(0, N, BLOCK_K):
+            cols = k0 + offs_k
+            w = tl.load(matrix + cols[None, :], mask=row_mask[:, None] & (cols < N)[None, :],
+                        other=0.0).to(acc_ty)
+            tl.store(partial + cols, tl.sum(w * wu[:, None], axis=0), mask=cols < N)
+
+
+@triton.jit
+def _column_pass(t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr, count, N,
+                 row_blocks, column_blocks, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Per (matrix b, block of BLOCK_N columns) tile: t = W^T v = (sum over row blocks of
+    t_partial) / max(|wu|, eps), stored with |t|^2 of the block."""
+    for tile in range(tl.program_id(0), count * column_blocks, tl.num_programs(0)):
+        b = tile // column_blocks
+        wide_b = tl.cast(b, tl.int64)
+        cols = (tile % column_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        inv_norm_v = _inv_norm(_sum_entries(row_squares_ptr + b * row_blocks, row_blocks,
+                                            BLOCK_R))
+        t = tl.zeros([BLOCK_N], t_ptr.dtype.element_ty)
+        for r in range(0, row_blocks):
+            partial = t_partial_ptr + (wide_b * row_blocks + r) * N
+            t += tl.load(partial + cols, mask=cols < N, other=0.0, cache_modifier=".cg")
+        t = t * inv_norm_v
+        tl.store(t_ptr + wide_b * N + cols, t, mask=cols < N)
+        tl.store(column_squares_ptr + tile, tl.sum(t * t, axis=0))
+
+
+@triton.jit
+def _finish(sigma_ptr, u_out_ptr, v_out_ptr, wu_ptr, t_ptr, row_squares_ptr, column_squares_ptr,
+            count, M, N, row_blocks, column_blocks,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """u = t / max(|t|, eps), v = wu / max(|wu|, eps) and sigma = t . u = |t|^2 / max(|t|, eps)
+    (0 for an all-zero W, NaN for a non-finite one), tile j of matrix b storing u's column
+    block j and v's row block j (where they exist) and, at j = 0, sigma."""
+    blocks = tl.maximum(row_blocks, column_blocks)
+    for tile in range(tl.program_id(0), count * blocks, tl.num_programs(0)):
+        b = tile // blocks
+        wide_b = tl.cast(b, tl.int64)
+        j = tile % blocks
+        sum_sq_t = _sum_entries(column_squares_ptr + b * column_blocks, column_blocks, BLOCK_R)
+        inv_norm_u = _inv_norm(sum_sq_t)
+        if j < column_blocks:
+            cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            t = tl.load(t_ptr + wide_b * N + cols, mask=cols < N, cache_modifier=".cg")
+            tl.store(u_out_ptr + wide_b * N + cols,
+                     (t * inv_norm_u).to(u_out_ptr.dtype.element_ty), mask=cols < N)
+        if j < row_blocks:
+            inv_norm_v = _inv_norm(_sum_entries(row_squares_ptr + b * row_blocks, row_blocks,
+                                                BLOCK_R))
+            rows = j * BLOCK_M + tl.arange(0, BLOCK_M)
+            wu = tl.load(wu_ptr + wide_b * M + rows, mask=rows < M, cache_modifier=".cg")
+            tl.store(v_out_ptr + wide_b * M + rows,
+                     (wu * inv_norm_v).to(v_out_ptr.dtype.element_ty), mask=rows < M)
+        if j == 0:
+            tl.store(sigma_ptr + b, (sum_sq_t * inv_norm_u).to(sigma_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, wu_ptr, t_ptr,
+                            t_partial_ptr, row_squares_ptr, column_squares_ptr, counter_ptr,
+                            first_phase, last_phase, iters, count, M, N, row_blocks,
+                            column_blocks, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     """Power iteration (Miyato et al., ICLR 2018, "Spectral Normalization for GANs") on a batch
-    of row-major M x N matrices, one program per matrix, all `iters` steps in this launch.
+    of `count` row-major M x N matrices, every matrix split over many programs.
 
     Forward, per matrix W with right vector u: repeat `iters` times
         v = W u / max(|W u|, 1e-12);  t = W^T v;  u = t / max(|t|, 1e-12)
     then sigma = t . u (= v^T W u), the estimate of the largest singular value.
     Backward (power_iteration_backward): d sigma / d W = v u^T, u and v held constant.
 
-    Grid (batch,). A program cannot wait for other programs, so one matrix is one program: a huge
-    single matrix runs on one SM, and throughput comes from batches. scratch holds M + N
-    accumulation-dtype entries per matrix (u then v).
+    The work is 2 iters + 1 phases, each spread over the grid: phase 2i (`_row_pass`) reads W
+    once by row blocks, giving W u and each row block's partial W^T (W u); phase 2i + 1
+    (`_column_pass`) sums the partials by column blocks into t; the last phase (`_finish`)
+    stores u, v and sigma. Norms are summed from per-block partials, so every sum is in a fixed
+    order (the same bits on every run). Phases first_phase..last_phase - 1 run in this launch,
+    separated by grid barriers: on a GPU all of them (one launch, the grid no larger than the
+    SMs so that every program is resident); under the interpreter, which runs programs one
+    after another, one phase per launch.
     """
-    b = tl.program_id(0).to(tl.int64)
-    us_ptr = scratch_ptr + b * (M + N)
-    sigma = _power_iterate(w_ptr + b * M * N, u_ptr + b * N, u_out_ptr + b * N, v_out_ptr + b * M,
-                           us_ptr, us_ptr + N, iters, M, N,
-                           1, N, 0, 1, 1, 0, BLOCK_M, BLOCK_N)
-    tl.store(sigma_ptr + b, sigma.to(sigma_ptr.dtype.element_ty))
+    for phase in range(first_phase, last_phase):
+        if phase > first_phase:
+            _grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        if phase == 2 * iters:
+            _finish(sigma_ptr, u_out_ptr, v_out_ptr, wu_ptr, t_ptr, row_squares_ptr,
+                    column_squares_ptr, count, M, N, row_blocks, column_blocks,
+                    BLOCK_M, BLOCK_N, BLOCK_R)
+        elif phase % 2 == 0:
+            _row_pass(w_ptr, u_ptr, wu_ptr, t_ptr, t_partial_ptr, row_squares_ptr,
+                      column_squares_ptr, phase == 0, count, M, N, row_blocks, column_blocks,
+                      BLOCK_M, BLOCK_K, BLOCK_R)
+        else:
+            _column_pass(t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr, count, N,
+                         row_blocks, column_blocks, BLOCK_N, BLOCK_R)
 
 
 @triton.jit
@@ -170,6 +307,42 @@ def _power_iteration_backward_kernel(grad_sigma_ptr, u_ptr, v_ptr, grad_w_ptr, M
              grad.to(grad_w_ptr.dtype.element_ty), mask=mask)
 
 
+# Programs of the launch without a GPU to size it (the interpreter), as on an H100.
+_PROGRAMS_WITHOUT_GPU = 132
+# Row and column blocks: a tile of BLOCK_M rows streams BLOCK_K columns at once (the row pass),
+# a column tile sums BLOCK_N entries of every row block's partial (the column pass).
+_STREAM_ELEMENTS = 4096
+_MIN_ROWS, _MAX_ROWS = 4, 64
+_MIN_COLUMNS, _MAX_COLUMNS = 16, 1024
+_NUM_WARPS = 4
+# Entries of the per-block norm partials summed at once.
+_BLOCK_R = 64
+
+
+def _programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return _PROGRAMS_WITHOUT_GPU
+
+
+def _block(total: int, programs: int, low: int, high: int) -> int:
+    """The power of two in [low, high] nearest below total / programs: blocks small enough that
+    `total` entries give every program a tile, no smaller than `low`."""
+    return max(low, min(high, 1 << max(0, (total // programs).bit_length() - 1)))
+
+
+def launch_config(count: int, m: int, n: int, device: torch.device) -> dict:
+    """Blocks, grid and phases of `_power_iteration_kernel` for `count` m x n matrices."""
+    programs = _programs(device)
+    block_m = _block(count * m, programs, _MIN_ROWS, _MAX_ROWS)
+    block_n = _block(count * n, programs, _MIN_COLUMNS, _MAX_COLUMNS)
+    block_k = max(_MIN_COLUMNS, min(triton.next_power_of_2(n), _STREAM_ELEMENTS // block_m))
+    row_blocks, column_blocks = triton.cdiv(m, block_m), triton.cdiv(n, block_n)
+    tiles = count * max(row_blocks, column_blocks)
+    return dict(programs=min(programs, tiles), row_blocks=row_blocks,
+                column_blocks=column_blocks, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
+
+
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """(sigma (...), u (..., n), v (..., m)) after `iters` power-iteration steps on W (..., m, n).
 
@@ -179,15 +352,28 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """
     *batch, m, n = weight.shape
     count = weight.numel() // (m * n)
-    acc = accumulation_dtype(weight.dtype)
     sigma = weight.new_empty(batch)
     u_out = weight.new_empty((*batch, n))
     v_out = weight.new_empty((*batch, m))
-    scratch = torch.empty((count, m + n), dtype=acc, device=weight.device)
-    block_m, block_n, num_warps = tile_shape(m, n)
-    launchable(_power_iteration_kernel)[(count,)](
-        weight, u, sigma, u_out, v_out, scratch, iters, m, n,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    if count == 0:
+        return sigma, u_out, v_out
+    config = launch_config(count, m, n, weight.device)
+    programs, row_blocks = config.pop("programs"), config.pop("row_blocks")
+    column_blocks = config.pop("column_blocks")
+    scratch = dict(dtype=accumulation_dtype(weight.dtype), device=weight.device)
+    wu, t = torch.empty(count, m, **scratch), torch.empty(count, n, **scratch)
+    t_partial = torch.empty(count * row_blocks, n, **scratch)
+    row_squares = torch.empty(count * row_blocks, **scratch)
+    column_squares = torch.empty(count * column_blocks, **scratch)
+    counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    phases = 2 * iters + 1
+    # One launch on a GPU; one phase per launch where programs run one after another.
+    spans = [(0, phases)] if weight.is_cuda else [(p, p + 1) for p in range(phases)]
+    for first, last in spans:
+        launchable(_power_iteration_kernel)[(programs,)](
+            weight, u, sigma, u_out, v_out, wu, t, t_partial, row_squares, column_squares,
+            counter, first, last, iters, count, m, n, row_blocks, column_blocks,
+            BLOCK_R=_BLOCK_R, num_warps=_NUM_WARPS, **config)
     return sigma, u_out, v_out
 
 
