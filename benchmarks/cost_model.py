@@ -23,6 +23,7 @@ L2_BYTES = 50e6
 L2_BYTES_PER_S = 5e12
 LAUNCH_S = 5e-6
 GRID_BARRIER_S = 2e-6
+H100_SMS = 132
 
 ELEMENT_BYTES = {"fp32/TF32": 4, "bf16": 2}
 
@@ -239,11 +240,13 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
     """conv_spectral_bounds at `iters` iterations, fp32. The reference: three reshape copies of
     the filter, then per iteration and reshape two matrix-vector products and two normalisations
     (8 launches), each product reading the matrix (from L2 while the four fit in it, else from
-    HBM). The design: one persistent launch over at least 132 CTAs, each owning output-channel
-    slabs W[o] (the rows of M_1, M_2 and M_3 and the columns of M_4 with that o): per iteration
-    one read of the filter updates all four iterates, u <- M^T (M u) row by row (a row stays on
-    chip between its dot product and its update; M_4 through M_4 M_4^T on its columns), with
-    per-CTA partial sums reduced after a grid barrier (two barriers an iteration)."""
+    HBM). The implemented design (lipkernels/triton/conv_spectral_bounds.py, its
+    `launch_config`): one persistent launch, each program owning output-channel slabs W[o] (the
+    rows of M_1, M_2 and M_3 and the columns of M_4 with that o); per iteration one read of the
+    filter (from L2 once it fits there) updates all four iterates, the slab re-read from L2 for
+    the partial products, which are written and read back in L2 by the reduction, two grid
+    barriers. A grid of fewer than 132 programs gets that share of the bandwidth."""
+    from lipkernels.triton.conv_spectral_bounds import launch_config
     lines = ["| filter | filter MB | reference launches | reference ms | design ms | design "
              "bound by | ratio |", "|---|---:|---:|---:|---:|---|---:|"]
     for channels in F4_CHANNELS:
@@ -255,17 +258,19 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
             bandwidth = L2_BYTES_PER_S if reshapes * filter_bytes <= L2_BYTES else HBM_BYTES_PER_S
             reference = (2 * copies * filter_bytes / HBM_BYTES_PER_S
                          + iters * 2 * reshapes * filter_bytes / bandwidth + launches * LAUNCH_S)
+            config = launch_config((channels, channels, kernel, kernel), H100_SMS)
+            share = config["programs"] / H100_SMS
+            partial_bytes = 4.0 * config["slab_tiles"] * config["length"]
             design_bandwidth = L2_BYTES_PER_S if filter_bytes <= L2_BYTES else HBM_BYTES_PER_S
             flops = 16.0 * channels ** 2 * kernel ** 2  # 4 dots and 4 updates an element
-            per_iteration = max(filter_bytes / design_bandwidth, flops / SIMT_FP32_FLOPS)
-            bound = ("memory" if filter_bytes / design_bandwidth >= flops / SIMT_FP32_FLOPS
-                     else "compute")
-            if per_iteration < 2 * GRID_BARRIER_S:
-                bound = "barriers"
-            design = LAUNCH_S + iters * (per_iteration + 2 * GRID_BARRIER_S)
+            terms = {"memory": filter_bytes / (design_bandwidth * share),
+                     "L2": (filter_bytes + 2 * partial_bytes) / (L2_BYTES_PER_S * share),
+                     "compute": flops / (SIMT_FP32_FLOPS * share),
+                     "barriers": 2 * GRID_BARRIER_S}
+            design = LAUNCH_S + iters * sum(terms.values())
             lines.append(f"| C{channels}-k{kernel} | {filter_bytes / 1e6:.2f} | {launches} | "
-                         f"{reference * 1e3:.2f} | {design * 1e3:.2f} | {bound} | "
-                         f"{_ratio(reference / design)} |")
+                         f"{reference * 1e3:.2f} | {design * 1e3:.2f} | "
+                         f"{max(terms, key=terms.get)} | {_ratio(reference / design)} |")
     return "\n".join(lines)
 
 
@@ -273,7 +278,6 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
 # taps, and conv_spectral_norm's batch of real forms (544 frequencies of 64 channels at 32 x 32,
 # 128 x 128 each); (count, m, n).
 POWER_ITERATION_MATRICES = (*((1, c, 9 * c) for c in F4_CHANNELS), (544, 128, 128))
-H100_SMS = 132
 
 
 def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:

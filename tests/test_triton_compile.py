@@ -136,6 +136,24 @@ def test_power_iteration_is_one_persistent_launch_over_the_sms(compiled):
             assert row["programs"] == 132, where
 
 
+def test_fantastic_four_is_one_persistent_launch_by_slabs(compiled):
+    """conv_spectral_bounds runs every iteration of the four reshapes in one launch of at most a
+    program per SM, with its grid barriers in the code: 132 programs on the 512- to
+    2048-channel filters; on the 16-channel one as many as its reduction needs. A 1x1 filter is
+    loaded in 16-byte vectors (a 3x3 one is not: the taps are padded to 4 x 4 in the tile, so
+    the nine contiguous entries of (o, i) form no aligned vector; docs/performance.md)."""
+    rows = [row for row in compiled if row["case"].startswith("conv_spectral_bounds-")]
+    assert len(rows) == 2 * 2 * 4 * 2  # dtypes x iteration counts x filters x architectures
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] <= 132 and row["release_increments"] >= 1, where
+        assert row["acquire_reads"] >= 1, where
+        if "-C16-" not in row["case"]:
+            assert row["programs"] == 132, where
+        if "-k1-" in row["case"]:
+            assert row["wide_loads"] > 0, where
+
+
 def test_power_iteration_streams_matrices_16_bytes_wide(compiled):
     """The row pass streams W in 16-byte vectors: most global loads of the float32 kernel on
     matrices of 128 columns or more (in bf16 about half of them are, W's among them)."""

@@ -25,7 +25,6 @@ from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from lipkernels._conventions import bound_matrix_shapes
 from lipkernels.benchmarking.suites import soc_exp as soc_suite
 from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
                                householder, max_min, power_iteration, soc_exp)
@@ -119,10 +118,10 @@ def _spectral_cases():
     """power_iteration at the suites' shapes: one 512 x 4608 matrix (M_3 of a 512-channel 3x3
     filter) and one 2048 x 18432 (of a 2048-channel one), the 544 real forms of 128 x 128 of
     conv_spectral_norm on 64 channels at 32 x 32, and 128 row vectors (1 x 64, where the JIT makes
-    M a constexpr); the persistent launch at 50 iterations and at the training step's single one
-    (a constexpr too); conv_spectral_bounds on 3x3 and 1x1 filters (k_h = k_w = 1 constexprs),
-    with their backward, fp32 and bf16. The power-iteration cases carry their launch's program
-    count and the matrices' tile count."""
+    M a constexpr); conv_spectral_bounds on 3x3 filters of 16, 512 and 2048 channels and a 1x1 one
+    (k_h = k_w = 1 constexprs); both persistent launches at 50 iterations and at the training
+    step's single one (a constexpr too), with their backward, fp32 and bf16. The persistent
+    cases carry their launch's program count and their tile count (matrix blocks, slabs)."""
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         acc = torch.empty(0, dtype=torch.float32, device="meta")
@@ -145,17 +144,20 @@ def _spectral_cases():
             yield (f"power_iteration_backward-{name}-B{count}-{m}x{n}",
                    power_iteration._power_iteration_backward_kernel, (t, t, t, t, m, n),
                    dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
-        for channels, k in ((512, 3), (1024, 1)):
+        for channels, k in ((512, 3), (2048, 3), (1024, 1), (16, 3)):
             shape = (channels, channels, k, k)
-            cols = [n for _, n in bound_matrix_shapes(shape)]
-            rows = [channels * channels * k * k // n for n in cols]
-            block_m, block_n, num_warps = _common.tile_shape(max(rows), max(cols))
-            stride = max(r + c for r, c in zip(rows, cols))
+            config = conv_spectral_bounds.launch_config(shape, _common.PROGRAMS_WITHOUT_GPU)
+            programs, slab_tiles = config.pop("programs"), config.pop("slab_tiles")
+            reduction_blocks, length = config.pop("reduction_blocks"), config.pop("length")
+            launch = {"programs": programs, "tiles": slab_tiles}
+            constants = dict(config, BLOCK_R=conv_spectral_bounds._BLOCK_R,
+                             num_warps=conv_spectral_bounds._NUM_WARPS)
             for iters in (50, 1):
                 yield (f"conv_spectral_bounds-{name}-C{channels}-k{k}-T{iters}",
                        conv_spectral_bounds._conv_spectral_bounds_kernel,
-                       (t,) * 14 + (acc, stride, iters, channels, channels, k, k),
-                       dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
+                       (t,) * 14 + (acc,) * 7 + (counter, 0, 2 * iters + 2, iters, channels,
+                                                  channels, k, k, slab_tiles, reduction_blocks,
+                                                  length), constants, launch)
             yield (f"conv_spectral_bounds_backward-{name}-C{channels}-k{k}",
                    conv_spectral_bounds._conv_spectral_bounds_backward_kernel,
                    (t,) * 10 + (channels * channels * k * k, channels, k, k),

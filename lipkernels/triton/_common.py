@@ -36,6 +36,24 @@ def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:
     return block_m, block_n, num_warps
 
 
+# Programs of a persistent launch without a GPU to size it (the interpreter), as on an H100.
+PROGRAMS_WITHOUT_GPU = 132
+
+
+def persistent_programs(device: torch.device) -> int:
+    """The most programs of a launch with grid barriers: one per SM, so that every program is
+    resident at once."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return PROGRAMS_WITHOUT_GPU
+
+
+def block_for(total: int, programs: int, low: int, high: int) -> int:
+    """The power of two in [low, high] nearest below total / programs: blocks small enough that
+    `total` entries give every program a tile, no smaller than `low`."""
+    return max(low, min(high, 1 << max(0, (total // programs).bit_length() - 1)))
+
+
 def launchable(kernel):
     """`kernel` made traceable for torch.library.triton_op (torch.compile sees the launch).
 

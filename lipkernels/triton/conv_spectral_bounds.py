@@ -9,64 +9,261 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, launchable, tile_shape
-from .power_iteration import _power_iterate
+from ._common import accumulation_dtype, block_for, launchable, persistent_programs
+from .power_iteration import _grid_barrier, _inv_norm, _sum_entries
 
 
 @triton.jit
-def _pick(q, a0, a1, a2, a3):
-    """The q-th of four per-reshape values (integers or pointers), q a runtime scalar."""
-    return tl.where(q == 0, a0, tl.where(q == 1, a1, tl.where(q == 2, a2, a3)))
+def _chunk(w_ptr, tile, i0, C_OUT, C_IN, KH, KW, acc_ty, BLOCK_O: tl.constexpr,
+           BLOCK_I: tl.constexpr, KH_P: tl.constexpr, KW_P: tl.constexpr):
+    """The filter entries weight[o, i, h, w] of slab tile `tile` (BLOCK_O output channels) and
+    input channels i0..i0 + BLOCK_I - 1, as a (BLOCK_O, BLOCK_I, KH_P, KW_P) tile in the
+    accumulation dtype (0 outside the filter), with its index tensors (o, i, h, w)."""
+    o = tile * BLOCK_O + tl.arange(0, BLOCK_O)[:, None, None, None]
+    i = i0 + tl.arange(0, BLOCK_I)[None, :, None, None]
+    h = tl.arange(0, KH_P)[None, None, :, None]
+    w = tl.arange(0, KW_P)[None, None, None, :]
+    offsets = ((tl.cast(o, tl.int64) * C_IN + i) * KH + h) * KW + w
+    mask = (o < C_OUT) & (i < C_IN) & (h < KH) & (w < KW)
+    return tl.load(w_ptr + offsets, mask=mask, other=0.0).to(acc_ty), o, i, h, w, mask
+
+
+@triton.jit
+def _gather(ptr, index, mask, scale, acc_ty):
+    return tl.load(ptr + index, mask=mask, other=0.0, cache_modifier=".cg").to(acc_ty) * scale
+
+
+@triton.jit
+def _slab_pass(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, t_ptr, rows_ptr, partial_ptr,
+               row_squares_ptr, t4_ptr, t4_squares_ptr, column_squares_ptr,
+               first, only_t4, C_OUT, C_IN, KH, KW, slab_tiles, reduction_blocks, L,
+               BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, KH_P: tl.constexpr,
+               KW_P: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One read of the filter by slabs (BLOCK_O output channels, every input channel and tap)
+    for all four reshapes. Sweep 1 over the slab: wu_q = M_q u_q for its rows of M_1 (o k_h +
+    h), M_2 (o k_w + w) and M_3 (o), with u_q the inputs (`first`) or t_q / |t_q| of the last
+    reduction; and t_4 = M_4^T v_4 for its columns of M_4 (o, h, w), v_4 = wu_4 / |wu_4| of the
+    last reduction (not at `first`: there u_4 is the input). Sweep 2 (the slab again, from L2):
+    the slab's partial M_q^T wu_q (q = 1..3) and M_4 t_4 (M_4 u_4 at `first`), at
+    partial[tile] laid out as t's segments. `only_t4` (after the last iteration): t_4 alone,
+    stored."""
+    acc_ty = t_ptr.dtype.element_ty
+    HW = KH * KW
+    B1 = C_IN * KW
+    B2 = B1 + KH * C_IN
+    B3 = B2 + C_IN * HW
+    one = tl.full([], 1.0, acc_ty)
+    scale1, scale2, scale3, scale_v4 = one, one, one, one
+    if not first:
+        scale1 = _inv_norm(_sum_entries(column_squares_ptr, reduction_blocks, BLOCK_R))
+        scale2 = _inv_norm(_sum_entries(column_squares_ptr + reduction_blocks,
+                                        reduction_blocks, BLOCK_R))
+        scale3 = _inv_norm(_sum_entries(column_squares_ptr + 2 * reduction_blocks,
+                                        reduction_blocks, BLOCK_R))
+        scale_v4 = _inv_norm(_sum_entries(column_squares_ptr + 3 * reduction_blocks,
+                                          reduction_blocks, BLOCK_R))
+    for tile in range(tl.program_id(0), slab_tiles, tl.num_programs(0)):
+        wu1 = tl.zeros([BLOCK_O, KH_P], acc_ty)
+        wu2 = tl.zeros([BLOCK_O, KW_P], acc_ty)
+        wu3 = tl.zeros([BLOCK_O], acc_ty)
+        t4 = tl.zeros([BLOCK_O, KH_P, KW_P], acc_ty)
+        for i0 in range(0, C_IN, BLOCK_I):
+            x, o, i, h, w, mask = _chunk(w_ptr, tile, i0, C_OUT, C_IN, KH, KW, acc_ty,
+                                         BLOCK_O, BLOCK_I, KH_P, KW_P)
+            if not first:
+                v4 = _gather(t_ptr + B3, i, i < C_IN, scale_v4, acc_ty)
+                t4 += tl.sum(x * v4, axis=1)
+            if not only_t4:
+                if first:
+                    u1 = _gather(u1_ptr, i * KW + w, (i < C_IN) & (w < KW), one, acc_ty)
+                    u2 = _gather(u2_ptr, h * C_IN + i, (i < C_IN) & (h < KH), one, acc_ty)
+                    u3 = _gather(u3_ptr, (i * KH + h) * KW + w, mask, one, acc_ty)
+                else:
+                    u1 = _gather(t_ptr, i * KW + w, (i < C_IN) & (w < KW), scale1, acc_ty)
+                    u2 = _gather(t_ptr + B1, h * C_IN + i, (i < C_IN) & (h < KH), scale2,
+                                 acc_ty)
+                    u3 = _gather(t_ptr + B2, (i * KH + h) * KW + w, mask, scale3, acc_ty)
+                wu1 += tl.sum(tl.sum(x * u1, axis=3), axis=1)
+                wu2 += tl.sum(tl.sum(x * u2, axis=2), axis=1)
+                wu3 += tl.sum(tl.sum(tl.sum(x * u3, axis=3), axis=2), axis=1)
+        o3 = tile * BLOCK_O + tl.arange(0, BLOCK_O)[:, None, None]
+        t4_mask = (o3 < C_OUT) & (tl.arange(0, KH_P)[None, :, None] < KH) \
+            & (tl.arange(0, KW_P)[None, None, :] < KW)
+        t4_index = (o3 * KH + tl.arange(0, KH_P)[None, :, None]) * KW \
+            + tl.arange(0, KW_P)[None, None, :]
+        if only_t4:
+            tl.store(t4_ptr + t4_index, t4, mask=t4_mask)
+        else:
+            if first:
+                t4 = tl.load(u4_ptr + t4_index, mask=t4_mask, other=0.0).to(acc_ty)
+            o1 = tile * BLOCK_O + tl.arange(0, BLOCK_O)
+            o2 = o1[:, None]
+            h_mask = (o2 < C_OUT) & (tl.arange(0, KH_P)[None, :] < KH)
+            w_mask = (o2 < C_OUT) & (tl.arange(0, KW_P)[None, :] < KW)
+            tl.store(rows_ptr + o2 * KH + tl.arange(0, KH_P)[None, :], wu1, mask=h_mask)
+            tl.store(rows_ptr + C_OUT * KH + o2 * KW + tl.arange(0, KW_P)[None, :], wu2,
+                     mask=w_mask)
+            tl.store(rows_ptr + C_OUT * (KH + KW) + o1, wu3, mask=o1 < C_OUT)
+            tl.store(row_squares_ptr + tile, tl.sum(tl.sum(wu1 * wu1, axis=1), axis=0))
+            tl.store(row_squares_ptr + slab_tiles + tile,
+                     tl.sum(tl.sum(wu2 * wu2, axis=1), axis=0))
+            tl.store(row_squares_ptr + 2 * slab_tiles + tile, tl.sum(wu3 * wu3, axis=0))
+            partial = partial_ptr + tl.cast(tile, tl.int64) * L
+            for i0 in range(0, C_IN, BLOCK_I):
+                x, o, i, h, w, mask = _chunk(w_ptr, tile, i0, C_OUT, C_IN, KH, KW, acc_ty,
+                                             BLOCK_O, BLOCK_I, KH_P, KW_P)
+                i1 = i0 + tl.arange(0, BLOCK_I)
+                part1 = tl.sum(tl.sum(x * wu1[:, None, :, None], axis=2), axis=0)  # (I, W)
+                tl.store(partial + i1[:, None] * KW + tl.arange(0, KW_P)[None, :], part1,
+                         mask=(i1 < C_IN)[:, None] & (tl.arange(0, KW_P) < KW)[None, :])
+                part2 = tl.sum(tl.sum(x * wu2[:, None, None, :], axis=3), axis=0)  # (I, H)
+                tl.store(partial + B1 + tl.arange(0, KH_P)[None, :] * C_IN + i1[:, None],
+                         part2, mask=(i1 < C_IN)[:, None] & (tl.arange(0, KH_P) < KH)[None, :])
+                part3 = tl.sum(x * wu3[:, None, None, None], axis=0)  # (I, H, W)
+                index3 = (i1[:, None, None] * KH + tl.arange(0, KH_P)[None, :, None]) * KW \
+                    + tl.arange(0, KW_P)[None, None, :]
+                mask3 = (i1 < C_IN)[:, None, None] & (tl.arange(0, KH_P) < KH)[None, :, None] \
+                    & (tl.arange(0, KW_P) < KW)[None, None, :]
+                tl.store(partial + B2 + index3, part3, mask=mask3)
+                part4 = tl.sum(tl.sum(tl.sum(x * t4[:, None, :, :], axis=3), axis=2), axis=0)
+                tl.store(partial + B3 + i1, part4, mask=i1 < C_IN)
+        tl.store(t4_squares_ptr + tile, tl.sum(tl.sum(tl.sum(t4 * t4, axis=2), axis=1), axis=0))
+
+
+@triton.jit
+def _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr, column_squares_ptr,
+                    first, C_IN, KH, KW, slab_tiles, reduction_blocks, L,
+                    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """t = the sum of the slabs' partials by blocks of BLOCK_N entries, each segment scaled:
+    t_q = M_q^T v_q = (sum) / |wu_q| for q = 1..3 and wu_4 = M_4 u_4 = (sum) / |t_4| (1 at
+    `first`: u_4 is the input); the squares of each segment per block at column_squares[q]."""
+    acc_ty = t_ptr.dtype.element_ty
+    B1 = C_IN * KW
+    B2 = B1 + KH * C_IN
+    B3 = B2 + C_IN * KH * KW
+    inv1 = _inv_norm(_sum_entries(row_squares_ptr, slab_tiles, BLOCK_R))
+    inv2 = _inv_norm(_sum_entries(row_squares_ptr + slab_tiles, slab_tiles, BLOCK_R))
+    inv3 = _inv_norm(_sum_entries(row_squares_ptr + 2 * slab_tiles, slab_tiles, BLOCK_R))
+    inv4 = tl.full([], 1.0, acc_ty)
+    if not first:
+        inv4 = _inv_norm(_sum_entries(t4_squares_ptr, slab_tiles, BLOCK_R))
+    for block in range(tl.program_id(0), reduction_blocks, tl.num_programs(0)):
+        e = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        total = tl.zeros([BLOCK_N], acc_ty)
+        for tile in range(0, slab_tiles):
+            total += tl.load(partial_ptr + tl.cast(tile, tl.int64) * L + e, mask=e < L,
+                             other=0.0, cache_modifier=".cg")
+        segment = (e >= B1).to(tl.int32) + (e >= B2).to(tl.int32) + (e >= B3).to(tl.int32)
+        t = total * tl.where(segment == 0, inv1,
+                             tl.where(segment == 1, inv2, tl.where(segment == 2, inv3, inv4)))
+        tl.store(t_ptr + e, t, mask=e < L)
+        for q in range(0, 4):
+            tl.store(column_squares_ptr + q * reduction_blocks + block,
+                     tl.sum(tl.where((segment == q) & (e < L), t * t, 0.0), axis=0))
+
+
+@triton.jit
+def _store_scaled(out_ptr, source_ptr, e, start, count, scale):
+    inside = (e >= start) & (e < start + count)
+    value = tl.load(source_ptr + e - start, mask=inside, other=0.0, cache_modifier=".cg")
+    tl.store(out_ptr + e - start, (value * scale).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _finish(bounds_ptr, u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr, v1_out_ptr, v2_out_ptr,
+            v3_out_ptr, v4_out_ptr, t_ptr, rows_ptr, t4_ptr, row_squares_ptr, t4_squares_ptr,
+            column_squares_ptr, C_OUT, C_IN, KH, KW, slab_tiles, reduction_blocks,
+            BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """u_q = t_q / |t_q|, v_q = wu_q / |wu_q| and bounds[q] = sqrt(k_h k_w) |t_q|^2 / |t_q|
+    (t_q . u_q; 0 for an all-zero filter, NaN for a non-finite one), by blocks of the
+    concatenated outputs [t | t_4 | rows]."""
+    HW = KH * KW
+    B1 = C_IN * KW
+    B2 = B1 + KH * C_IN
+    B3 = B2 + C_IN * HW
+    L = B3 + C_IN
+    N4 = C_OUT * HW
+    R = C_OUT * (KH + KW + 1)
+    sq1 = _sum_entries(column_squares_ptr, reduction_blocks, BLOCK_R)
+    sq2 = _sum_entries(column_squares_ptr + reduction_blocks, reduction_blocks, BLOCK_R)
+    sq3 = _sum_entries(column_squares_ptr + 2 * reduction_blocks, reduction_blocks, BLOCK_R)
+    sq_v4 = _sum_entries(column_squares_ptr + 3 * reduction_blocks, reduction_blocks, BLOCK_R)
+    sq4 = _sum_entries(t4_squares_ptr, slab_tiles, BLOCK_R)
+    inv_v1 = _inv_norm(_sum_entries(row_squares_ptr, slab_tiles, BLOCK_R))
+    inv_v2 = _inv_norm(_sum_entries(row_squares_ptr + slab_tiles, slab_tiles, BLOCK_R))
+    inv_v3 = _inv_norm(_sum_entries(row_squares_ptr + 2 * slab_tiles, slab_tiles, BLOCK_R))
+    for block in range(tl.program_id(0), tl.cdiv(L + N4 + R, BLOCK_N), tl.num_programs(0)):
+        e = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        _store_scaled(u1_out_ptr, t_ptr, e, 0, B1, _inv_norm(sq1))
+        _store_scaled(u2_out_ptr, t_ptr + B1, e, B1, B2 - B1, _inv_norm(sq2))
+        _store_scaled(u3_out_ptr, t_ptr + B2, e, B2, B3 - B2, _inv_norm(sq3))
+        _store_scaled(v4_out_ptr, t_ptr + B3, e, B3, C_IN, _inv_norm(sq_v4))
+        _store_scaled(u4_out_ptr, t4_ptr, e, L, N4, _inv_norm(sq4))
+        start = L + N4
+        _store_scaled(v1_out_ptr, rows_ptr, e, start, C_OUT * KH, inv_v1)
+        start += C_OUT * KH
+        _store_scaled(v2_out_ptr, rows_ptr + C_OUT * KH, e, start, C_OUT * KW, inv_v2)
+        start += C_OUT * KW
+        _store_scaled(v3_out_ptr, rows_ptr + C_OUT * (KH + KW), e, start, C_OUT, inv_v3)
+    if tl.program_id(0) == 0:
+        # sqrt taken in the accumulation dtype: a float kernel argument would be passed as
+        # float32.
+        root = tl.sqrt(tl.cast(HW, sq1.dtype))
+        for q in range(0, 4):
+            sq = tl.where(q == 0, sq1, tl.where(q == 1, sq2, tl.where(q == 2, sq3, sq4)))
+            tl.store(bounds_ptr + q, (root * sq * _inv_norm(sq)).to(bounds_ptr.dtype.element_ty))
 
 
 @triton.jit
 def _conv_spectral_bounds_kernel(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, bounds_ptr,
                                  u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr,
                                  v1_out_ptr, v2_out_ptr, v3_out_ptr, v4_out_ptr,
-                                 scratch_ptr, scratch_stride, iters, C_OUT, C_IN, KH, KW,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The four Fantastic Four power iterations (Singla & Feizi, ICLR 2021), program q on M_q.
+                                 t_ptr, rows_ptr, partial_ptr, t4_ptr, row_squares_ptr,
+                                 t4_squares_ptr, column_squares_ptr, counter_ptr,
+                                 first_phase, last_phase, iters, C_OUT, C_IN, KH, KW,
+                                 slab_tiles, reduction_blocks, L,
+                                 BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
+                                 KH_P: tl.constexpr, KW_P: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The four Fantastic Four power iterations (Singla & Feizi, ICLR 2021) in one persistent
+    launch, the filter read once an iteration for all four.
 
     Forward: with weight[o, i, h, w] = M_q[row, col],
       M_1 = weight.transpose(1, 2).reshape(C_out k_h, C_in k_w): row = o k_h + h, col = i k_w + w
       M_2 = weight.transpose(1, 3).reshape(C_out k_w, k_h C_in): row = o k_w + w, col = h C_in + i
       M_3 = weight.reshape(C_out, C_in k_h k_w):                 row = o, col = (i k_h + h) k_w + w
       M_4 = weight.transpose(0, 1).reshape(C_in, C_out k_h k_w): row = i, col = (o k_h + h) k_w + w
-    each runs `iters` power-iteration steps (Miyato et al. 2018; see _power_iterate) from u_q,
-    and bounds[q] = sqrt(k_h k_w) * sigma_q with sigma_q = v_q^T M_q u_q.
-    Backward (conv_spectral_bounds_backward): d bounds[q] / d weight = sqrt(k_h k_w) v_q u_q^T
-    mapped back through the same reshape.
+    each runs `iters` power-iteration steps (Miyato et al. 2018: v = normalize(M u), t = M^T v,
+    u = normalize(t)) from u_q, and bounds[q] = sqrt(k_h k_w) * sigma_q with sigma_q = t_q . u_q
+    (= v_q^T M_q u_q). Backward (conv_spectral_bounds_backward): d bounds[q] / d weight =
+    sqrt(k_h k_w) v_q u_q^T mapped back through the same reshape.
 
-    Grid (4,): one program per reshape, each addressing the filter in place through its index
-    map, so no reshaped copy is made. scratch holds scratch_stride accumulation-dtype entries per
-    program (u_q then v_q).
+    Schedule (docs/performance.md): the output-channel slab weight[o] holds the rows of M_1, M_2
+    and M_3 and the columns of M_4 with that o. Phase 2j (`_slab_pass`) reads the filter by
+    slabs, phase 2j + 1 (`_reduction_pass`) sums the slabs' partials into t = [t_1 | t_2 | t_3 |
+    wu_4]; M_4's t_4 = M_4^T v_4 is formed from its columns in the next slab pass (phase 2 iters
+    forms the last one alone) and the last phase (`_finish`) stores the vectors and bounds: 2
+    iters + 2 phases, grid barriers between them, every sum in a fixed order. Phases
+    first_phase..last_phase - 1 run in this launch: all of them on a GPU (the grid at most one
+    program per SM), one per launch under the interpreter.
     """
-    q = tl.program_id(0)
-    HW = KH * KW
-    IHW = C_IN * HW
-    # M_q[r, c] sits at (r // row_div) * row_hi + (r % row_div) * row_lo
-    #                 + (c // col_div) * col_hi + (c % col_div) * col_lo in the contiguous filter:
-    # the two tensor axes merged into each matrix axis, and their strides.
-    #                  M_1          M_2          M_3     M_4
-    M = _pick(q, C_OUT * KH, C_OUT * KW, C_OUT, C_IN)
-    N = _pick(q, C_IN * KW, KH * C_IN, IHW, C_OUT * HW)
-    row_div = _pick(q, KH, KW, 1, 1)
-    row_hi = _pick(q, IHW, IHW, IHW, HW)
-    row_lo = _pick(q, KW, 1, 0, 0)
-    col_div = _pick(q, KW, C_IN, 1, HW)
-    col_hi = _pick(q, HW, KW, 1, IHW)
-    col_lo = _pick(q, 1, HW, 0, 1)
-
-    us_ptr = scratch_ptr + q * scratch_stride
-    sigma = _power_iterate(w_ptr,
-                           _pick(q, u1_ptr, u2_ptr, u3_ptr, u4_ptr),
-                           _pick(q, u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr),
-                           _pick(q, v1_out_ptr, v2_out_ptr, v3_out_ptr, v4_out_ptr),
-                           us_ptr, us_ptr + N, iters, M, N,
-                           row_div, row_hi, row_lo, col_div, col_hi, col_lo, BLOCK_M, BLOCK_N)
-    # sqrt taken in the accumulation dtype: a float kernel argument would be passed as float32.
-    bound = tl.sqrt(tl.cast(HW, sigma.dtype)) * sigma
-    tl.store(bounds_ptr + q, bound.to(bounds_ptr.dtype.element_ty))
+    for phase in range(first_phase, last_phase):
+        if phase > first_phase:
+            _grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        if phase == 2 * iters + 1:
+            _finish(bounds_ptr, u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr, v1_out_ptr,
+                    v2_out_ptr, v3_out_ptr, v4_out_ptr, t_ptr, rows_ptr, t4_ptr,
+                    row_squares_ptr, t4_squares_ptr, column_squares_ptr, C_OUT, C_IN, KH, KW,
+                    slab_tiles, reduction_blocks, BLOCK_N, BLOCK_R)
+        elif phase % 2 == 0:
+            _slab_pass(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, t_ptr, rows_ptr, partial_ptr,
+                       row_squares_ptr, t4_ptr, t4_squares_ptr, column_squares_ptr,
+                       phase == 0, phase == 2 * iters, C_OUT, C_IN, KH, KW, slab_tiles,
+                       reduction_blocks, L, BLOCK_O, BLOCK_I, KH_P, KW_P, BLOCK_R)
+        else:
+            _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr,
+                            column_squares_ptr, phase == 1, C_IN, KH, KW, slab_tiles,
+                            reduction_blocks, L, BLOCK_N, BLOCK_R)
 
 
 @triton.jit
@@ -111,6 +308,35 @@ def _conv_spectral_bounds_backward_kernel(grad_bounds_ptr, u1_ptr, u2_ptr, u3_pt
 _BACKWARD_BLOCK = 1024
 
 
+# A slab chunk (BLOCK_O x BLOCK_I x KH_P x KW_P entries) of at most this many elements over 8
+# warps: the largest that compiles without spills (ptxas figures in
+# benchmarks/results/kernel-notes.md; over 4 warps it spills).
+_CHUNK_ELEMENTS = 4096
+_MAX_SLAB_CHANNELS = 16
+_MIN_BLOCK_N, _MAX_BLOCK_N = 16, 1024
+_NUM_WARPS = 8
+_BLOCK_R = 64
+
+
+def launch_config(shape, programs: int) -> dict:
+    """Blocks, sizes and grid of `_conv_spectral_bounds_kernel` for a filter `shape` and at most
+    `programs` programs (`_common.persistent_programs`): slabs of BLOCK_O output channels,
+    enough for every program where the channels allow, and reduction blocks of BLOCK_N entries
+    of t (`length` of them)."""
+    c_out, c_in, kh, kw = shape
+    kh_p, kw_p = triton.next_power_of_2(kh), triton.next_power_of_2(kw)
+    block_o = block_for(c_out, programs, 1, _MAX_SLAB_CHANNELS)
+    block_i = max(1, min(triton.next_power_of_2(c_in), _CHUNK_ELEMENTS // (block_o * kh_p * kw_p)))
+    length = c_in * (kw + kh + kh * kw + 1)
+    block_n = block_for(length, programs, _MIN_BLOCK_N, _MAX_BLOCK_N)
+    slab_tiles, reduction_blocks = triton.cdiv(c_out, block_o), triton.cdiv(length, block_n)
+    outputs = length + c_out * kh * kw + c_out * (kh + kw + 1)
+    work = max(slab_tiles, reduction_blocks, triton.cdiv(outputs, block_n))
+    return dict(programs=min(programs, work), slab_tiles=slab_tiles,
+                reduction_blocks=reduction_blocks, length=length, BLOCK_O=block_o,
+                BLOCK_I=block_i, KH_P=kh_p, KW_P=kw_p, BLOCK_N=block_n)
+
+
 def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
     """(bounds (4,), [u_1..u_4], [v_1..v_4]) for a filter (C_out, C_in, k_h, k_w) and right vectors
     u_q (the sizes in _conv_spectral_bounds_kernel), after `iters` power-iteration steps each.
@@ -119,19 +345,32 @@ def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
     lipkernels.ops.conv_spectral_bounds); outputs are new tensors in weight's dtype.
     """
     c_out, c_in, kh, kw = weight.shape
-    acc = accumulation_dtype(weight.dtype)
     # M_q is (numel / len(u_q)) x len(u_q), so the vectors fix every matrix shape.
-    cols = [u.numel() for u in vectors]
-    rows = [weight.numel() // n for n in cols]
+    rows = [weight.numel() // u.numel() for u in vectors]
     bounds = weight.new_empty(4)
     u_out = [u.new_empty(u.shape) for u in vectors]
     v_out = [weight.new_empty(m) for m in rows]
-    stride = max(m + n for m, n in zip(rows, cols))
-    scratch = torch.empty(4 * stride, dtype=acc, device=weight.device)
-    block_m, block_n, num_warps = tile_shape(max(rows), max(cols))
-    launchable(_conv_spectral_bounds_kernel)[(4,)](
-        weight, *vectors, bounds, *u_out, *v_out, scratch, stride, iters, c_out, c_in, kh, kw,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+    config = launch_config(weight.shape, persistent_programs(weight.device))
+    programs, slab_tiles = config.pop("programs"), config.pop("slab_tiles")
+    reduction_blocks, length = config.pop("reduction_blocks"), config.pop("length")
+    scratch = dict(dtype=accumulation_dtype(weight.dtype), device=weight.device)
+    t = torch.empty(length, **scratch)
+    rows_buffer = torch.empty(c_out * (kh + kw + 1), **scratch)
+    partial = torch.empty(slab_tiles, length, **scratch)
+    t4 = torch.empty(c_out * kh * kw, **scratch)
+    row_squares = torch.empty(3 * slab_tiles, **scratch)
+    t4_squares = torch.empty(slab_tiles, **scratch)
+    column_squares = torch.empty(4 * reduction_blocks, **scratch)
+    counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    phases = 2 * iters + 2
+    # One launch on a GPU; one phase per launch where programs run one after another.
+    spans = [(0, phases)] if weight.is_cuda else [(p, p + 1) for p in range(phases)]
+    for first, last in spans:
+        launchable(_conv_spectral_bounds_kernel)[(programs,)](
+            weight, *vectors, bounds, *u_out, *v_out, t, rows_buffer, partial, t4, row_squares,
+            t4_squares, column_squares, counter, first, last, iters, c_out, c_in, kh, kw,
+            slab_tiles, reduction_blocks, length, BLOCK_R=_BLOCK_R, num_warps=_NUM_WARPS,
+            **config)
     return bounds, u_out, v_out
 
 

@@ -1,16 +1,15 @@
 """Triton power iteration on batches of matrices, all iterations in one launch.
 
 `_power_iteration_kernel` splits every matrix over the whole grid, phase by phase with grid
-barriers between them (a persistent launch). `_power_iterate`, one program per matrix, addresses
-the matrix through a two-level index map, so that `conv_spectral_bounds` runs it on the four
-Fantastic Four reshapes of a conv filter without materialising them.
+barriers between them (a persistent launch); `conv_spectral_bounds` shares its barrier and
+norm helpers.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, launchable, tile_shape
+from ._common import accumulation_dtype, block_for, launchable, persistent_programs, tile_shape
 
 
 @triton.jit
@@ -24,101 +23,6 @@ def _inv_norm(sum_sq):
     # Built in the accumulation dtype so float64 runs use the double nearest 1e-12.
     eps = tl.full([], 1e-12, sum_sq.dtype)
     return 1.0 / tl.where(norm < eps, eps, norm)
-
-
-@triton.jit
-def _split_offsets(index, div, stride_hi, stride_lo):
-    """Element offsets of matrix rows (or columns) `index` = hi * div + lo:
-    hi * stride_hi + lo * stride_lo.
-
-    A row-major matrix is div=1, stride_hi=row stride, stride_lo=0; a reshape of a transposed
-    tensor splits its index into two tensor axes. The split stays in the index's own (32-bit)
-    type, cheaper on GPUs; the products are int64 so huge weights do not overflow.
-    """
-    hi = index // div
-    lo = index % div
-    return hi.to(tl.int64) * stride_hi + lo.to(tl.int64) * stride_lo
-
-
-@triton.jit
-def _power_iterate(w_ptr, u_ptr, u_out_ptr, v_out_ptr, us_ptr, vs_ptr, iters, M, N,
-                   row_div, row_hi, row_lo, col_div, col_hi, col_lo,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """`iters` power-iteration steps on one M x N matrix W by one program; returns sigma.
-
-    W[r, c] lives at w_ptr + _split_offsets(r, row_*) + _split_offsets(c, col_*). Each step is
-    v = normalize(W u), t = W^T v, u = normalize(t), and sigma = t . u (= v^T W u) at the end.
-    Every step streams W twice in BLOCK_M x BLOCK_N tiles: row strips for W u (row dots summed
-    over column tiles), column strips for W^T v (column sums over row tiles).
-
-    The running vectors live in the global scratch `us_ptr` (N entries) and `vs_ptr` (M entries),
-    whose dtype is the accumulation dtype. They are stored unnormalized (t and W u), with their
-    1 / max(norm, eps) kept in a register and folded into the next matrix-vector product and the
-    final stores: normalizing in place would cost an extra pass and barrier per vector.
-    Scratch written by some threads is read by others, so passes are separated by
-    tl.debug_barrier (a CTA barrier, which also orders global memory inside the program).
-    """
-    acc_ty = us_ptr.dtype.element_ty
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-
-    for c0 in range(0, N, BLOCK_N):
-        cols = c0 + offs_n
-        u = tl.load(u_ptr + cols, mask=cols < N, other=0.0)
-        tl.store(us_ptr + cols, u.to(acc_ty), mask=cols < N)
-    # The input u is used as given (v = normalize(W u)), hence the unit scale.
-    inv_norm_u = tl.full([], 1.0, acc_ty)
-    inv_norm_v = tl.full([], 1.0, acc_ty)
-    sum_sq_t = tl.zeros([], acc_ty)
-
-    for _ in range(iters):
-        tl.debug_barrier()
-        sum_sq_v = tl.zeros([], acc_ty)
-        for r0 in range(0, M, BLOCK_M):
-            rows = r0 + offs_m
-            row_offsets = _split_offsets(rows, row_div, row_hi, row_lo)
-            wu = tl.zeros([BLOCK_M], acc_ty)
-            for c0 in range(0, N, BLOCK_N):
-                cols = c0 + offs_n
-                w = tl.load(w_ptr + row_offsets[:, None]
-                            + _split_offsets(cols, col_div, col_hi, col_lo)[None, :],
-                            mask=(rows < M)[:, None] & (cols < N)[None, :], other=0.0).to(acc_ty)
-                u = tl.load(us_ptr + cols, mask=cols < N, other=0.0)
-                wu += tl.sum(w * u[None, :], axis=1)
-            wu = wu * inv_norm_u
-            tl.store(vs_ptr + rows, wu, mask=rows < M)
-            sum_sq_v += tl.sum(wu * wu, axis=0)
-        inv_norm_v = _inv_norm(sum_sq_v)
-
-        tl.debug_barrier()
-        sum_sq_t = tl.zeros([], acc_ty)
-        for c0 in range(0, N, BLOCK_N):
-            cols = c0 + offs_n
-            col_offsets = _split_offsets(cols, col_div, col_hi, col_lo)
-            wtv = tl.zeros([BLOCK_N], acc_ty)
-            for r0 in range(0, M, BLOCK_M):
-                rows = r0 + offs_m
-                w = tl.load(w_ptr + _split_offsets(rows, row_div, row_hi, row_lo)[:, None]
-                            + col_offsets[None, :],
-                            mask=(rows < M)[:, None] & (cols < N)[None, :], other=0.0).to(acc_ty)
-                v = tl.load(vs_ptr + rows, mask=rows < M, other=0.0)
-                wtv += tl.sum(w * v[:, None], axis=0)
-            wtv = wtv * inv_norm_v
-            tl.store(us_ptr + cols, wtv, mask=cols < N)
-            sum_sq_t += tl.sum(wtv * wtv, axis=0)
-        inv_norm_u = _inv_norm(sum_sq_t)
-
-    tl.debug_barrier()
-    for c0 in range(0, N, BLOCK_N):
-        cols = c0 + offs_n
-        t = tl.load(us_ptr + cols, mask=cols < N)
-        tl.store(u_out_ptr + cols, (t * inv_norm_u).to(u_out_ptr.dtype.element_ty), mask=cols < N)
-    for r0 in range(0, M, BLOCK_M):
-        rows = r0 + offs_m
-        wu = tl.load(vs_ptr + rows, mask=rows < M)
-        tl.store(v_out_ptr + rows, (wu * inv_norm_v).to(v_out_ptr.dtype.element_ty), mask=rows < M)
-    # t . normalize(t) = |t|^2 / max(|t|, eps): 0 for an all-zero W, NaN for a non-finite one.
-    return sum_sq_t * inv_norm_u
 
 
 @triton.jit
@@ -307,8 +211,6 @@ def _power_iteration_backward_kernel(grad_sigma_ptr, u_ptr, v_ptr, grad_w_ptr, M
              grad.to(grad_w_ptr.dtype.element_ty), mask=mask)
 
 
-# Programs of the launch without a GPU to size it (the interpreter), as on an H100.
-_PROGRAMS_WITHOUT_GPU = 132
 # Row and column blocks: a tile of BLOCK_M rows streams BLOCK_K columns at once (the row pass),
 # a column tile sums BLOCK_N entries of every row block's partial (the column pass).
 _STREAM_ELEMENTS = 4096
@@ -319,23 +221,11 @@ _NUM_WARPS = 4
 _BLOCK_R = 64
 
 
-def _programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return _PROGRAMS_WITHOUT_GPU
-
-
-def _block(total: int, programs: int, low: int, high: int) -> int:
-    """The power of two in [low, high] nearest below total / programs: blocks small enough that
-    `total` entries give every program a tile, no smaller than `low`."""
-    return max(low, min(high, 1 << max(0, (total // programs).bit_length() - 1)))
-
-
 def launch_config(count: int, m: int, n: int, device: torch.device) -> dict:
     """Blocks, grid and phases of `_power_iteration_kernel` for `count` m x n matrices."""
-    programs = _programs(device)
-    block_m = _block(count * m, programs, _MIN_ROWS, _MAX_ROWS)
-    block_n = _block(count * n, programs, _MIN_COLUMNS, _MAX_COLUMNS)
+    programs = persistent_programs(device)
+    block_m = block_for(count * m, programs, _MIN_ROWS, _MAX_ROWS)
+    block_n = block_for(count * n, programs, _MIN_COLUMNS, _MAX_COLUMNS)
     block_k = max(_MIN_COLUMNS, min(triton.next_power_of_2(n), _STREAM_ELEMENTS // block_m))
     row_blocks, column_blocks = triton.cdiv(m, block_m), triton.cdiv(n, block_n)
     tiles = count * max(row_blocks, column_blocks)
