@@ -54,6 +54,15 @@ def block_for(total: int, programs: int, low: int, high: int) -> int:
     return max(low, min(high, 1 << max(0, (total // programs).bit_length() - 1)))
 
 
+def phase_spans(phases: int, device: torch.device) -> list[tuple[int, int]]:
+    """The (first, last) phase ranges of a persistent kernel's launches: every phase in one
+    launch on a GPU, with grid barriers between them; one phase per launch elsewhere (the
+    interpreter runs programs one after another, so a barrier would wait forever)."""
+    if device.type == "cuda":
+        return [(0, phases)]
+    return [(phase, phase + 1) for phase in range(phases)]
+
+
 def launchable(kernel):
     """`kernel` made traceable for torch.library.triton_op (torch.compile sees the launch).
 

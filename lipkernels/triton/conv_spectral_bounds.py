@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, block_for, launchable, persistent_programs
+from ._common import (accumulation_dtype, block_for, launchable, persistent_programs,
+                      phase_spans)
 from .power_iteration import _grid_barrier, _inv_norm, _sum_entries
 
 
@@ -362,10 +363,7 @@ def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
     t4_squares = torch.empty(slab_tiles, **scratch)
     column_squares = torch.empty(4 * reduction_blocks, **scratch)
     counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
-    phases = 2 * iters + 2
-    # One launch on a GPU; one phase per launch where programs run one after another.
-    spans = [(0, phases)] if weight.is_cuda else [(p, p + 1) for p in range(phases)]
-    for first, last in spans:
+    for first, last in phase_spans(2 * iters + 2, weight.device):
         launchable(_conv_spectral_bounds_kernel)[(programs,)](
             weight, *vectors, bounds, *u_out, *v_out, t, rows_buffer, partial, t4, row_squares,
             t4_squares, column_squares, counter, first, last, iters, c_out, c_in, kh, kw,

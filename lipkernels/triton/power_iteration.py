@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, block_for, launchable, persistent_programs, tile_shape
+from ._common import (accumulation_dtype, block_for, launchable, persistent_programs,
+                      phase_spans, tile_shape)
 
 
 @triton.jit
@@ -256,10 +257,7 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     row_squares = torch.empty(count * row_blocks, **scratch)
     column_squares = torch.empty(count * column_blocks, **scratch)
     counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
-    phases = 2 * iters + 1
-    # One launch on a GPU; one phase per launch where programs run one after another.
-    spans = [(0, phases)] if weight.is_cuda else [(p, p + 1) for p in range(phases)]
-    for first, last in spans:
+    for first, last in phase_spans(2 * iters + 1, weight.device):
         launchable(_power_iteration_kernel)[(programs,)](
             weight, u, sigma, u_out, v_out, wu, t, t_partial, row_squares, column_squares,
             counter, first, last, iters, count, m, n, row_blocks, column_blocks,
