@@ -60,7 +60,10 @@ def _check_eps(op: str, eps) -> tuple[float, ...]:
     return tuple(float(e) for e in values)
 
 
-def _check_classification(op: str, logits, labels):
+def _check_classification(op: str, logits, labels, label_values: bool = True):
+    """logits (B, K >= 2) and labels (B,) of class indices on one device; their values only
+    where `label_values` (a host sync: certify checks them, the losses leave it to
+    F.cross_entropy, which raises on an index out of range itself)."""
     check_tensor(op, "logits", logits, rank=2)
     if logits.shape[1] < 2:
         raise ValueError(f"{op}: logits must have at least 2 classes (columns); got shape "
@@ -72,7 +75,8 @@ def _check_classification(op: str, logits, labels):
                          f"{tuple(logits.shape)}; got {tuple(labels.shape)}")
     if labels.device != logits.device:
         raise ValueError(f"{op}: labels is on {labels.device} but logits is on {logits.device}")
-    if labels.numel() and not bool(((labels >= 0) & (labels < logits.shape[1])).all()):
+    if label_values and labels.numel() and not bool(
+            ((labels >= 0) & (labels < logits.shape[1])).all()):
         raise ValueError(f"{op}: labels must be class indices in [0, {logits.shape[1]})")
 
 
@@ -133,7 +137,7 @@ def tau_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, tau: float,
     small one to accuracy."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
         raise ValueError(f"tau_cross_entropy: tau must be a finite float > 0; got {tau!r}")
-    _check_classification("tau_cross_entropy", logits, labels)
+    _check_classification("tau_cross_entropy", logits, labels, label_values=False)
     return F.cross_entropy(tau * logits, labels.long(), reduction=reduction) / tau
 
 
@@ -145,7 +149,7 @@ def certificate_regularized_loss(logits: torch.Tensor, labels: torch.Tensor, gam
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < math.inf:
         raise ValueError(f"certificate_regularized_loss: gamma must be a finite float >= 0; got "
                          f"{gamma!r}")
-    _check_classification("certificate_regularized_loss", logits, labels)
+    _check_classification("certificate_regularized_loss", logits, labels, label_values=False)
     lipschitz = _check_lipschitz("certificate_regularized_loss", lipschitz)
     radii = F.relu(logit_margins(logits, labels)) / (math.sqrt(2) * lipschitz)
     return F.cross_entropy(logits, labels.long()) - gamma * radii.mean().to(logits.dtype)

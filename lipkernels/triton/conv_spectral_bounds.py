@@ -30,6 +30,15 @@ def _chunk(w_ptr, tile, i0, C_OUT, C_IN, KH, KW, acc_ty, BLOCK_O: tl.constexpr,
 
 
 @triton.jit
+def _segments(C_IN, KH, KW):
+    """Where t = [t_1 | t_2 | t_3 | wu_4] (and each slab's partial) changes segment: the
+    lengths of t_1 (C_in k_w), t_2 (k_h C_in) and t_3 (C_in k_h k_w), summed; wu_4 has C_in."""
+    B1 = C_IN * KW
+    B2 = B1 + KH * C_IN
+    return B1, B2, B2 + C_IN * KH * KW
+
+
+@triton.jit
 def _gather(ptr, index, mask, scale, acc_ty):
     return tl.load(ptr + index, mask=mask, other=0.0, cache_modifier=".cg").to(acc_ty) * scale
 
@@ -49,10 +58,7 @@ def _slab_pass(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, t_ptr, rows_ptr, partial_p
     partial[tile] laid out as t's segments. `only_t4` (after the last iteration): t_4 alone,
     stored."""
     acc_ty = t_ptr.dtype.element_ty
-    HW = KH * KW
-    B1 = C_IN * KW
-    B2 = B1 + KH * C_IN
-    B3 = B2 + C_IN * HW
+    B1, B2, B3 = _segments(C_IN, KH, KW)
     one = tl.full([], 1.0, acc_ty)
     scale1, scale2, scale3, scale_v4 = one, one, one, one
     if not first:
@@ -139,9 +145,7 @@ def _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr, column_
     t_q = M_q^T v_q = (sum) / |wu_q| for q = 1..3 and wu_4 = M_4 u_4 = (sum) / |t_4| (1 at
     `first`: u_4 is the input); the squares of each segment per block at column_squares[q]."""
     acc_ty = t_ptr.dtype.element_ty
-    B1 = C_IN * KW
-    B2 = B1 + KH * C_IN
-    B3 = B2 + C_IN * KH * KW
+    B1, B2, B3 = _segments(C_IN, KH, KW)
     inv1 = _inv_norm(_sum_entries(row_squares_ptr, slab_tiles, BLOCK_R))
     inv2 = _inv_norm(_sum_entries(row_squares_ptr + slab_tiles, slab_tiles, BLOCK_R))
     inv3 = _inv_norm(_sum_entries(row_squares_ptr + 2 * slab_tiles, slab_tiles, BLOCK_R))
@@ -179,9 +183,7 @@ def _finish(bounds_ptr, u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr, v1_out_p
     (t_q . u_q; 0 for an all-zero filter, NaN for a non-finite one), by blocks of the
     concatenated outputs [t | t_4 | rows]."""
     HW = KH * KW
-    B1 = C_IN * KW
-    B2 = B1 + KH * C_IN
-    B3 = B2 + C_IN * HW
+    B1, B2, B3 = _segments(C_IN, KH, KW)
     L = B3 + C_IN
     N4 = C_OUT * HW
     R = C_OUT * (KH + KW + 1)
