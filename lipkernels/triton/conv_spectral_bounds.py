@@ -11,7 +11,8 @@ import triton.language as tl
 
 from ._common import (accumulation_dtype, block_for, launchable, persistent_programs,
                       phase_spans)
-from .power_iteration import _grid_barrier, _inv_norm, _sum_entries
+from ._grid_barrier import grid_barrier
+from .power_iteration import _inv_norm, _sum_entries
 
 
 @triton.jit
@@ -252,7 +253,7 @@ def _conv_spectral_bounds_kernel(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, bounds_p
     """
     for phase in range(first_phase, last_phase):
         if phase > first_phase:
-            _grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+            grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
         if phase == 2 * iters + 1:
             _finish(bounds_ptr, u1_out_ptr, u2_out_ptr, u3_out_ptr, u4_out_ptr, v1_out_ptr,
                     v2_out_ptr, v3_out_ptr, v4_out_ptr, t_ptr, rows_ptr, t4_ptr,

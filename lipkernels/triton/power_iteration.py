@@ -11,6 +11,7 @@ import triton.language as tl
 
 from ._common import (accumulation_dtype, block_for, launchable, persistent_programs,
                       phase_spans, tile_shape)
+from ._grid_barrier import grid_barrier
 
 
 @triton.jit
@@ -24,21 +25,6 @@ def _inv_norm(sum_sq):
     # Built in the accumulation dtype so float64 runs use the double nearest 1e-12.
     eps = tl.full([], 1e-12, sum_sq.dtype)
     return 1.0 / tl.where(norm < eps, eps, norm)
-
-
-@triton.jit
-def _grid_barrier(counter_ptr, arrivals):
-    """Wait until the launch-wide counter at counter_ptr reaches `arrivals` (the k-th barrier of
-    a launch waits for k arrivals of every program), every store a program made before it
-    visible to all after it: a CTA barrier (all threads' stores issued), one release increment
-    per program, acquire reads of the counter until it is reached, a CTA barrier. Every program
-    of the launch must be resident at once (the launcher keeps the grid at the SM count)."""
-    tl.debug_barrier()
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while arrived < arrivals:
-        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
 
 
 @triton.jit
@@ -171,7 +157,7 @@ def _power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, wu_pt
     """
     for phase in range(first_phase, last_phase):
         if phase > first_phase:
-            _grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+            grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
         if phase == 2 * iters:
             _finish(sigma_ptr, u_out_ptr, v_out_ptr, wu_ptr, t_ptr, row_squares_ptr,
                     column_squares_ptr, count, M, N, row_blocks, column_blocks,
