@@ -23,6 +23,9 @@ L2_BYTES = 50e6
 L2_BYTES_PER_S = 5e12
 LAUNCH_S = 5e-6
 GRID_BARRIER_S = 2e-6
+# A block-wide reduction (warp shuffles, a shared-memory exchange and a CTA barrier), taken as
+# 0.25 us (a few hundred cycles; an assumption like the two above).
+BLOCK_REDUCTION_S = 0.25e-6
 H100_SMS = 132
 
 ELEMENT_BYTES = {"fp32/TF32": 4, "bf16": 2}
@@ -138,20 +141,28 @@ def _horner_step_design(layer: SocLayer) -> tuple[float, float, str]:
     return times[bound], copies, bound
 
 
+def _series_synchronisation(n: int) -> float:
+    """Seconds the implemented forward spends launching and waiting: the layout copies of x and
+    the filter, the barrier counter's zeroing and the persistent series (4 launches), and a grid
+    barrier between each two of its n steps."""
+    return 4 * LAUNCH_S + (n - 1) * GRID_BARRIER_S
+
+
 def soc_exp_horner_table(terms: int = 15, target: float = 3.0) -> str:
-    """The implemented forward, one launch per Horner step (n steps and 2 layout copies), against
-    the reference with its 3 n launches: predicted time, what bounds a step, and the share of
-    the time that is launches."""
+    """The implemented forward, n Horner steps in one persistent launch (and 2 layout copies),
+    against the reference with its 3 n launches: predicted time, what bounds a step, and the
+    share of the time that is launches and grid barriers."""
     n = terms - 1
-    lines = ["| layer | dtype | step us | step bound by | design us | launches | ratio | "
-             f"meets {target:.0f}x |", "|---|---|---:|---|---:|---:|---:|---|"]
+    lines = ["| layer | dtype | step us | step bound by | design us | launches and barriers | "
+             f"ratio | meets {target:.0f}x |", "|---|---|---:|---|---:|---:|---:|---|"]
     for layer in soc_layers():
         reference = layer.reference_forward(n)
         step, copies, bound = _horner_step_design(layer)
-        launches = (n + 2) * LAUNCH_S
-        design = n * step + copies + launches
+        synchronisation = _series_synchronisation(n)
+        design = n * step + copies + synchronisation
         lines.append(f"| {layer.label} | {layer.dtype} | {step * 1e6:.1f} | {bound} | "
-                     f"{_us(design)} | {launches / design:.0%} | {_ratio(reference / design)} | "
+                     f"{_us(design)} | {synchronisation / design:.0%} | "
+                     f"{_ratio(reference / design)} | "
                      f"{'yes' if reference / design >= target else 'no'} |")
     return "\n".join(lines)
 
@@ -173,9 +184,10 @@ def _weight_gradient_design(layer: SocLayer) -> float:
 
 def soc_exp_training_horner_table(terms: int = 6, target: float = 2.0) -> str:
     """The implemented forward and exact backward (lipkernels/triton/soc_exp.py): the forward's
-    n Horner steps; in the backward n - 1 steps for the powers, n for u_{n-2} .. u_0 and
-    grad_x, and n weight-gradient launches, plus the layout copies of x, grad_y and the two
-    filters (4 A + 4 W); against the reference of the table above. Peak memory beyond the
+    n Horner steps in one persistent launch; in the backward, a launch each, n - 1 steps for
+    the powers, n for u_{n-2} .. u_0 and grad_x, and n weight-gradient launches, plus the
+    layout copies of x, grad_y and the two filters (4 A + 4 W); against the reference of the
+    table above. Peak memory beyond the
     resident inputs: y, grad_y, the n powers (x's channels-last copy among them) and g's copy,
     every u written into a spent buffer, then grad_x."""
     n = terms - 1
@@ -185,8 +197,7 @@ def soc_exp_training_horner_table(terms: int = 6, target: float = 2.0) -> str:
     for layer in soc_layers():
         reference = layer.reference_training(n)
         step, copies, _ = _horner_step_design(layer)
-        launch_count = n + 2 + (n - 1) + n + n + 4
-        launches = launch_count * LAUNCH_S
+        launches = _series_synchronisation(n) + ((n - 1) + n + n + 4) * LAUNCH_S
         design = ((3 * n - 1) * step + n * _weight_gradient_design(layer) + 2 * copies
                   + launches)
         lines.append(f"| {layer.label} | {layer.dtype} | {_us(reference)} | {_us(design)} | "
@@ -280,35 +291,62 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
 POWER_ITERATION_MATRICES = (*((1, c, 9 * c) for c in F4_CHANNELS), (544, 128, 128))
 
 
-def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
-    """power_iteration at `iters` iterations, fp32. The reference: per iteration two
-    matrix-vector products and two normalisations (8 launches), 3 more at the end, each product
-    reading W (from L2 while it fits, else HBM). The implemented design
-    (lipkernels/triton/power_iteration.py, its `launch_config`): one persistent launch of
-    min(132, tiles) programs; per iteration the row pass reads W (from L2 once it fits there)
-    and re-reads each row block from L2 for its partial W^T (W u), writing the partials, which
-    the column pass reads back; two grid barriers. A grid of fewer than 132 programs gets that
-    share of the bandwidth."""
+def _resident_power_iteration(count: int, m: int, n: int, iters: int) -> tuple[float, str]:
+    """(seconds, bound) of `_resident_power_iteration_kernel` on `count` fp32 m x n matrices: a
+    program per matrix, one per SM at a time (conservative: ptxas leaves room for two at
+    128 x 128), W read once from HBM; per iteration two matrix-vector products on the SM's
+    SIMT units (4 m n FLOPs) or four block-wide reductions (the two products' and the two
+    norms'), whichever is longer."""
+    waves = math.ceil(count / H100_SMS)
+    terms = {"reductions": 4 * BLOCK_REDUCTION_S,
+             "SIMT": 4.0 * m * n / (SIMT_FP32_FLOPS / H100_SMS)}
+    bound = max(terms, key=terms.get)
+    w_read = 4.0 * count * m * n / HBM_BYTES_PER_S
+    return LAUNCH_S + w_read + waves * iters * terms[bound], bound
+
+
+def _split_power_iteration(count: int, m: int, n: int, iters: int) -> tuple[float, str]:
+    """(seconds, bound) of `_power_iteration_kernel` (its `launch_config`): one persistent launch
+    of min(132, tiles) programs; per iteration the row pass reads W (from L2 once it fits
+    there) and re-reads each row block from L2 for its partial W^T (W u), writing the partials,
+    which the column pass reads back; two grid barriers. A grid of fewer than 132 programs gets
+    that share of the bandwidth."""
     import torch
 
     from lipkernels.triton.power_iteration import launch_config
-    lines = [f"| matrices | W MB | programs | reference ms | design ms | design bound by | "
-             f"ratio | meets {target:g}x |", "|---|---:|---:|---:|---:|---|---:|---|"]
+    config = launch_config(count, m, n, torch.device("meta"))
+    share = config["programs"] / H100_SMS
+    w_bytes = 4.0 * count * m * n
+    partial_bytes = 4.0 * count * config["row_blocks"] * n
+    w_bandwidth = L2_BYTES_PER_S if w_bytes <= L2_BYTES else HBM_BYTES_PER_S
+    terms = {"W": w_bytes / (w_bandwidth * share),
+             "L2": (w_bytes + 2 * partial_bytes) / (L2_BYTES_PER_S * share),
+             "barriers": 2 * GRID_BARRIER_S}
+    return LAUNCH_S + iters * sum(terms.values()), max(terms, key=terms.get)
+
+
+def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
+    """power_iteration at `iters` iterations, fp32, on the kernel the launcher picks: matrices
+    that fit one program's registers (`resident_blocks`) on the resident kernel, the others
+    split over the grid. The reference: per iteration two matrix-vector products and two
+    normalisations (8 launches), 3 more at the end, each product reading W (from L2 while it
+    fits, else HBM)."""
+    import torch
+
+    from lipkernels.triton.power_iteration import resident_blocks
+    lines = [f"| matrices | W MB | design | reference ms | design ms | design bound by | "
+             f"ratio | meets {target:g}x |", "|---|---:|---|---:|---:|---|---:|---|"]
     for count, m, n in POWER_ITERATION_MATRICES:
-        config = launch_config(count, m, n, torch.device("meta"))
-        share = config["programs"] / H100_SMS
+        resident = resident_blocks(m, n, torch.float32) is not None
+        design, bound = (_resident_power_iteration if resident else _split_power_iteration)(
+            count, m, n, iters)
         w_bytes = 4.0 * count * m * n
-        partial_bytes = 4.0 * count * config["row_blocks"] * n
         w_bandwidth = L2_BYTES_PER_S if w_bytes <= L2_BYTES else HBM_BYTES_PER_S
-        terms = {"W": w_bytes / (w_bandwidth * share),
-                 "L2": (w_bytes + 2 * partial_bytes) / (L2_BYTES_PER_S * share),
-                 "barriers": 2 * GRID_BARRIER_S}
-        design = LAUNCH_S + iters * sum(terms.values())
         reference = (8 * iters + 3) * LAUNCH_S + iters * 2 * w_bytes / w_bandwidth
         ratio = reference / design
-        lines.append(f"| {count} x {m} x {n} | {w_bytes / 1e6:.2f} | {config['programs']} | "
-                     f"{reference * 1e3:.2f} | {design * 1e3:.2f} | "
-                     f"{max(terms, key=terms.get)} | {_ratio(ratio)} | "
+        lines.append(f"| {count} x {m} x {n} | {w_bytes / 1e6:.2f} | "
+                     f"{'resident' if resident else 'split'} | {reference * 1e3:.2f} | "
+                     f"{design * 1e3:.2f} | {bound} | {_ratio(ratio)} | "
                      f"{'yes' if ratio >= target else 'no'} |")
     return "\n".join(lines)
 
@@ -405,11 +443,11 @@ def conv_spectral_norm_table(target: float = 20.0) -> str:
 
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
-    "soc_exp forward, 15 terms, one launch per Horner step": soc_exp_horner_table,
+    "soc_exp forward, 15 terms, one persistent launch of Horner steps": soc_exp_horner_table,
     "soc_exp forward and backward, 6 terms": soc_exp_training_table,
     "soc_exp forward and backward, 6 terms, Horner steps": soc_exp_training_horner_table,
     "fantastic_four, 50 iterations": fantastic_four_table,
-    "power_iteration, 50 iterations, one persistent launch": power_iteration_table,
+    "power_iteration, 50 iterations, resident or split over the grid": power_iteration_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
 }

@@ -34,6 +34,39 @@ def test_forward_matches_reference(device, backend, batch, m, n, iters):
             (weight, u), dtype, ["sigma", "u", "v"])
 
 
+class _Unlaunchable:
+    def __getitem__(self, grid):
+        raise AssertionError("the resident kernel was launched")
+
+
+def _split_kernel_only(monkeypatch):
+    """Every matrix to the split Triton kernel: none fits the resident one, which fails if
+    launched."""
+    from lipkernels.triton import power_iteration as triton_power_iteration
+
+    monkeypatch.setattr(triton_power_iteration, "_RESIDENT_BYTES", 0)
+    monkeypatch.setattr(triton_power_iteration, "_resident_power_iteration_kernel",
+                        _Unlaunchable())
+
+
+@pytest.mark.parametrize("batch,m,n", SHAPES)
+def test_triton_split_kernel_matches_reference(monkeypatch, batch, m, n):
+    """The Triton kernel splitting matrices over the grid, on every shape (the launcher gives
+    matrices that fit one program's registers to the resident kernel, which the test above
+    runs on all but the largest shape): resident matrices turned off."""
+    require_backend("cpu", "triton")
+    from lipkernels.triton import power_iteration as triton_power_iteration
+
+    assert (triton_power_iteration.resident_blocks(m, n, torch.float32) is None) == (m == 130)
+    _split_kernel_only(monkeypatch)
+    weight, u = random_problem(batch, m, n, "cpu")
+    for dtype in dtypes_for("cpu"):
+        compare_with_reference(
+            lambda w, v: run("triton", lipkernels.power_iteration, w, v, 6),
+            lambda w, v: reference.power_iteration(w, v, 6), (weight, u), dtype,
+            ["sigma", "u", "v"])
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("batch,m,n", [((), 7, 13), ((2, 3), 4, 9), ((2,), 70, 33)])
 def test_backward_matches_reference(device, backend, batch, m, n):
@@ -99,6 +132,22 @@ def test_non_finite_weight_gives_nan(device, backend, bad):
     sigma, u, v = run(backend, lipkernels.power_iteration, weight, torch.randn(2, 5, device=device), 2)
     assert torch.isfinite(sigma[0]) and torch.isnan(sigma[1])
     assert torch.isnan(u[1]).all() and torch.isnan(v[1]).all()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_triton_kernels_on_zero_and_non_finite_weights(monkeypatch, split):
+    """Both Triton kernels (resident, and split over the grid) on degenerate weights: sigma 0
+    and finite vectors for a zero matrix, NaN sigma and vectors for a non-finite one."""
+    require_backend("cpu", "triton")
+    if split:
+        _split_kernel_only(monkeypatch)
+    weight = torch.randn(3, 6, 5)
+    weight[1] = 0.0
+    weight[2, 2, 3] = float("inf")
+    sigma, u, v = run("triton", lipkernels.power_iteration, weight, torch.randn(3, 5), 3)
+    assert torch.isfinite(sigma[0]) and sigma[0] > 0 and sigma[1] == 0
+    assert torch.isfinite(u[:2]).all() and torch.isfinite(v[:2]).all()
+    assert torch.isnan(sigma[2]) and torch.isnan(u[2]).all() and torch.isnan(v[2]).all()
 
 
 def test_value_checks_raise_on_non_finite(monkeypatch):

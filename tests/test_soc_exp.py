@@ -319,6 +319,26 @@ def test_triton_tiles_split_channels(channels):
                            (x, S, g), torch.float64, ["grad_x", "grad_S"])
 
 
+def test_triton_series_programs_take_several_tiles(monkeypatch):
+    """The persistent forward on fewer programs than output tiles: each program takes tiles
+    program_id, program_id + programs, ... of every step (3 programs over several tiles of
+    pixels and of channels here), against the float64 reference: y, and through the fast
+    gradient the z_2 the forward keeps (the backward's launches take no program count)."""
+    require_kernel("cpu", "triton")
+    from lipkernels.triton import soc_exp as triton_soc_exp
+
+    x, S, g = kernel_problem("cpu", channels=24, size=(4, 5), batch=3)
+    grid, _ = triton_soc_exp.forward_launch_config(x, S)
+    assert grid[0] * grid[1] > 3 and grid[1] > 1
+    monkeypatch.setattr(triton_soc_exp, "persistent_programs", lambda device: 3)
+    kernel = lambda *a: run("triton", lipkernels.soc_exp, *a)  # noqa: E731
+    compare_with_reference(lambda x, S: kernel(x, S, 5, "fast"),
+                           lambda x, S: reference.soc_exp(x, S, 5), (x, S), torch.float64, ["y"])
+    compare_with_reference(gradients(kernel, 5, "fast"),
+                           gradients(lambda x, S, terms, _: FastSOCExp.apply(x, S, terms), 5,
+                                     "fast"), (x, S, g), torch.float64, ["grad_x", "grad_S"])
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("terms", [1, 2, 4])
 def test_kernel_exact_gradcheck(device, backend, terms):

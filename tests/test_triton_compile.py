@@ -4,7 +4,7 @@ specialises a launch (batch 1 and sizes of 1 included), within register and shar
 kernels are what their design claims (docs/performance.md): tensor-core instructions, 16-byte
 loads and a program per SM at every LipConvNet layer, read off the PTX and the launch grid; the
 power iteration is one persistent launch of a program per SM with its grid barriers compiled
-in."""
+in, or a program per matrix where a matrix fits one."""
 
 import json
 import os
@@ -44,10 +44,13 @@ def compiled():
 
 def test_every_case_compiles_for_both_architectures(compiled):
     cases = {row["case"] for row in compiled}
-    assert {"soc_exp-float32-B128-C32-H32-k3", "soc_exp_power-bfloat16-B128-C512-H2-k3",
-            "soc_exp-float32-B1-C32-H32-k3", "soc_exp_weight_gradient-float32-B128-C2048-H1-k1",
+    assert {"soc_exp_series-float32-B128-C32-H32-k3", "soc_exp_power-bfloat16-B128-C512-H2-k3",
+            "soc_exp_series-float32-B1-C32-H32-k3", "soc_exp_step-bfloat16-B128-C2048-H1-k1",
+            "soc_exp_series_fast-bfloat16-B128-C32-H32-k3", "soc_exp_step_last-float32-B128-C32-H32-k3",
+            "soc_exp_weight_gradient-float32-B128-C2048-H1-k1",
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
-            "power_iteration-bfloat16-B128-1x64-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
+            "power_iteration_resident-bfloat16-B128-1x64-T1",
+            "power_iteration-float32-B1-1x65536-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
             "householder_backward-bfloat16-B128-C1024-H1"} <= cases
     assert len(compiled) == 2 * len(cases)
@@ -62,17 +65,18 @@ def test_resource_usage_stays_within_budget(compiled):
         assert row["stack"] <= MAX_STACK_BYTES, f"{where}: {row['stack']} bytes of stack (spills)"
 
 
-def _soc_exp_rows(compiled, kernel="soc_exp", batch=None):
-    """The compiled cases of one soc_exp kernel: "soc_exp" (the Horner step with x added, as
-    the series runs it), "soc_exp_power" (without, the exact backward's powers) or
-    "soc_exp_weight_gradient"; at one batch size or all."""
+def _soc_exp_rows(compiled, kernel, batch=None):
+    """The compiled cases of one soc_exp kernel: "soc_exp_series" (the forward's persistent
+    launch), "soc_exp_step" (the backward's Horner step, with g added), "soc_exp_power"
+    (without, the exact backward's powers) or "soc_exp_weight_gradient"; at one batch size or
+    all."""
     rows = [row for row in compiled if row["case"].startswith(f"{kernel}-")
             and (batch is None or f"-B{batch}-" in row["case"])]
     assert rows
     return rows
 
 
-_SOC_EXP_KERNELS = ("soc_exp", "soc_exp_power", "soc_exp_weight_gradient")
+_SOC_EXP_KERNELS = ("soc_exp_series", "soc_exp_step", "soc_exp_power", "soc_exp_weight_gradient")
 
 
 @pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS)
@@ -89,7 +93,7 @@ def test_soc_exp_multiplies_on_tensor_cores(compiled, kernel):
     assert 2 * sum(row["tile_rows"] >= 64 for row in rows) > len(rows)
 
 
-@pytest.mark.parametrize("kernel", ["soc_exp", "soc_exp_power"])
+@pytest.mark.parametrize("kernel", ["soc_exp_series", "soc_exp_step", "soc_exp_power"])
 def test_horner_steps_load_16_bytes_wide(compiled, kernel):
     """The Horner step's operand loads are 16-byte vectors (cp.async into shared memory in the
     pipelined reduction loop): most of its global loads, on every layer and both
@@ -105,16 +109,29 @@ def test_horner_steps_load_16_bytes_wide(compiled, kernel):
             assert row["wide_loads"] > row["narrow_loads"], row["case"]
 
 
-@pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS)
+@pytest.mark.parametrize("kernel", _SOC_EXP_KERNELS[1:])
 def test_soc_exp_fills_an_h100_at_batch_128(compiled, kernel):
     """At batch 128 every layer of the soc_exp benchmark grid has at least a program per SM of
-    an H100 (132) in each launch: the Horner steps by splitting the small-image layers' output
-    channels, the weight gradient by splitting the pixels where the channels give too few
-    tiles."""
+    an H100 (132) in each launch of the backward: the Horner steps by splitting the small-image
+    layers' output channels, the weight gradient by splitting the pixels where the channels give
+    too few tiles."""
     rows = _soc_exp_rows(compiled, kernel, batch=128)
     assert len({row["case"] for row in rows}) == 2 * len(_compile_check().soc_layers())
     for row in rows:
         assert row["programs"] >= 132, f"{row['case']}: {row['programs']} programs"
+
+
+def test_soc_exp_forward_is_one_persistent_launch_over_the_sms(compiled):
+    """The forward's series is one launch of a program per SM (132, all resident for the grid
+    barriers between its steps, compiled in: the release increment and the acquire reads)
+    at every layer at batch 128, each program looping over at least one output tile a step; at
+    batch 1 no more programs than tiles."""
+    for row in _soc_exp_rows(compiled, "soc_exp_series"):
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] == min(132, row["tiles"]), where
+        assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
+        if "-B128-" in row["case"]:
+            assert row["tiles"] >= 132, where
 
 
 def _power_iteration_rows(compiled):
@@ -124,16 +141,28 @@ def _power_iteration_rows(compiled):
 
 
 def test_power_iteration_is_one_persistent_launch_over_the_sms(compiled):
-    """The power iteration splits its matrices over the whole grid in one launch: a program per
-    SM of an H100 wherever the matrices have as many tiles (a single 512 x 4608 matrix
+    """The power iteration splits the matrices too large for one program over the whole grid in
+    one launch: a program per SM of an H100 (a single 256 x 2304 matrix and a single row
     included), never more (every program must be resident for the grid barriers, whose release
     increment and acquire reads are in the code)."""
     for row in _power_iteration_rows(compiled):
         where = f"{row['case']} on sm_{row['capability']}"
-        assert row["programs"] == min(132, row["tiles"]), where
+        assert row["programs"] == min(132, row["tiles"]) == 132, where
         assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
-        if "-B128-1x64-" not in row["case"]:
-            assert row["programs"] == 132, where
+
+
+def test_small_matrices_iterate_in_one_program_each(compiled):
+    """Matrices that fit one program's registers (conv_spectral_norm's 544 forms of 128 x 128,
+    rows of 64, a 16 x 144 reshape; float64 at 64 x 128) get a program each and no grid barrier;
+    the float32 and bf16 matrices of 128 columns or more load in 16-byte vectors."""
+    rows = [row for row in compiled if row["case"].startswith("power_iteration_resident-")]
+    assert len(rows) == (2 * 2 * 3 + 1) * 2  # (dtypes x iteration counts x shapes + f64) x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] == int(row["case"].split("-B")[1].split("-")[0]), where
+        assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where
+        if "-128x128-" in row["case"] and "float64" not in row["case"]:
+            assert row["wide_loads"] > row["narrow_loads"], where
 
 
 def test_fantastic_four_is_one_persistent_launch_by_slabs(compiled):
@@ -155,8 +184,8 @@ def test_fantastic_four_is_one_persistent_launch_by_slabs(compiled):
 
 
 def test_power_iteration_streams_matrices_16_bytes_wide(compiled):
-    """The row pass streams W in 16-byte vectors: most global loads of the float32 kernel on
-    matrices of 128 columns or more (in bf16 about half of them are, W's among them)."""
+    """The row pass streams W in 16-byte vectors: most global loads of the float32 kernel (in
+    bf16 about half of them are, W's among them)."""
     for row in _power_iteration_rows(compiled):
-        if "float32" in row["case"] and "-1x64-" not in row["case"]:
+        if "float32" in row["case"]:
             assert row["wide_loads"] > row["narrow_loads"], row["case"]

@@ -56,15 +56,16 @@ def soc_layers():
 
 
 def _soc_exp_cases():
-    """soc_exp's two kernels at every layer of the benchmark grid at batch 128 and at its first
+    """soc_exp's kernels at every layer of the benchmark grid at batch 128 and at its first
     layer at batch 1 (where the JIT makes the batch size a constexpr), fp32 (TF32, as a GPU run
-    with torch's default flags uses) and bf16: the Horner step as the series runs it (with x
-    added; the last step, dividing by 1, at the first layer) and as the exact backward's powers
-    run it (without), and the weight gradient. Each
-    case carries its launch's program count."""
+    with torch's default flags uses) and bf16: the forward's persistent series of 14 steps (15
+    terms; keeping z_2 too at the first layer), the backward's Horner step with g added (and as
+    its last, grad_x, at the first layer) and without it (the exact backward's powers), and the
+    weight gradient. Each case carries its launch's program count and the series its tiles."""
     layers = soc_layers()
     for dtype in (torch.float32, torch.bfloat16):
         dtype_name = str(dtype).removeprefix("torch.")
+        counter = torch.empty(0, dtype=torch.int32, device="meta")
         for batch, (channels, size, k) in ((1, layers[0]), *((128, layer) for layer in layers)):
             x = torch.empty(batch, channels, size, size, dtype=dtype, device="meta")
             S = torch.empty(channels, channels, k, k, dtype=dtype, device="meta")
@@ -72,14 +73,21 @@ def _soc_exp_cases():
             grid, config = soc_exp.forward_launch_config(x, S)
             config["PRECISION"] = "tf32"
             sizes = (batch * size * size, channels, size, size)
-            launch = {"programs": grid[0] * grid[1], "tile_rows": config["BLOCK_M"]}
-            for add, step in ((True, "soc_exp"), (False, "soc_exp_power")):
-                yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, x, 5, *sizes),
-                       dict(config, ADD=add, LAST=False, COPY=add), launch)
-            if (batch, channels) == (128, layers[0][0]):  # the last step: y stored NCHW
-                yield (f"soc_exp_last_step-{name}", soc_exp._horner_step_kernel,
-                       (x, x, S, x, x, 1, *sizes), dict(config, ADD=True, LAST=True, COPY=False),
-                       launch)
+            tiles = grid[0] * grid[1]
+            series = {"programs": min(tiles, _common.PROGRAMS_WITHOUT_GPU), "tiles": tiles,
+                      "tile_rows": config["BLOCK_M"]}
+            first_layer = (batch, channels) == (128, layers[0][0])
+            for keep_z2 in (False, True) if first_layer else (False,):
+                yield (f"soc_exp_series{'_fast' if keep_z2 else ''}-{name}",
+                       soc_exp._horner_series_kernel, (x, S, x, x, counter, 0, 14, 14, *sizes),
+                       dict(config, KEEP_Z2=keep_z2), series)
+            launch = {"programs": tiles, "tile_rows": config["BLOCK_M"]}
+            for add, step in ((True, "soc_exp_step"), (False, "soc_exp_power")):
+                yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, 5, *sizes),
+                       dict(config, ADD=add, LAST=False), launch)
+            if first_layer:  # grad_x stored NCHW
+                yield (f"soc_exp_step_last-{name}", soc_exp._horner_step_kernel,
+                       (x, x, S, x, 1, *sizes), dict(config, ADD=True, LAST=True), launch)
             gradient = soc_exp._WeightGradient(x, S)
             yield (f"soc_exp_weight_gradient-{name}", soc_exp._weight_gradient_kernel,
                    (x, x, gradient.partial, 5, *gradient.sizes),
@@ -114,11 +122,19 @@ def _cayley_cases():
                    (w,) * 9 + (512, 256, 128, *t_strides), constants)
 
 
+# power_iteration's matrices (count, m, n): those the launcher gives the resident kernel (the
+# 544 real forms of 128 x 128 of conv_spectral_norm on 64 channels at 32 x 32, 128 row vectors
+# of 1 x 64, where the JIT makes M a constexpr, and the M_3 reshape of a 16-channel 3x3
+# filter), and those it splits over the grid (M_3 of 256-, 512- and 2048-channel filters, and
+# one 1 x 65536 row).
+RESIDENT_MATRICES = ((544, 128, 128), (128, 1, 64), (1, 16, 144))
+SPLIT_MATRICES = ((1, 256, 2304), (1, 512, 4608), (1, 2048, 18432), (1, 1, 65536))
+
+
 def _spectral_cases():
-    """power_iteration at the suites' shapes: one 512 x 4608 matrix (M_3 of a 512-channel 3x3
-    filter) and one 2048 x 18432 (of a 2048-channel one), the 544 real forms of 128 x 128 of
-    conv_spectral_norm on 64 channels at 32 x 32, and 128 row vectors (1 x 64, where the JIT makes
-    M a constexpr); conv_spectral_bounds on 3x3 filters of 16, 512 and 2048 channels and a 1x1 one
+    """power_iteration at the suites' shapes, each on the kernel its launcher picks
+    (RESIDENT_MATRICES, SPLIT_MATRICES), and float64 on the largest resident matrix (64 x 128);
+    conv_spectral_bounds on 3x3 filters of 16, 512 and 2048 channels and a 1x1 one
     (k_h = k_w = 1 constexprs); both persistent launches at 50 iterations and at the training
     step's single one (a constexpr too), with their backward, fp32 and bf16. The persistent
     cases carry their launch's program count and their tile count (matrix blocks, slabs)."""
@@ -127,7 +143,16 @@ def _spectral_cases():
         acc = torch.empty(0, dtype=torch.float32, device="meta")
         counter = torch.empty(0, dtype=torch.int32, device="meta")
         t = torch.empty(0, dtype=dtype, device="meta")
-        for count, m, n in ((1, 512, 4608), (1, 2048, 18432), (544, 128, 128), (128, 1, 64)):
+        for count, m, n in RESIDENT_MATRICES:
+            block_m, block_n = power_iteration.resident_blocks(m, n, dtype)
+            for iters in (50, 1):
+                yield (f"power_iteration_resident-{name}-B{count}-{m}x{n}-T{iters}",
+                       power_iteration._resident_power_iteration_kernel,
+                       (t,) * 5 + (iters, m, n),
+                       dict(BLOCK_M=block_m, BLOCK_N=block_n,
+                            num_warps=power_iteration._RESIDENT_WARPS),
+                       {"programs": count})
+        for count, m, n in SPLIT_MATRICES:
             config = power_iteration.launch_config(count, m, n, torch.device("meta"))
             programs, row_blocks = config.pop("programs"), config.pop("row_blocks")
             column_blocks = config.pop("column_blocks")
@@ -144,6 +169,12 @@ def _spectral_cases():
             yield (f"power_iteration_backward-{name}-B{count}-{m}x{n}",
                    power_iteration._power_iteration_backward_kernel, (t, t, t, t, m, n),
                    dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
+        if dtype == torch.float32:
+            wide = torch.empty(0, dtype=torch.float64, device="meta")
+            yield ("power_iteration_resident-float64-B544-64x128-T50",
+                   power_iteration._resident_power_iteration_kernel, (wide,) * 5 + (50, 64, 128),
+                   dict(BLOCK_M=64, BLOCK_N=128, num_warps=power_iteration._RESIDENT_WARPS),
+                   {"programs": 544})
         for channels, k in ((512, 3), (2048, 3), (1024, 1), (16, 3)):
             shape = (channels, channels, k, k)
             config = conv_spectral_bounds.launch_config(shape, _common.PROGRAMS_WITHOUT_GPU)

@@ -1,8 +1,9 @@
 """Triton power iteration on batches of matrices, all iterations in one launch.
 
-`_power_iteration_kernel` splits every matrix over the whole grid, phase by phase with grid
-barriers between them (a persistent launch); `conv_spectral_bounds` shares its barrier and
-norm helpers.
+Matrices that fit one program's registers (`resident_blocks`) get a program each, which reads
+its matrix once and iterates on chip (`_resident_power_iteration_kernel`); larger ones are split
+over the whole grid by `_power_iteration_kernel`, phase by phase with grid barriers between
+them (a persistent launch). `conv_spectral_bounds` shares their norm helpers.
 """
 
 import torch
@@ -172,6 +173,39 @@ def _power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, wu_pt
 
 
 @triton.jit
+def _resident_power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, iters, M, N,
+                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The power iteration of `_power_iteration_kernel` for matrices small enough to stay in one
+    program's registers: a program per matrix reads W once and runs every iteration on chip,
+    with block-wide reductions in place of grid barriers:
+        wu = W u * s;  v = wu / max(|wu|, eps);  t = W^T v;  s = 1 / max(|t|, eps)
+    (s = 1 at the first iteration: u is used as given), then u = t s, v and sigma = |t|^2 s,
+    the same formulas as the split kernel's phases."""
+    b = tl.cast(tl.program_id(0), tl.int64)
+    acc_ty = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N)
+    row_mask, col_mask = rows < M, cols < N
+    w = tl.load(w_ptr + b * M * N + rows[:, None] * N + cols[None, :],
+                mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(acc_ty)
+    t = tl.load(u_ptr + b * N + cols, mask=col_mask, other=0.0).to(acc_ty)
+    inv_norm_u = tl.full([], 1.0, acc_ty)
+    wu = tl.zeros([BLOCK_M], acc_ty)
+    inv_norm_v = tl.full([], 1.0, acc_ty)
+    sum_sq_t = tl.zeros([], acc_ty)
+    for _ in range(iters):
+        wu = tl.sum(w * t[None, :], axis=1) * inv_norm_u
+        inv_norm_v = _inv_norm(tl.sum(wu * wu, axis=0))
+        t = tl.sum(w * wu[:, None], axis=0) * inv_norm_v
+        sum_sq_t = tl.sum(t * t, axis=0)
+        inv_norm_u = _inv_norm(sum_sq_t)
+    tl.store(u_out_ptr + b * N + cols, (t * inv_norm_u).to(u_out_ptr.dtype.element_ty),
+             mask=col_mask)
+    tl.store(v_out_ptr + b * M + rows, (wu * inv_norm_v).to(v_out_ptr.dtype.element_ty),
+             mask=row_mask)
+    tl.store(sigma_ptr + b, (sum_sq_t * inv_norm_u).to(sigma_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _power_iteration_backward_kernel(grad_sigma_ptr, u_ptr, v_ptr, grad_w_ptr, M, N,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Gradient of power-iteration sigma w.r.t. W (Miyato et al. 2018: u, v held constant):
@@ -220,6 +254,21 @@ def launch_config(count: int, m: int, n: int, device: torch.device) -> dict:
                 column_blocks=column_blocks, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n)
 
 
+# The largest matrix one program holds in registers across the iterations, in bytes of the
+# accumulation dtype once padded to powers of two (16384 float32 entries: 64 a thread at 8 warps),
+# and the warps that hold it.
+_RESIDENT_BYTES = 64 * 1024
+_RESIDENT_WARPS = 8
+
+
+def resident_blocks(m: int, n: int, dtype: torch.dtype) -> tuple[int, int] | None:
+    """(BLOCK_M, BLOCK_N) of `_resident_power_iteration_kernel` for m x n matrices of `dtype`,
+    or None where they do not fit one program (the split kernel runs them)."""
+    block_m, block_n = triton.next_power_of_2(m), max(triton.next_power_of_2(n), _MIN_COLUMNS)
+    fits = block_m * block_n * torch.finfo(accumulation_dtype(dtype)).bits // 8 <= _RESIDENT_BYTES
+    return (block_m, block_n) if fits else None
+
+
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """(sigma (...), u (..., n), v (..., m)) after `iters` power-iteration steps on W (..., m, n).
 
@@ -233,6 +282,12 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     u_out = weight.new_empty((*batch, n))
     v_out = weight.new_empty((*batch, m))
     if count == 0:
+        return sigma, u_out, v_out
+    blocks = resident_blocks(m, n, weight.dtype)
+    if blocks:
+        launchable(_resident_power_iteration_kernel)[(count,)](
+            weight, u, sigma, u_out, v_out, iters, m, n, BLOCK_M=blocks[0], BLOCK_N=blocks[1],
+            num_warps=_RESIDENT_WARPS)
         return sigma, u_out, v_out
     config = launch_config(count, m, n, weight.device)
     programs, row_blocks = config.pop("programs"), config.pop("row_blocks")

@@ -1,4 +1,4 @@
-"""Triton skew-orthogonal convolution series on tensor cores: one launch per Horner step.
+"""Triton skew-orthogonal convolution series on tensor cores: Horner steps of implicit GEMMs.
 
 Singla & Feizi, "Skew Orthogonal Convolutions", ICML 2021; the fast gradient from Singla, Singla
 & Feizi, "Improved techniques for deterministic l2 robustness", NeurIPS 2022. The math is that of
@@ -9,9 +9,9 @@ Wg(a, b) the weight gradient of conv(a, .) against the output gradient b):
                exact grad_S = sum_{j=0}^{n-1} Wg(S^j x, u_j) / (j+1)!
                fast  grad_S = Wg(z_2, u_0)
 
-Every step of either direction, and every power S^j x the exact backward recomputes, is one
-launch of `_horner_step_kernel`: an implicit GEMM over the whole batch, rows the M = B H W
-pixels, columns the output channels, the reduction the input channels of every tap
+Every Horner step of either direction, and every power S^j x the exact backward recomputes,
+is an implicit GEMM over the whole batch (`_horner_tile`), rows the M = B H W pixels, columns
+the output channels, the reduction the input channels of every tap
 (docs/performance.md: a design that keeps the activations of an image group on chip needs the
 whole C x C filter in every program each term, 9.4 MB at 512 channels, and has only one program
 per image group). Among the tiles whose grid has a program per SM of an H100, the launcher takes
@@ -19,8 +19,11 @@ those that read the least from L2 (`horner_tiles`), so the small-image, many-cha
 their output channels over programs. The activations are channels-last, so a tile of input
 channels is contiguous (16-byte loads), and the reduction over (channel block, tap) is one loop
 the compiler pipelines, taps innermost so that the shifted re-reads of a block hit L1; the
-epilogue adds x (or g) and divides by the step's integer, so a step costs one launch and 3
-activation passes. Activations are stored in the input's dtype between steps and each step
+epilogue adds x (or g) and divides by the step's integer, so a step costs 3 activation passes.
+The forward runs all n steps in one persistent launch (`_horner_series_kernel`: a program per SM
+looping over the tiles, a grid barrier between steps, so the steps never return to the host);
+the backward, whose steps interleave with the weight gradient's, launches a step at a time
+(`_horner_step_kernel`). Activations are stored in the input's dtype between steps and each step
 accumulates in float32 (float64 for float64): half-precision inputs are multiplied on tensor
 cores in their own precision (bf16/fp16 mma) and each Horner partial sum is rounded once, where
 the reference rounds each term's convolution, division and addition.
@@ -38,31 +41,32 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, launchable
+from ._common import accumulation_dtype, launchable, persistent_programs, phase_spans
+from ._grid_barrier import grid_barrier
 
 # tl.dot needs every dimension >= 16.
 _MIN_BLOCK = 16
 
 
 @triton.jit
-def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C, H, W,
-                        ADD: tl.constexpr, LAST: tl.constexpr, COPY: tl.constexpr,
-                        KSIZE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
-                        operand_ty: tl.constexpr, PRECISION: tl.constexpr):
-    """One Horner step of the series over the whole batch:
+def _horner_tile(z_ptr, x_ptr, taps_ptr, rows_out_ptr, image_out_ptr, tile_m, tile_n, divisor,
+                 M, C, H, W, ADD: tl.constexpr, store_rows, store_image, KSIZE: tl.constexpr,
+                 WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, acc_ty: tl.constexpr, operand_ty: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """The (tile_m, tile_n) output tile of one Horner step over the whole batch:
         out = x + conv(z, S) / divisor   (out = conv(z, S) / divisor without ADD),
     an implicit GEMM (M pixels x C output channels, reduction over C input channels x k^2 taps)
-    on a (BLOCK_M x BLOCK_N) output tile per program. z and x are channels-last (M, C) in the
-    input dtype, taps is S as (k, k, C_out, C_in): both operands contiguous along the reduction,
-    the layout float32 wgmma reads from shared memory (only 16-bit types may be transposed).
-    out is channels-last like z, or, for the last step (LAST), y in x's NCHW layout; COPY also
-    stores out there to copy_ptr (z_2, NCHW). WHOLE_BLOCKS: BLOCK_K divides C.
-    acc_ty: the accumulation dtype (float64 for float64 inputs, else float32); operand_ty: the
-    dtype the tensor cores multiply in (`forward_launch_config`)."""
+    on a (BLOCK_M x BLOCK_N) tile. z and x are channels-last (M, C) in the input dtype, taps is
+    S as (k, k, C_out, C_in): both operands contiguous along the reduction, the layout float32
+    wgmma reads from shared memory (only 16-bit types may be transposed). out is stored
+    channels-last to rows_out_ptr where store_rows, and in the images' NCHW layout to
+    image_out_ptr where store_image (constexprs or runtime flags). WHOLE_BLOCKS: BLOCK_K divides
+    C. acc_ty: the accumulation dtype (float64 for float64 inputs, else float32); operand_ty:
+    the dtype the tensor cores multiply in (`forward_launch_config`)."""
     # int64 pixel indices: B C H W may exceed 2^31 elements.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.cast(tile_m, tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     pixel = rows % (H * W)
     row, column = pixel // W, pixel % W
     row_mask, col_mask = rows < M, cols < C
@@ -94,13 +98,62 @@ def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, copy_ptr, divisor, M, C
     out = acc / divisor
     if ADD:
         out += tl.load(x_ptr + rows_major, mask=mask, other=0.0).to(acc_ty)
-    image_major = (rows - pixel)[:, None] * C + cols[None, :] * (H * W) + pixel[:, None]
-    if LAST:
-        tl.store(out_ptr + image_major, out.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptr + rows_major, out.to(out_ptr.dtype.element_ty), mask=mask)
-    if COPY:
-        tl.store(copy_ptr + image_major, out.to(copy_ptr.dtype.element_ty), mask=mask)
+    if store_rows:
+        tl.store(rows_out_ptr + rows_major, out.to(rows_out_ptr.dtype.element_ty), mask=mask)
+    if store_image:
+        image_major = (rows - pixel)[:, None] * C + cols[None, :] * (H * W) + pixel[:, None]
+        tl.store(image_out_ptr + image_major, out.to(image_out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, divisor, M, C, H, W,
+                        ADD: tl.constexpr, LAST: tl.constexpr, KSIZE: tl.constexpr,
+                        WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
+                        operand_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """One Horner step of the backward, out = (x +) conv(z, S) / divisor (`_horner_tile`), a
+    tile per program (grid: pixel tiles x channel tiles). out is channels-last like z, or, for
+    the last step (LAST), in the images' NCHW layout."""
+    _horner_tile(z_ptr, x_ptr, taps_ptr, out_ptr, out_ptr, tl.program_id(0), tl.program_id(1),
+                 divisor, M, C, H, W, ADD, not LAST, LAST, KSIZE, WHOLE_BLOCKS, BLOCK_M,
+                 BLOCK_N, BLOCK_K, acc_ty, operand_ty, PRECISION)
+
+
+@triton.jit
+def _horner_series_kernel(states_ptr, taps_ptr, y_ptr, z2_ptr, counter_ptr, first_step,
+                          last_step, n, M, C, H, W, KEEP_Z2: tl.constexpr, KSIZE: tl.constexpr,
+                          WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
+                          operand_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """The forward's n Horner steps in one persistent launch: step s = 0 .. n - 1 computes
+        z <- x + conv(z, S) / (n - s)   from z = x, the last one (divisor 1) giving y,
+    every program taking the output tiles program_id, program_id + programs, ... of each step
+    (`_horner_tile`), with a grid barrier between steps. states holds three channels-last
+    (M, C) slots: x in slot 0, step s writing slot 1 + s % 2 and reading its predecessor's;
+    y (NCHW) is the last step's output, and z_2 (NCHW, KEEP_Z2) the step dividing by 2 also
+    stores. Steps first_step .. last_step - 1 run in this launch: all of them on a GPU (the
+    grid no larger than the SMs, so that every program is resident), one per launch under the
+    interpreter."""
+    tiles_n = tl.cdiv(C, BLOCK_N)
+    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+    slot = tl.cast(M, tl.int64) * C
+    first_image_step = n - 1
+    if KEEP_Z2:
+        first_image_step = n - 2
+    for step in range(first_step, last_step):
+        if step > first_step:
+            grid_barrier(counter_ptr, (step - first_step) * tl.num_programs(0))
+        # Slot 0 (x) for the first step, the previous step's output 1 + (step - 1) % 2 after it.
+        source = tl.minimum(step, 1 + (step + 1) % 2)
+        z_ptr = states_ptr + source * slot
+        image_out_ptr = z2_ptr
+        if step == n - 1:
+            image_out_ptr = y_ptr
+        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+            _horner_tile(z_ptr, states_ptr, taps_ptr, states_ptr + (1 + step % 2) * slot,
+                         image_out_ptr, tile // tiles_n, tile % tiles_n, n - step, M, C, H, W,
+                         True, step < n - 1, step >= first_image_step, KSIZE, WHOLE_BLOCKS,
+                         BLOCK_M, BLOCK_N, BLOCK_K, acc_ty, operand_ty, PRECISION)
 
 
 @triton.jit
@@ -244,6 +297,11 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()
 
 
+def _reduction_major(S: torch.Tensor) -> torch.Tensor:
+    """A filter (C_out, C_in, k, k) as the Horner steps read it: (k, k, C_out, C_in)."""
+    return S.permute(2, 3, 0, 1).contiguous()
+
+
 class _Series:
     """The Horner step's launch for one shape: out = (x +) conv(z, filter) / divisor over the
     channels-last (M, C) activations, with S or its adjoint flipT(S) as the filter (both
@@ -253,15 +311,13 @@ class _Series:
         grid, self.config = forward_launch_config(x, S)
         self.step = launchable(_horner_step_kernel)[grid]
         self.sizes = (x.shape[0] * x.shape[2] * x.shape[3], *x.shape[1:])
-        self.taps = S.permute(2, 3, 0, 1).contiguous()
-        self.adjoint_taps = S.transpose(0, 1).flip(2, 3).permute(2, 3, 0, 1).contiguous()
+        self.taps = _reduction_major(S)
+        self.adjoint_taps = _reduction_major(S.transpose(0, 1).flip(2, 3))
 
-    def __call__(self, z, x, taps, out, divisor, last=False, copy=None):
-        """out = (x +, where x is not None) conv(z, taps) / divisor; `last`: out is NCHW; `copy`:
-        an NCHW tensor that also receives out."""
-        self.step(z, z if x is None else x, taps, out, out if copy is None else copy, divisor,
-                  *self.sizes, ADD=x is not None, LAST=last, COPY=copy is not None,
-                  **self.config)
+    def __call__(self, z, x, taps, out, divisor, last=False):
+        """out = (x +, where x is not None) conv(z, taps) / divisor; `last`: out is NCHW."""
+        self.step(z, z if x is None else x, taps, out, divisor, *self.sizes, ADD=x is not None,
+                  LAST=last, **self.config)
         return out
 
 
@@ -270,23 +326,30 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
     empty (the exact backward recomputes the powers). Inputs are checked first
     (lipkernels.ops.soc_exp); outputs are contiguous.
 
-    Horner order, one launch a step: z = x; for i = n..2: z = x + conv(z, S) / i;
-    y = x + conv(z, S) = sum_{i=0}^{n} S^{*i} x / i!, n = terms - 1."""
+    Horner order, every step in one persistent launch (`_horner_series_kernel`): z = x; for
+    i = n..2: z = x + conv(z, S) / i; y = x + conv(z, S) = sum_{i=0}^{n} S^{*i} x / i!,
+    n = terms - 1."""
     x, S = x.contiguous(), S.contiguous()
     n = terms - 1
-    keeps_z2 = grad_mode == "fast"
+    keeps_z2 = grad_mode == "fast" and n > 0
     if n == 0 or x.numel() == 0:  # custom ops must not return their inputs
-        return x.clone(), [x.clone()] if keeps_z2 and n > 0 else []
-    series = _Series(x, S)
-    # z_2 is x itself when n == 1; otherwise the step i = 2 stores it.
+        return x.clone(), [x.clone()] if keeps_z2 else []
+    grid, config = forward_launch_config(x, S)
+    batch, channels, height, width = x.shape
+    # Slot 0 is x channels-last, the steps alternate between the other two.
+    states = x.new_empty((1 + min(n - 1, 2), batch, height, width, channels))
+    states[0].copy_(x.permute(0, 2, 3, 1))
+    y = torch.empty_like(x)
+    # z_2 is x itself when n == 1; otherwise the step dividing by 2 stores it.
     z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else None
-    rows = _channels_last(x)
-    states = [torch.empty_like(rows) for _ in range(min(n - 1, 2))]
-    z = rows
-    for i in range(n, 1, -1):
-        copy = z2 if keeps_z2 and i == 2 else None
-        z = series(z, rows, series.taps, states[i % 2], i, copy=copy)
-    y = series(z, rows, series.taps, torch.empty_like(x), 1, last=True)
+    programs = min(grid[0] * grid[1], persistent_programs(x.device))
+    counter = torch.zeros(1, dtype=torch.int32, device=x.device)
+    taps = _reduction_major(S)
+    for first, last in phase_spans(n, x.device):
+        launchable(_horner_series_kernel)[(programs,)](
+            states, taps, y, y if z2 is None else z2, counter, first, last, n,
+            batch * height * width, channels, height, width, KEEP_Z2=keeps_z2 and n > 1,
+            **config)
     return y, [z2] if keeps_z2 else []
 
 
