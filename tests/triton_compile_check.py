@@ -12,7 +12,9 @@ Output: one JSON object per line, {"case", "capability", "registers", "stack", "
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -260,16 +262,33 @@ def compile_case(kernel, args, constants, capability):
             **ptx_counts(compiled.asm["ptx"])}
 
 
+def _cases():
+    """Every case: (name, kernel, args, constants), with facts of its launch after them (a dict)
+    where the case states them."""
+    return [*_soc_exp_cases(), *_cayley_cases(), *_spectral_cases(), *_pair_cases()]
+
+
+_CASES = []
+
+
+def _compiled_row(job: tuple[int, int]) -> dict:
+    """The output row of case _CASES[index] compiled for `capability` (a worker's job: the
+    forked workers inherit _CASES, so only the indices travel)."""
+    index, capability = job
+    name, kernel, args, constants, *launch = _CASES[index]
+    usage = compile_case(kernel, args, dict(constants), capability)
+    return {"case": name, "capability": capability, **usage, **(launch[0] if launch else {})}
+
+
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile_check: unset TRITON_INTERPRET (the interpreter cannot compile)")
-    # A case is (name, kernel, args, constants), with facts of its launch after them (a dict)
-    # where the case states them.
-    for name, kernel, args, constants, *launch in (*_soc_exp_cases(), *_cayley_cases(),
-                                                   *_spectral_cases(), *_pair_cases()):
-        for capability in CAPABILITIES:
-            usage = compile_case(kernel, args, dict(constants), capability)
-            row = {"case": name, "capability": capability, **usage, **(launch[0] if launch else {})}
+    _CASES.extend(_cases())
+    jobs = [(index, capability) for index in range(len(_CASES)) for capability in CAPABILITIES]
+    # The cases are independent: compiled on every core, printed in order.
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        for row in pool.map(_compiled_row, jobs, chunksize=4):
             print(json.dumps(row), flush=True)
 
 
