@@ -2,7 +2,7 @@
 ``<device-slug>-<YYYYMMDD>-<suite>.json`` plus its Markdown table per suite (docs/design.md §5).
 
 By default it runs the providers usable on the device (reference, reference-compile on a small
-subset, the built lipkernels backends except Triton on the CPU, installed peers) on a reduced grid
+subset, on a GPU reference-autotune on that subset and reference-graph, the built lipkernels backends except Triton on the CPU, installed peers) on a reduced grid
 that finishes in a few minutes on a 2-core CPU; ``--full`` runs every seed shape. Grid, providers,
 timing and rows come from ``lipkernels.benchmarking``, shared with ``pytest benchmarks/``.
 Exit status: 0, or 1 when a measurement failed (the others are still written).
@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                              + ")")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="start no measurement after this many seconds; the rest are counted "
-                             "as skipped in the results (reference-compile runs last)")
+                             "as skipped in the results (reference-compile and reference-autotune "
+                             "run last)")
     parser.add_argument("--list", action="store_true", help="print the measurements and exit")
     return parser
 
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(task.id for task in grid))
         print(f"{len(grid)} measurements", file=sys.stderr)
         return 0
-    # reference-compile last: its compiles are the slowest part, and the least needed when
-    # --time-limit cuts the run short.
-    order = sorted(range(len(grid)), key=lambda i: grid[i].provider.name == "reference-compile")
+    # The compiling baselines last: their compiles are the slowest part, and the least needed
+    # when --time-limit cuts the run short.
+    order = sorted(range(len(grid)),
+                   key=lambda i: grid[i].provider.name in harness.COMPILING_PROVIDERS)
     deadline = time.monotonic() + args.time_limit if args.time_limit else float("inf")
     rows, failures, skipped = {}, {suite: [] for suite in suites}, {suite: 0 for suite in suites}
     with (tqdm or _Lines)(order, unit="measurement", dynamic_ncols=True) as bar:

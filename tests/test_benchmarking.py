@@ -1,10 +1,12 @@
 """The benchmark harness's registry: every suite module is registered, every pytest-benchmark
-front end names a registered suite, and each suite's cases belong to its own ops; the hand-fused
-and graph-captured baselines compute what the reference does, on the cases they cover."""
+front end names a registered suite, and each suite's cases belong to its own ops; the hand-fused,
+graph-captured and autotuned baselines compute what the reference does, on the cases they
+cover."""
 
 import ast
 import pathlib
 import pkgutil
+import unittest.mock
 
 import pytest
 
@@ -12,8 +14,10 @@ import torch
 
 from lipkernels import reference
 from lipkernels.benchmarking import OPS, SUITES, suites
+from lipkernels.benchmarking import providers as provider_module
 from lipkernels.benchmarking.core import Measurement, Task
-from lipkernels.benchmarking.providers import (GraphedReference, HandFusedReference, Reference,
+from lipkernels.benchmarking.providers import (AutotunedReference, CompiledReference,
+                                               GraphedReference, HandFusedReference, Reference,
                                                select_providers)
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
@@ -100,6 +104,40 @@ def test_graph_baseline_covers_the_ops_without_host_synchronisation():
             assert graphed.covers(case, True) == (case.op.name in GRAPHED_OPS)
             assert graphed.graphs(case.op) and not eager.graphs(case.op)
             assert fused.graphs(case.op) == (case.op.name in GRAPHED_OPS)
+
+
+def test_autotuned_baseline_runs_on_a_gpu_only_on_the_compiled_cases():
+    """reference-autotune (torch.compile's max-autotune) is not run on the CPU, with the reason,
+    asking for it there is an error that says why; it covers the cases reference-compile does
+    and compiles for static shapes in max-autotune mode."""
+    providers, reasons = select_providers("cpu")
+    assert "reference-autotune" not in [p.name for p in providers]
+    assert reasons["reference-autotune"].startswith("max-autotune tunes GPU kernels (device cpu)")
+    with pytest.raises(ValueError, match="reference-autotune: max-autotune tunes GPU kernels"):
+        select_providers("cpu", ["reference-autotune"])
+    autotuned, compiled = AutotunedReference(), CompiledReference()
+    for suite in SUITES.values():
+        for case in suite.cases(True):
+            assert autotuned.covers(case, True) == compiled.covers(case, True)
+    provider_module._autotuned_reference.cache_clear()
+    try:
+        with unittest.mock.patch.object(torch, "compile") as compile_:
+            autotuned.implementation(OPS["soc_exp"])
+    finally:
+        provider_module._autotuned_reference.cache_clear()
+    compile_.assert_called_once_with(reference.soc_exp, mode="max-autotune", dynamic=False)
+
+
+@pytest.mark.gpu
+def test_autotuned_baseline_matches_the_reference():
+    """On a GPU, reference-autotune computes the reference's output (TF32 convolutions aside)."""
+    suite = SUITES["soc_exp"]
+    case = next(c for c in suite.cases(True) if AutotunedReference().covers(c, True)
+                and c.mode == "fwd")
+    with Measurement(Task(suite.name, case, AutotunedReference()), "cuda") as measurement:
+        autotuned = measurement.target().clone()
+    with Measurement(Task(suite.name, case, Reference()), "cuda") as measurement:
+        torch.testing.assert_close(autotuned, measurement.target(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.gpu

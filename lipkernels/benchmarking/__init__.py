@@ -22,10 +22,10 @@ whose error is not an orthogonality measure names its own field (``Op.error_fiel
 """
 
 from .core import BUDGETS, Budget, Measurement, Task, clock
-from .providers import PROVIDER_NAMES, select_providers
+from .providers import COMPILING_PROVIDERS, PROVIDER_NAMES, select_providers
 from .reporting import default_results_dir, device_name, summary, table, write_results
 from .suites import OPS, SUITES, tasks
 
-__all__ = ["BUDGETS", "OPS", "PROVIDER_NAMES", "SUITES", "Budget", "Measurement", "Task", "clock",
-           "default_results_dir", "device_name", "select_providers", "summary", "table", "tasks",
+__all__ = ["BUDGETS", "COMPILING_PROVIDERS", "OPS", "PROVIDER_NAMES", "SUITES", "Budget",
+           "Measurement", "Task", "clock", "default_results_dir", "device_name", "select_providers", "summary", "table", "tasks",
            "write_results"]

@@ -1,5 +1,5 @@
 """The providers: the implementations a benchmark compares. The reference, torch.compile of the
-reference, the reference captured in a CUDA graph, the reference fused by hand, each lipkernels
+reference (default and max-autotune), the reference captured in a CUDA graph, the reference fused by hand, each lipkernels
 backend, and the peer libraries; what a provider runs for an op beyond the op of
 `lipkernels.reference` / `lipkernels` is the op's to declare (`core.Op`), so adding a suite adds
 nothing here."""
@@ -73,6 +73,25 @@ def _compiled_reference(op: str):
     # dynamo's default of 8 graphs per function would silently fall back to eager past that.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(getattr(reference, op), dynamic=True)
+
+
+class AutotunedReference(CompiledReference):
+    """torch.compile(mode="max-autotune") of the reference (GPU only), on the cases of
+    `Op.compiled_on`: inductor times its own kernel choices (its GEMM and convolution templates
+    against cuBLAS and cuDNN, Triton launch configurations) for each shape and replays the result
+    from CUDA graphs, the strongest baseline a user gets without writing kernels. Static shapes,
+    since it tunes each one; its tuning falls in the untimed first call."""
+
+    name = "reference-autotune"
+
+    def implementation(self, op):
+        return _autotuned_reference(op.name)
+
+
+@functools.cache
+def _autotuned_reference(op: str):
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(getattr(reference, op), mode="max-autotune", dynamic=False)
 
 
 class GraphedReference(Reference):
@@ -149,21 +168,25 @@ PEERS = (
 )
 
 KERNEL_BACKENDS = ("cpp", "triton", "cuda")
-PROVIDER_NAMES = ("reference", "reference-compile", "reference-graph", "reference-fused",
-                  *KERNEL_BACKENDS, *(p.name for p in PEERS))
+PROVIDER_NAMES = ("reference", "reference-compile", "reference-autotune", "reference-graph",
+                  "reference-fused", *KERNEL_BACKENDS, *(p.name for p in PEERS))
+# The providers whose first call compiles for minutes: timed last (`lipkernels.bench`).
+COMPILING_PROVIDERS = ("reference-compile", "reference-autotune")
 
 
 def select_providers(device: str, requested: list[str] | None = None):
     """(providers to run, {provider: why it does not run}) for `device`.
 
-    Default: reference, reference-compile, reference-graph (on a GPU) and reference-fused (on
-    their subsets of cases), every lipkernels backend usable on the device except Triton on the
+    Default: reference, reference-compile, reference-autotune and reference-graph (both on a
+    GPU) and reference-fused (on their subsets of cases), every lipkernels backend usable on the device except Triton on the
     CPU (the interpreter is orders of magnitude slow), and the installed peers. A requested
     provider that cannot run is an error naming the reason.
     """
     usable = lipkernels.available_backends(device)
     reasons = {}
     if device != "cuda":
+        reasons["reference-autotune"] = (f"max-autotune tunes GPU kernels (device {device}); "
+                                         "reference-compile is torch.compile's baseline here")
         reasons["reference-graph"] = f"CUDA graphs need a GPU (device {device})"
     for name in KERNEL_BACKENDS:
         if name not in usable:
@@ -189,6 +212,6 @@ def select_providers(device: str, requested: list[str] | None = None):
                    if name not in names}
     else:
         names = [name for name in PROVIDER_NAMES if name not in reasons]
-    known = {p.name: p for p in (Reference(), CompiledReference(), GraphedReference(),
-                                 HandFusedReference(), *PEERS)}
+    known = {p.name: p for p in (Reference(), CompiledReference(), AutotunedReference(),
+                                 GraphedReference(), HandFusedReference(), *PEERS)}
     return [known.get(name) or Backend(name) for name in names], reasons
