@@ -147,6 +147,52 @@ def check_stride(layer: str, stride):
                          f"got {stride!r}")
 
 
+def _square(layer: str, name: str, value) -> int:
+    """An int, or a pair of equal ints (nn.Conv2d's tuple form), as one int."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{layer}: {name} must be an int or a pair of equal ints (the layer "
+                             f"is square: its filter is C x C x k x k); got {tuple(value)!r}")
+        value = value[0]
+    return check_count(layer, name, value)
+
+
+def check_conv_arguments(layer: str, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, padding_mode_only: tuple[str, str]) -> tuple[int, int]:
+    """(kernel_size, stride) as ints from nn.Conv2d's arguments, so that a layer takes them as
+    a drop-in: kernel_size and stride an int or a pair of equal ints (stride 1 or 2);
+    padding "same", or the int (or pair) k // 2 that means the same for an odd k; dilation 1,
+    groups 1; bias True or False (also catching nn.Conv2d's positional padding, which these
+    layers take by keyword); padding_mode the layer's one mode (padding_mode_only: the mode,
+    why the layer has no other). Anything else is an error naming the argument and why."""
+    kernel_size = _square(layer, "kernel_size", kernel_size)
+    stride = _square(layer, "stride", stride)
+    check_stride(layer, stride)
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and padding[0] == padding[1]:
+        padding = padding[0]
+    same = padding == "same" or (kernel_size % 2 == 1 and not isinstance(padding, bool)
+                                 and isinstance(padding, int) and padding == kernel_size // 2)
+    if not same:
+        ints = f" (or {kernel_size // 2}, the same padding of a {kernel_size}x{kernel_size} filter)" \
+            if kernel_size % 2 else ""
+        raise ValueError(f"{layer}: padding must be 'same'{ints}: the layer is orthogonal as a "
+                         f"size-preserving convolution only; got {padding!r}")
+    if _square(layer, "dilation", dilation) != 1:
+        raise ValueError(f"{layer}: dilation must be 1 (dilated filters are not implemented); "
+                         f"got {dilation!r}")
+    if check_count(layer, "groups", groups) != 1:
+        raise ValueError(f"{layer}: groups must be 1 (the orthogonal map mixes every channel); "
+                         f"got {groups!r}")
+    if not isinstance(bias, bool):
+        raise TypeError(f"{layer}: bias must be True or False (padding, dilation, groups and "
+                        f"padding_mode are keyword arguments here, unlike nn.Conv2d's positional "
+                        f"order); got {bias!r}")
+    mode, why = padding_mode_only
+    if padding_mode != mode:
+        raise ValueError(f"{layer}: padding_mode must be {mode!r} ({why}); got {padding_mode!r}")
+    return kernel_size, stride
+
+
 def check_even_image(layer: str, x: torch.Tensor):
     """H and W even, as pixel_unshuffle(x, 2) needs."""
     if x.shape[2] % 2 or x.shape[3] % 2:

@@ -42,6 +42,31 @@ def test_output_shape(depth, activation):
         assert net.train(mode)(images()).shape == (BATCH, 7)
 
 
+@pytest.mark.parametrize("input_size,cells", [(64, 4), ((32, 96), 3)])
+def test_other_input_sizes(input_size, cells):
+    """Multiples of 32, square or not: the last block ends at H/32 x W/32, flattened into the
+    head; the network's bound is the product of its layers' at the sizes they see, and covers
+    measured difference quotients."""
+    net = LipConvNet(5, init_channels=2, num_classes=3, input_size=input_size).double().eval()
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    assert net.input_size == (height, width) and net.head.in_features == 64 * cells
+    x, other = (torch.randn(2, 3, height, width, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        out = net(torch.cat([x, other]))
+    assert out.shape == (4, 3)
+    convs = [layer for layer in net.soc_layers() if isinstance(layer, SOCConv2d)]
+    bounds, size = [], (height, width)
+    for conv in convs:
+        bounds.append(conv.lipschitz_bound(size))
+        size = (size[0] // conv.stride, size[1] // conv.stride)
+    bound = net.lipschitz_bound()
+    assert bound == pytest.approx(math.prod(bounds) * net.head.lipschitz_bound(), rel=1e-12)
+    ratios = (out[:2] - out[2:]).norm(dim=1) / (x - other).flatten(1).norm(dim=1)
+    assert (ratios <= bound).all(), (ratios, bound)
+    with pytest.raises(ValueError, match=rf"input must have shape \(B, 3, {height}, {width}\)"):
+        net(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+
+
 def test_householder_activation_width_matches_its_conv():
     net = LipConvNet(5, init_channels=INIT, activation="householder")
     for conv, activation in zip(net.features[0::2], net.features[1::2]):
@@ -122,6 +147,11 @@ def test_update_vectors_touches_every_layer():
         ({"activation": "relu"}, ValueError, "LipConvNet: activation must be one of maxmin, "),
         ({"init_channels": 0}, ValueError, "LipConvNet: init_channels must be >= 1"),
         ({"num_classes": 0}, ValueError, "LipConvNet: num_classes must be >= 1"),
+        ({"input_size": 48}, ValueError, r"LipConvNet: input_size must be an int or an \(H, W\) "
+                                         r"pair of multiples of 32 .*got 48"),
+        ({"input_size": (32, 16)}, ValueError, r"input_size must be .*got \(32, 16\)"),
+        ({"input_size": (32.0, 32)}, ValueError, "input_size must be"),
+        ({"input_size": (32, 32, 32)}, ValueError, "input_size must be"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

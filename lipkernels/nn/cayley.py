@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from .._checks import check_count, check_layer_input, check_stride
+from .._checks import check_conv_arguments, check_count, check_layer_input
 from .._conventions import working_dtype
 from .._spectral import frequency_conv2d, frequency_responses
 from ._distributed import full_parameters
@@ -104,11 +104,17 @@ class CayleyConv2d(_ScaledCayley):
     Args:
         in_channels, out_channels: channel counts (they may differ: C_out > C_in gives an isometry,
             C_out < C_in orthonormal rows; both 1-Lipschitz).
-        kernel_size: filter size k (odd or even; torch's padding="same" offsets for even k).
-        stride: 1, or 2 for pixel_unshuffle(x, 2) first (H, W even): the filter then acts on
-            4 in_channels channels with size max(1, k // 2), as the seed's StridedConv (a 3x3
-            stride-2 layer is a 1x1 conv over the 2x2 blocks).
+        kernel_size: filter size k (odd or even; torch's padding="same" offsets for even k), an
+            int or a pair (k, k).
+        stride: 1, or 2 for pixel_unshuffle(x, 2) first (H, W even, else a ValueError): the
+            filter then acts on 4 in_channels channels with size max(1, k // 2), as the seed's
+            StridedConv (a 3x3 stride-2 layer is a 1x1 conv over the 2x2 blocks); an int or a
+            pair.
         bias: add a learnable bias.
+        padding, dilation, groups, padding_mode: nn.Conv2d's arguments, keyword-only, so that
+            the layer replaces an nn.Conv2d(..., padding_mode="circular") of the same shape:
+            padding "same" (or k // 2 for an odd k), dilation 1, groups 1, padding_mode
+            "circular"; other values raise a ValueError that says why.
         device, dtype: factory arguments.
 
     Input (B, in_channels, H, W), output (B, out_channels, H / stride, W / stride); the filter
@@ -121,13 +127,16 @@ class CayleyConv2d(_ScaledCayley):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 bias: bool = True, *, device=None, dtype=None):
+                 bias: bool = True, *, padding="same", dilation=1, groups: int = 1,
+                 padding_mode: str = "circular", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
         check_count(name, "in_channels", in_channels)
         check_count(name, "out_channels", out_channels)
-        check_count(name, "kernel_size", kernel_size)
-        check_stride(name, stride)
+        kernel_size, stride = check_conv_arguments(
+            name, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            ("circular", "the Cayley transform is taken at each frequency of a circular "
+                         "convolution"))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.filter_size = kernel_size if stride == 1 else max(1, kernel_size // 2)

@@ -18,9 +18,22 @@ from .soc import BOUND_TOLERANCE, INIT_ITERS, SOCConv2d, SOCLinear
 
 ACTIVATIONS = ("maxmin", "householder")
 
-# Five stride-2 layers take the 32 x 32 input to 1 x 1.
+# Five stride-2 layers, each halving the image (pixel unshuffle needs even sizes): an input side
+# must be a multiple of 2^5 = 32, which ends as side / 32.
 BLOCKS = 5
 INPUT_SIZE = 32
+
+
+def _input_size(input_size) -> tuple[int, int]:
+    """(H, W) from an int or a pair, each a multiple of INPUT_SIZE (= 2^BLOCKS)."""
+    pair = (input_size, input_size) if isinstance(input_size, int) else input_size
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or any(
+            isinstance(side, bool) or not isinstance(side, int) or side < INPUT_SIZE
+            or side % INPUT_SIZE for side in pair):
+        raise ValueError(f"LipConvNet: input_size must be an int or an (H, W) pair of multiples "
+                         f"of {INPUT_SIZE} (each of the {BLOCKS} stride-2 layers halves an even "
+                         f"size; resize or pad other images first); got {input_size!r}")
+    return tuple(pair)
 
 
 def _activation(name: str, channels: int) -> nn.Module:
@@ -28,14 +41,15 @@ def _activation(name: str, channels: int) -> nn.Module:
 
 
 class LipConvNet(nn.Module):
-    """LipConvNet-`depth` for (B, in_channels, 32, 32) inputs; output (B, num_classes) logits.
+    """LipConvNet-`depth` for (B, in_channels, H, W) inputs (32 x 32 by default); output
+    (B, num_classes) logits.
 
     Five blocks of depth / 5 SOC layers each. Block b (width c = init_channels * 2^b) has
     depth / 5 - 1 stride-1 3 x 3 SOCConv2d layers to c channels (the very first maps
     in_channels -> init_channels), then one stride-2 SOCConv2d to 2c channels (3 x 3, or 1 x 1 in
-    the last block, at 2 x 2 -> 1 x 1); every conv is followed by the activation. The 32 x 32
-    input ends as 1 x 1 with 32 * init_channels channels, flattened into an
-    SOCLinear(32 * init_channels, num_classes) head. As in the seed code (`lip_convnets.py`),
+    the last block); every conv is followed by the activation. An H x W input ends as
+    H/32 x W/32 with 32 * init_channels channels (1 x 1 for 32 x 32), flattened into an
+    SOCLinear(32 * init_channels * H/32 * W/32, num_classes) head (flattening is an isometry). As in the seed code (`lip_convnets.py`),
     a stride-2 layer maps whatever it receives to 2c: with depth 5 the first layer maps
     in_channels -> 2 * init_channels.
 
@@ -47,11 +61,13 @@ class LipConvNet(nn.Module):
         activation: "maxmin" (`MaxMin`, channel halves) or "householder" (`HouseHolder`, one
             learnable angle per channel pair).
         train_terms, eval_terms, grad_mode: passed to every SOC layer.
+        input_size: the input's (H, W), or one int for square inputs: multiples of 32 (each of
+            the five stride-2 layers halves an even size; resize or pad other images first).
     """
 
     def __init__(self, depth: int = 10, init_channels: int = 32, num_classes: int = 10,
                  in_channels: int = 3, activation: str = "maxmin", train_terms: int = 6,
-                 eval_terms: int = 15, grad_mode: str = "exact"):
+                 eval_terms: int = 15, grad_mode: str = "exact", input_size=INPUT_SIZE):
         super().__init__()
         check_count("LipConvNet", "depth", depth)
         if depth % BLOCKS or not BLOCKS <= depth <= 8 * BLOCKS:
@@ -63,6 +79,7 @@ class LipConvNet(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"LipConvNet: activation must be one of {', '.join(ACTIVATIONS)}; "
                              f"got {activation!r}")
+        self.input_size = _input_size(input_size)
         self.depth, self.in_channels, self.activation = depth, in_channels, activation
         series = {"train_terms": train_terms, "eval_terms": eval_terms, "grad_mode": grad_mode}
         layers, channels = [], in_channels
@@ -76,10 +93,11 @@ class LipConvNet(nn.Module):
                            _activation(activation, out)]
                 channels = out
         self.features = nn.Sequential(*layers)
-        self.head = SOCLinear(channels, num_classes, **series)
+        cells = (self.input_size[0] // INPUT_SIZE) * (self.input_size[1] // INPUT_SIZE)
+        self.head = SOCLinear(channels * cells, num_classes, **series)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (self.in_channels, INPUT_SIZE, INPUT_SIZE)
+        expected = (self.in_channels, *self.input_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             shape = ", ".join(map(str, expected))
             raise ValueError(f"LipConvNet: input must have shape (B, {shape}); "
@@ -103,17 +121,18 @@ class LipConvNet(nn.Module):
         for the current mode): the activations are 1-Lipschitz (MaxMin sorts pairs of channels;
         HouseHolder is a continuous, piecewise orthogonal map) and flattening is an isometry, so
         the composition's constant is at most the product of the layers'. `forward` accepts only
-        32 x 32 inputs, so each SOCConv2d is bounded at the one size it sees (32 x 32 halved by
-        every stride-2 layer before it), the tight and fast form of its bound: on the 2 x 2
-        images of the widest 3 x 3 layers it needs nine frequencies, and it is typically below
+        `input_size` inputs, so each SOCConv2d is bounded at the one size it sees (input_size
+        halved by every stride-2 layer before it), the tight and fast form of its bound: on the
+        2 x 2 images of a 32 x 32 input's widest 3 x 3 layers it needs nine frequencies, and it
+        is typically below
         the size-independent `lipschitz_bound()` of the layer. `tolerance` is each layer's (see
         `SOCConv2d.lipschitz_bound`): the product is within (1 + tolerance)^L of the tight one, L
         the number of SOC layers.
         """
         tolerance = check_nonnegative("LipConvNet", "tolerance", tolerance)
-        bounds, size = [], INPUT_SIZE
+        bounds, (height, width) = [], self.input_size
         for layer in self.features:
             if isinstance(layer, SOCConv2d):
-                bounds.append(layer.lipschitz_bound(size, tolerance=tolerance))
-                size //= layer.stride
+                bounds.append(layer.lipschitz_bound((height, width), tolerance=tolerance))
+                height, width = height // layer.stride, width // layer.stride
         return math.prod(bounds) * self.head.lipschitz_bound(tolerance=tolerance)

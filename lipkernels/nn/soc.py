@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from .._checks import (autocast_enabled, check_count, check_layer_input, check_nonnegative,
-                       check_stride, check_terms)
+from .._checks import (autocast_enabled, check_conv_arguments, check_count, check_layer_input,
+                       check_nonnegative, check_stride, check_terms)
 from .._conventions import GRAD_MODES, bound_matrix_shapes, initial_vectors, input_size_pair
 from ..bounds import _skew_conv_norm_bound
 from ..functional import _check_conv_spectrum_input
@@ -440,13 +440,18 @@ class SOCConv2d(_SkewOrthogonal):
 
     Args:
         in_channels, out_channels: channel counts of the input and output.
-        kernel_size: odd filter size k (zero "same" padding k // 2).
+        kernel_size: odd filter size k (zero "same" padding k // 2), an int or a pair (k, k).
         stride: 1, or 2 for the invertible downsampling pixel_unshuffle(x, 2) before the series
-            (H and W must then be even; the output is H/2 x W/2).
+            (H and W must then be even, else a ValueError; the output is H/2 x W/2); an int or
+            a pair.
         bias: add a learnable bias after slicing.
         train_terms, eval_terms: series terms (counting the identity) in training and in eval.
         correction: the factor on S_n (the seed's `correction`/`multiplier`).
         grad_mode: "exact" or "fast" weight gradient of `lipkernels.soc_exp`.
+        padding, dilation, groups, padding_mode: nn.Conv2d's arguments, keyword-only, so that
+            the layer replaces an nn.Conv2d of the same shape: padding "same" (or k // 2),
+            dilation 1, groups 1, padding_mode "zeros"; other values raise a ValueError that
+            says why.
         device, dtype: factory arguments for the parameters and buffers.
 
     Input (B, in_channels, H, W); output (B, out_channels, H / stride, W / stride). The filter is
@@ -460,7 +465,13 @@ class SOCConv2d(_SkewOrthogonal):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  bias: bool = True, train_terms: int = 6, eval_terms: int = 15,
-                 correction: float = 1.0, grad_mode: str = "exact", *, device=None, dtype=None):
+                 correction: float = 1.0, grad_mode: str = "exact", *, padding="same",
+                 dilation=1, groups: int = 1, padding_mode: str = "zeros", device=None,
+                 dtype=None):
+        kernel_size, stride = check_conv_arguments(
+            type(self).__name__, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, ("zeros", "the kernels compute the series of the zero-padded "
+                                    "convolution"))
         super().__init__(in_channels, out_channels, kernel_size, stride, bias, train_terms,
                          eval_terms, correction, grad_mode, device, dtype)
 
