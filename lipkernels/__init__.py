@@ -12,6 +12,7 @@ from . import functional  # noqa: E402
 from .functional import *  # noqa: E402,F401,F403  (every public op: functional.__all__)
 from . import nn  # noqa: E402  (layers; after the ops they wrap)
 from .certification import Certification, certify  # noqa: E402
+from .deployment import export  # noqa: E402
 
 __all__ = ["available_backends", "build_info", "use_backend", "Certification", "certify",
-           *functional.__all__]
+           "export", *functional.__all__]

@@ -45,3 +45,13 @@ def test_certification_example_reports_clean_and_certified_accuracy(capsys):
     # Certified accuracy can only fall as eps grows, and is at most the clean accuracy.
     assert result.accuracy[0] >= result.accuracy[1] >= result.accuracy[2] >= 0
     assert "tensor(" in capsys.readouterr().out
+
+
+def test_export_example_saves_a_program_with_the_models_outputs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace = example_namespace("lipkernels.export(model")
+    assert (tmp_path / "lipconvnet.pt2").is_file()
+    assert float(capsys.readouterr().out.split("(")[1].split(",")[0].rstrip(")")) < 1e-5
+    loaded = torch.export.load(tmp_path / "lipconvnet.pt2").module()
+    images = namespace["images"]
+    torch.testing.assert_close(loaded(images), namespace["program"].module()(images))

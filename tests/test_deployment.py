@@ -1,0 +1,81 @@
+"""lipkernels.export: the eval model as a program of plain torch operators, with the model's
+outputs, for other batch sizes, saved and loaded in a process that cannot import lipkernels."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import lipkernels
+from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "LipConvNet": (LipConvNet(depth=5, init_channels=2, num_classes=3), (3, 32, 32)),
+        "Cayley+SOC": (nn.Sequential(CayleyConv2d(3, 4, stride=2), MaxMin(),
+                                     SOCConv2d(4, 4, eval_terms=8), nn.Flatten(),
+                                     CayleyLinear(4 * 4 * 4, 5)), (3, 8, 8)),
+    }
+
+
+@pytest.mark.parametrize("name", ["LipConvNet", "Cayley+SOC"])
+def test_program_computes_the_eval_model_at_any_batch(name):
+    model, shape = _models()[name]
+    program = lipkernels.export(model, (torch.randn(2, *shape),))
+    assert model.training  # restored
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert targets and not any("lipkernels" in target for target in targets), targets
+    model.eval()
+    with torch.no_grad():
+        for batch in (1, 2, 5):
+            x = torch.randn(batch, *shape)
+            torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_static_batch_program_refuses_other_batches():
+    model, shape = _models()["Cayley+SOC"]
+    program = lipkernels.export(model, (torch.randn(2, *shape),), dynamic_batch=False)
+    program.module()(torch.randn(2, *shape))
+    with pytest.raises(AssertionError, match=r"input.size\(\)\[0\] == 2"):
+        program.module()(torch.randn(3, *shape))
+
+
+def test_saved_program_runs_where_lipkernels_cannot_be_imported(tmp_path):
+    model, shape = _models()["LipConvNet"]
+    x = torch.randn(4, *shape)
+    torch.export.save(lipkernels.export(model, (x,)), tmp_path / "model.pt2")
+    with torch.no_grad():
+        torch.save((x, model.eval()(x)), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import sys
+
+        class NoLipkernels:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "lipkernels":
+                    raise ImportError("lipkernels is not importable here")
+
+        sys.meta_path.insert(0, NoLipkernels())
+        import torch
+        program = torch.export.load({str(tmp_path / "model.pt2")!r})
+        x, expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+        assert not any(name.startswith("lipkernels") for name in sys.modules)
+        print("loaded without lipkernels")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded without lipkernels" in result.stdout
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="export: model must be a torch.nn.Module; got function"):
+        lipkernels.export(lambda x: x, (torch.randn(1),))
+    with pytest.raises(TypeError, match="export: example_inputs must be a tuple of the forward's "
+                                        "inputs; got Tensor"):
+        lipkernels.export(nn.Identity(), torch.randn(1))
