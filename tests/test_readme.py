@@ -5,6 +5,8 @@ import re
 
 import torch
 
+import lipkernels
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -55,3 +57,13 @@ def test_export_example_saves_a_program_with_the_models_outputs(tmp_path, monkey
     loaded = torch.export.load(tmp_path / "lipconvnet.pt2").module()
     images = namespace["images"]
     torch.testing.assert_close(loaded(images), namespace["program"].module()(images))
+
+
+def test_swap_example_replaces_the_layers_and_reports_the_batch_norm(capsys):
+    namespace = example_namespace("lipkernels.nn.swap(cnn)")
+    model, report = namespace["model"], namespace["report"]
+    assert [name for name, *_ in report.replaced] == ["0", "3", "6"]
+    assert [(name, kind) for name, kind, _ in report.kept] == [("2", "BatchNorm2d")]
+    assert isinstance(model[0], lipkernels.nn.SOCConv2d)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert "replaced 3 module(s), kept 1:" in capsys.readouterr().out

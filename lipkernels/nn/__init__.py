@@ -6,6 +6,7 @@ from .householder import HouseHolder
 from .lipconvnet import LipConvNet
 from .max_min import MaxMin
 from .soc import SOCConv2d, SOCLinear
+from .swap import SwapReport, swap
 
 __all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "HouseHolder",
-           "LipConvNet", "cached"]
+           "LipConvNet", "cached", "swap", "SwapReport"]
