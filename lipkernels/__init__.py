@@ -13,6 +13,7 @@ from .functional import *  # noqa: E402,F401,F403  (every public op: functional.
 from . import nn  # noqa: E402  (layers; after the ops they wrap)
 from .certification import Certification, certify  # noqa: E402
 from .deployment import export  # noqa: E402
+from .model_bound import lipschitz_bound  # noqa: E402
 
 __all__ = ["available_backends", "build_info", "use_backend", "Certification", "certify",
-           "export", *functional.__all__]
+           "export", "lipschitz_bound", *functional.__all__]

@@ -128,6 +128,17 @@ def _round_up(x: float, ulps: int = 4) -> float:
     return x
 
 
+def rounded_up_product(bounds) -> float:
+    """The product of Lipschitz bounds, each float multiplication rounded up by an ulp (where
+    the product is positive and finite), so that it bounds the exact product: the bound of a
+    composition."""
+    total = 1.0
+    for bound in bounds:
+        product = total * bound
+        total = math.nextafter(product, math.inf) if 0.0 < product < math.inf else product
+    return total
+
+
 def _frequency_grid(kernel: tuple[int, int], input_size) -> tuple[tuple[int, int], float]:
     """The torus (N1, N2) whose circular norm is certified, and the factor that turns it into
     the bound: 1 for a given input size (fact 2), 1 / (1 - tau^2 / 2) otherwise (fact 3)."""

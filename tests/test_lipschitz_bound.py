@@ -487,7 +487,8 @@ def test_lipconvnet_bound_is_the_product_at_the_sizes_it_feeds(mode):
             size //= layer.stride
     expected *= net.head.lipschitz_bound()
     bound = net.lipschitz_bound()
-    assert bound == expected
+    # The product is rounded up by an ulp at each of its 11 multiplications.
+    assert expected <= bound <= expected * (1 + 2.0 ** -48)
     assert bound <= math.prod(layer.lipschitz_bound() for layer in net.soc_layers()) * (1 + 1e-6)
     assert bound < (1.0048 ** 11 if mode == "train" else 1 + 1e-6)
 

@@ -6,12 +6,11 @@ SOC defaults of Singla, Singla & Feizi, NeurIPS 2022 (6 training / 15 eval serie
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .._checks import check_count, check_nonnegative
+from ..bounds import rounded_up_product
 from .householder import HouseHolder
 from .max_min import MaxMin
 from .soc import BOUND_TOLERANCE, INIT_ITERS, SOCConv2d, SOCLinear
@@ -118,7 +117,7 @@ class LipConvNet(nn.Module):
         """A provable upper bound (a Python float) on the network's l2 Lipschitz constant.
 
         The product of the SOC layers' `lipschitz_bound` (each including its series truncation,
-        for the current mode): the activations are 1-Lipschitz (MaxMin sorts pairs of channels;
+        for the current mode; the product rounded up, `bounds.rounded_up_product`): the activations are 1-Lipschitz (MaxMin sorts pairs of channels;
         HouseHolder is a continuous, piecewise orthogonal map) and flattening is an isometry, so
         the composition's constant is at most the product of the layers'. `forward` accepts only
         `input_size` inputs, so each SOCConv2d is bounded at the one size it sees (input_size
@@ -135,4 +134,4 @@ class LipConvNet(nn.Module):
             if isinstance(layer, SOCConv2d):
                 bounds.append(layer.lipschitz_bound((height, width), tolerance=tolerance))
                 height, width = height // layer.stride, width // layer.stride
-        return math.prod(bounds) * self.head.lipschitz_bound(tolerance=tolerance)
+        return rounded_up_product([*bounds, self.head.lipschitz_bound(tolerance=tolerance)])
