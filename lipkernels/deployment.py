@@ -1,9 +1,10 @@
 """`lipkernels.export`: a model holding lipkernels layers as a program of plain torch operators.
 
-The program is a `torch.export.ExportedProgram` traced with the reference backend in eval mode, so
-its graph holds only ATen operators (no lipkernels custom op): `torch.export.save` writes it and
-`torch.export.load` runs it in a process that never imports lipkernels, and `.module()` gives a
-plain `torch.fx.GraphModule`. Each layer's eval forward is traced as it runs, with its normalisation
+The program is a `torch.export.ExportedProgram` traced in eval mode. On the reference backend (the
+default) its graph holds only ATen operators (no lipkernels custom op): `torch.export.save` writes
+it and `torch.export.load` runs it in a process that never imports lipkernels, and `.module()`
+gives a plain `torch.fx.GraphModule`. On a kernel backend the graph calls the lipkernels ops
+(`torch.ops.lipkernels.*`), so loading it needs `import lipkernels` first, which registers them. Each layer's eval forward is traced as it runs, with its normalisation
 from the stored parameters and vectors (SOC's sigma from its persistent vectors, Cayley's alpha
 and frequency transforms), so the program computes exactly what the model computes in eval.
 """
@@ -18,7 +19,7 @@ __all__ = ["export"]
 
 
 def export(model: torch.nn.Module, example_inputs: tuple, *, dynamic_batch: bool = True,
-           strict: bool = False) -> torch.export.ExportedProgram:
+           backend: str = "reference", strict: bool = False) -> torch.export.ExportedProgram:
     """The eval-mode `model` as an ExportedProgram of plain torch operators.
 
     Args:
@@ -26,10 +27,13 @@ def export(model: torch.nn.Module, example_inputs: tuple, *, dynamic_batch: bool
         example_inputs: a tuple of the forward's positional inputs (the shapes to trace at).
         dynamic_batch: leave the first dimension of every input tensor free (sizes from 1), so
             that the program runs other batch sizes; False keeps the example's.
+        backend: the backend traced ("reference": plain ATen operators, loadable without
+            lipkernels; "cpp", "triton", "cuda" or "auto": the graph calls lipkernels' kernel
+            ops, and loading it needs lipkernels imported).
         strict: passed to torch.export.export.
 
-    The graph computes the eval forward on the reference implementation of every op (plain
-    ATen operators): the program needs torch only, on any device torch supports.
+    On the reference backend the graph computes the eval forward with plain ATen operators:
+    the program needs torch only, on any device torch supports.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"export: model must be a torch.nn.Module; got {type(model).__name__}")
@@ -44,7 +48,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, *, dynamic_batch: bool
     training = model.training
     model.eval()
     try:
-        with use_backend("reference"), torch.no_grad():
+        with use_backend(backend), torch.no_grad():
             return torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes,
                                        strict=strict)
     finally:

@@ -1,5 +1,6 @@
 """lipkernels.export: the eval model as a program of plain torch operators, with the model's
-outputs, for other batch sizes, saved and loaded in a process that cannot import lipkernels."""
+outputs, for other batch sizes, saved and loaded in a process that cannot import lipkernels; on
+a kernel backend, a program of lipkernels ops that loads where lipkernels is imported."""
 
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import lipkernels
+from helpers import require_backend
 from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d
 
 
@@ -71,6 +73,32 @@ def test_saved_program_runs_where_lipkernels_cannot_be_imported(tmp_path):
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded without lipkernels" in result.stdout
+
+
+def test_kernel_backend_program_loads_where_lipkernels_is_imported(tmp_path):
+    """Traced on the C++ kernels, the graph calls lipkernels' ops: saved, it loads and runs in a
+    process that imports lipkernels (which registers them), with the kernels' outputs."""
+    require_backend("cpu", "cpp")
+    model, shape = _models()["LipConvNet"]
+    x = torch.randn(3, *shape)
+    program = lipkernels.export(model, (x,), backend="cpp")
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"lipkernels.soc_exp.default", "lipkernels.max_min.default"} <= targets
+    torch.export.save(program, tmp_path / "model.pt2")
+    with lipkernels.use_backend("cpp"), torch.no_grad():
+        torch.save((x, model.eval()(x)), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        import lipkernels
+        program = torch.export.load({str(tmp_path / "model.pt2")!r})
+        x, expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(program.module()(x), expected, rtol=0, atol=0)
+        print("loaded with lipkernels")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded with lipkernels" in result.stdout
 
 
 def test_bad_arguments():
