@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from collections.abc import Callable
 
 import torch
@@ -129,13 +130,15 @@ def _round_up(x: float, ulps: int = 4) -> float:
 
 
 def rounded_up_product(bounds) -> float:
-    """The product of Lipschitz bounds, each float multiplication rounded up by an ulp (where
-    the product is positive and finite), so that it bounds the exact product: the bound of a
-    composition."""
+    """The product of Lipschitz bounds, each inexact float multiplication rounded up by an ulp,
+    so that it bounds the exact product: the bound of a composition (an exact one, such as a
+    product of ones, stays as it is)."""
     total = 1.0
     for bound in bounds:
         product = total * bound
-        total = math.nextafter(product, math.inf) if 0.0 < product < math.inf else product
+        if 0.0 < product < math.inf and Fraction(product) != Fraction(total) * Fraction(bound):
+            product = math.nextafter(product, math.inf)
+        total = product
     return total
 
 
