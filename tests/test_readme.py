@@ -40,7 +40,7 @@ def test_fantastic_four_conv_is_one_lipschitz_and_updates_its_vectors():
 
 
 def test_certification_example_reports_clean_and_certified_accuracy(capsys):
-    namespace = example_namespace("lipkernels.certify(")
+    namespace = example_namespace("model = lipkernels.nn.LipConvNet(depth=5, init_channels=8)")
     result = namespace["result"]
     assert result.eps == (0.0, 36 / 255, 72 / 255)
     assert result.radii.shape == (16,) and (result.radii >= 0).all()
@@ -67,3 +67,17 @@ def test_swap_example_replaces_the_layers_and_reports_the_batch_norm(capsys):
     assert isinstance(model[0], lipkernels.nn.SOCConv2d)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert "replaced 3 module(s), kept 1:" in capsys.readouterr().out
+
+
+def test_walkthrough_swaps_trains_certifies_and_exports_one_cnn(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace = example_namespace("swapped-cnn.pt2")
+    model, result, bound = namespace["swapped"], namespace["result"], namespace["bound"]
+    assert [name for name, *_ in namespace["report"].replaced] == ["0", "2", "5"]
+    assert isinstance(model[5], lipkernels.nn.SOCLinear) and 1.0 <= bound < 1.01
+    assert result.accuracy.shape == (2,) and result.accuracy[0] >= result.accuracy[1]
+    loaded = torch.export.load(tmp_path / "swapped-cnn.pt2").module()
+    images = namespace["images"][:5]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), rtol=1e-5, atol=1e-5)
+    assert "replaced 3 module(s)" in capsys.readouterr().out
