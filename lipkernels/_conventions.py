@@ -28,6 +28,14 @@ GRAD_MODES = ("exact", "fast")
 PADDINGS = ("circular", "zeros")
 
 
+def pooling_windows_per_pixel(module) -> int:
+    """The most windows of a 2-D pooling module one input pixel falls in: prod ceil(k / s) (1
+    where the windows do not overlap)."""
+    kernel, stride = input_size_pair(module.kernel_size), input_size_pair(
+        module.stride or module.kernel_size)
+    return math.prod(-(-k // s) for k, s in zip(kernel, stride))
+
+
 def input_size_pair(input_size) -> tuple[int, int]:
     """(n1, n2) from an int (square input) or a pair."""
     if isinstance(input_size, int):

@@ -16,6 +16,7 @@ import math
 
 from torch import nn
 
+from ._conventions import pooling_windows_per_pixel
 from .bounds import rounded_up_product
 from .nn.householder import HouseHolder
 from .nn.max_min import MaxMin
@@ -32,12 +33,6 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _windows_per_pixel(module) -> int:
-    """The most pooling windows one input pixel falls in: ceil(k / s) per axis."""
-    kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-    return math.prod(-(-k // s) for k, s in zip(kernel, stride))
-
-
 def _pooling_bound(name: str, module) -> float:
     """Max pooling: sqrt(windows per pixel) (each window's max moves by at most the l2 norm of
     the window's change). Average pooling: sqrt(windows per pixel / window size) (the mean of n
@@ -47,7 +42,7 @@ def _pooling_bound(name: str, module) -> float:
         raise ValueError(f"lipschitz_bound: cannot bound {name!r} ({type(module).__name__}): "
                          f"dilated pooling is not covered")
     if isinstance(module, nn.MaxPool2d):
-        return math.sqrt(_windows_per_pixel(module))
+        return math.sqrt(pooling_windows_per_pixel(module))
     if module.divisor_override is not None:
         raise ValueError(f"lipschitz_bound: cannot bound {name!r} (AvgPool2d): divisor_override "
                          f"is not covered")
@@ -56,7 +51,7 @@ def _pooling_bound(name: str, module) -> float:
     clipped = module.ceil_mode or (_pair(module.padding) != (0, 0)
                                    and not module.count_include_pad)
     size = 1 if clipped else math.prod(_pair(module.kernel_size))
-    return math.sqrt(_windows_per_pixel(module) / size)
+    return math.sqrt(pooling_windows_per_pixel(module) / size)
 
 
 def _own_bound(module, tolerance: float) -> float:

@@ -8,6 +8,7 @@ import dataclasses
 
 from torch import nn
 
+from .._conventions import pooling_windows_per_pixel
 from .cayley import CayleyConv2d, CayleyLinear
 from .soc import SOCConv2d, SOCLinear
 
@@ -54,9 +55,7 @@ def _linear(module: nn.Linear, layer):
 
 
 def _pooling_reason(module) -> str:
-    kernel = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
-    stride = module.stride if isinstance(module.stride, tuple) else (module.stride,)
-    if all(s >= k for k, s in zip(kernel, stride)):
+    if pooling_windows_per_pixel(module) == 1:
         return "1-Lipschitz: its windows do not overlap"
     return ("its windows overlap, so its Lipschitz constant can exceed 1 (up to the number of "
             "windows a pixel is in, square-rooted): use stride >= kernel_size")
