@@ -27,6 +27,9 @@ GRID_BARRIER_S = 2e-6
 # 0.25 us (a few hundred cycles; an assumption like the two above).
 BLOCK_REDUCTION_S = 0.25e-6
 H100_SMS = 132
+# Float32-accurate products on TF32 tensor cores take three passes (split precision, the high
+# and low halves: Triton's tf32x3).
+SPLIT_TF32_PASSES = 3
 
 ELEMENT_BYTES = {"fp32/TF32": 4, "bf16": 2}
 
@@ -325,38 +328,67 @@ def _split_power_iteration(count: int, m: int, n: int, iters: int) -> tuple[floa
     return LAUNCH_S + iters * sum(terms.values()), max(terms, key=terms.get)
 
 
-def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
-    """power_iteration at `iters` iterations, fp32, on the kernel the launcher picks: matrices
-    that fit one program's registers (`resident_blocks`) on the resident kernel, the others
-    split over the grid. The reference: per iteration two matrix-vector products and two
-    normalisations (8 launches), 3 more at the end, each product reading W (from L2 while it
-    fits, else HBM)."""
+def _gram_power_iteration(count: int, m: int, n: int, iters: int) -> tuple[float, str]:
+    """(seconds, bound) of `_gram_power_iteration_kernel` (its `gram_launch_config`): forming
+    G = W W^T by tiles of its upper triangle, each reading two row blocks of W from L2 and
+    multiplying them in three TF32 passes, a program's share of L2 bandwidth and of the tensor
+    cores per tile, in waves over the programs, W read once from HBM; then per iteration G read
+    (from L2 while it fits) with v by every row block, and one grid barrier; then W read once
+    more for t = W^T v, and two barriers."""
     import torch
 
-    from lipkernels.triton.power_iteration import resident_blocks
+    from lipkernels.triton.power_iteration import gram_launch_config
+    config = gram_launch_config(count, m, n, torch.device("meta"))
+    programs, side, blocks = config["programs"], config["BLOCK_G"], config["gram_blocks"]
+    share = programs / H100_SMS
+    tiles = count * blocks * (blocks + 1) // 2
+    tile = max(2.0 * side * side * n * SPLIT_TF32_PASSES / (TENSOR_FLOPS["fp32/TF32"] / H100_SMS),
+               2.0 * 4 * side * n / (L2_BYTES_PER_S / H100_SMS))
+    w_bytes, gram_bytes = 4.0 * count * m * n, 4.0 * count * m * m
+    forming = w_bytes / HBM_BYTES_PER_S + math.ceil(tiles / programs) * tile
+    gram_bandwidth = L2_BYTES_PER_S if gram_bytes <= L2_BYTES else HBM_BYTES_PER_S
+    w_bandwidth = L2_BYTES_PER_S if w_bytes <= L2_BYTES else HBM_BYTES_PER_S
+    vectors = 4.0 * count * config["row_blocks"] * m
+    terms = {"forming G": forming,
+             "G reads": (iters - 1) * (gram_bytes / gram_bandwidth + vectors / L2_BYTES_PER_S)
+             / share,
+             "W^T v": w_bytes / (w_bandwidth * share),
+             "barriers": (iters + 1) * GRID_BARRIER_S}
+    return LAUNCH_S + sum(terms.values()), max(terms, key=terms.get)
+
+
+_POWER_ITERATION_DESIGNS = {"resident": _resident_power_iteration, "gram": _gram_power_iteration,
+                            "split": _split_power_iteration}
+
+
+def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
+    """power_iteration at `iters` iterations, fp32, on the kernel the launcher picks (`route`):
+    matrices that fit one program's registers on the resident kernel, wide ones on their Gram
+    matrix, the others split over the grid. The reference: per iteration two matrix-vector
+    products and two normalisations (8 launches), 3 more at the end, each product reading W
+    (from L2 while it fits, else HBM)."""
+    import torch
+
+    from lipkernels.triton.power_iteration import route
     lines = [f"| matrices | W MB | design | reference ms | design ms | design bound by | "
              f"ratio | meets {target:g}x |", "|---|---:|---|---:|---:|---|---:|---|"]
     for count, m, n in POWER_ITERATION_MATRICES:
-        resident = resident_blocks(m, n, torch.float32) is not None
-        design, bound = (_resident_power_iteration if resident else _split_power_iteration)(
-            count, m, n, iters)
+        kernel = route(m, n, iters, torch.float32)
+        design, bound = _POWER_ITERATION_DESIGNS[kernel](count, m, n, iters)
         w_bytes = 4.0 * count * m * n
         w_bandwidth = L2_BYTES_PER_S if w_bytes <= L2_BYTES else HBM_BYTES_PER_S
         reference = (8 * iters + 3) * LAUNCH_S + iters * 2 * w_bytes / w_bandwidth
         ratio = reference / design
-        lines.append(f"| {count} x {m} x {n} | {w_bytes / 1e6:.2f} | "
-                     f"{'resident' if resident else 'split'} | {reference * 1e3:.2f} | "
-                     f"{design * 1e3:.2f} | {bound} | {_ratio(ratio)} | "
+        lines.append(f"| {count} x {m} x {n} | {w_bytes / 1e6:.2f} | {kernel} | "
+                     f"{reference * 1e3:.2f} | {design * 1e3:.2f} | {bound} | {_ratio(ratio)} | "
                      f"{'yes' if ratio >= target else 'no'} |")
     return "\n".join(lines)
 
 
 # The cayley_conv2d grid: the Cayley paper's layers (channels, image side), 3x3 filters,
-# circular padding, batch 128, fp32. A complex multiply-add is 8 real FLOPs; float32-accurate
-# products on TF32 tensor cores take three passes (split precision, the high and low halves).
+# circular padding, batch 128, fp32. A complex multiply-add is 8 real FLOPs.
 CAYLEY_LAYERS = ((32, 32), (64, 16), (64, 32), (128, 16), (256, 8), (512, 4))
 COMPLEX_MAC_FLOPS = 8
-SPLIT_TF32_PASSES = 3
 # Eager launches of the reference's forward and backward (the filter's padding, rfft2 and
 # response, the Cayley transform's subtraction, identity, LU, inverse and 2 X - I, the input's
 # rfft2 and the permutes around the per-frequency product, and about twice as many backward),

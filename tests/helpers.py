@@ -32,6 +32,10 @@ KERNEL_TARGETS = [
 ]
 
 # Every backend, the reference included, for tests of behaviour every backend must share.
+# The Triton kernels on both devices, for tests that steer their launchers.
+TRITON_DEVICES = [pytest.param("cpu", id="cpu"),
+                  pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
 ALL_TARGETS = [pytest.param("cpu", "reference", id="cpu-reference"),
                pytest.param("cuda", "reference", id="cuda-reference", marks=pytest.mark.gpu),
                *KERNEL_TARGETS]

@@ -5,7 +5,7 @@ import torch
 
 import lipkernels
 from lipkernels import reference
-from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, TRITON_DEVICES, assert_compiled_matches_eager,
                      assert_rounded_once, compare_with_reference, custom_ops, dtypes_for,
                      gradcheck, matrix_with_spectrum, require_backend, run)
 
@@ -34,37 +34,45 @@ def test_forward_matches_reference(device, backend, batch, m, n, iters):
             (weight, u), dtype, ["sigma", "u", "v"])
 
 
-class _Unlaunchable:
-    def __getitem__(self, grid):
-        raise AssertionError("the resident kernel was launched")
-
-
-def _split_kernel_only(monkeypatch):
-    """Every matrix to the split Triton kernel: none fits the resident one, which fails if
-    launched."""
+def _force_route(monkeypatch, kernel):
+    """Every matrix to the Triton kernel `kernel` ("resident", "gram" or "split"), whatever the
+    launcher's `route` would pick."""
     from lipkernels.triton import power_iteration as triton_power_iteration
 
-    monkeypatch.setattr(triton_power_iteration, "_RESIDENT_BYTES", 0)
-    monkeypatch.setattr(triton_power_iteration, "_resident_power_iteration_kernel",
-                        _Unlaunchable())
+    monkeypatch.setattr(triton_power_iteration, "route", lambda m, n, iters, dtype: kernel)
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("kernel", ["split", "gram"])
 @pytest.mark.parametrize("batch,m,n", SHAPES)
-def test_triton_split_kernel_matches_reference(monkeypatch, batch, m, n):
-    """The Triton kernel splitting matrices over the grid, on every shape (the launcher gives
-    matrices that fit one program's registers to the resident kernel, which the test above
-    runs on all but the largest shape): resident matrices turned off."""
+@pytest.mark.parametrize("iters", [1, 6])
+def test_triton_grid_kernels_match_reference(monkeypatch, device, kernel, batch, m, n, iters):
+    """The Triton kernels that split matrices over the grid, the direct one and the one on the
+    Gram matrix, on every shape (tall ones included, which the launcher never gives the Gram
+    kernel): the test above runs each shape on the kernel the launcher picks."""
+    require_backend(device, "triton")
+    _force_route(monkeypatch, kernel)
+    weight, u = random_problem(batch, m, n, device)
+    for dtype in dtypes_for(device):
+        compare_with_reference(
+            lambda w, v: run("triton", lipkernels.power_iteration, w, v, iters),
+            lambda w, v: reference.power_iteration(w, v, iters), (weight, u), dtype,
+            ["sigma", "u", "v"])
+
+
+@pytest.mark.parametrize("m,n,iters,dtype,kernel", [
+    (16, 144, 50, torch.float32, "resident"), (128, 128, 50, torch.float32, "resident"),
+    (64, 576, 50, torch.float32, "gram"), (64, 576, 2, torch.bfloat16, "gram"),
+    (2048, 18432, 50, torch.float32, "gram"),
+    (64, 576, 1, torch.float32, "split"),  # a single iteration never uses G
+    (2048, 18432, 10, torch.float32, "split"),  # too few iterations to pay for G
+    (576, 64, 50, torch.float32, "split"),  # tall: its Gram matrix would be the larger
+    (64, 576, 50, torch.float64, "split")])
+def test_route_takes_wide_matrices_to_the_gram_kernel_where_it_pays(m, n, iters, dtype, kernel):
     require_backend("cpu", "triton")
     from lipkernels.triton import power_iteration as triton_power_iteration
 
-    assert (triton_power_iteration.resident_blocks(m, n, torch.float32) is None) == (m == 130)
-    _split_kernel_only(monkeypatch)
-    weight, u = random_problem(batch, m, n, "cpu")
-    for dtype in dtypes_for("cpu"):
-        compare_with_reference(
-            lambda w, v: run("triton", lipkernels.power_iteration, w, v, 6),
-            lambda w, v: reference.power_iteration(w, v, 6), (weight, u), dtype,
-            ["sigma", "u", "v"])
+    assert triton_power_iteration.route(m, n, iters, dtype) == kernel
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
@@ -134,20 +142,25 @@ def test_non_finite_weight_gives_nan(device, backend, bad):
     assert torch.isnan(u[1]).all() and torch.isnan(v[1]).all()
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_triton_kernels_on_zero_and_non_finite_weights(monkeypatch, split):
-    """Both Triton kernels (resident, and split over the grid) on degenerate weights: sigma 0
-    and finite vectors for a zero matrix, NaN sigma and vectors for a non-finite one."""
-    require_backend("cpu", "triton")
-    if split:
-        _split_kernel_only(monkeypatch)
-    weight = torch.randn(3, 6, 5)
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("kernel", ["resident", "split", "gram"])
+@pytest.mark.parametrize("iters", [1, 3])
+def test_triton_kernels_on_zero_and_non_finite_weights(monkeypatch, device, kernel, iters):
+    """Every Triton kernel on degenerate weights: sigma 0 and finite vectors for a zero matrix,
+    NaN sigma and vectors for a non-finite one."""
+    require_backend(device, "triton")
+    _force_route(monkeypatch, kernel)
+    weight = torch.randn(3, 5, 6, device=device)
     weight[1] = 0.0
     weight[2, 2, 3] = float("inf")
-    sigma, u, v = run("triton", lipkernels.power_iteration, weight, torch.randn(3, 5), 3)
+    sigma, u, v = run("triton", lipkernels.power_iteration, weight,
+                      torch.randn(3, 6, device=device), iters)
     assert torch.isfinite(sigma[0]) and sigma[0] > 0 and sigma[1] == 0
     assert torch.isfinite(u[:2]).all() and torch.isfinite(v[:2]).all()
-    assert torch.isnan(sigma[2]) and torch.isnan(u[2]).all() and torch.isnan(v[2]).all()
+    assert torch.isnan(sigma[2]) and torch.isnan(u[2]).all()
+    # After one iteration v = normalize(W u) is NaN where W u is infinite and 0 elsewhere, as
+    # the reference's F.normalize gives; from the second on, all of it.
+    assert torch.isnan(v[2]).all() if iters > 1 else torch.isnan(v[2, 2]) and v[2].isnan().sum() == 1
 
 
 def test_value_checks_raise_on_non_finite(monkeypatch):
@@ -215,6 +228,19 @@ def test_unavailable_backend_is_an_error():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_accumulate_in_float32(device, backend, dtype):
     require_backend(device, backend)
+    _half_precision_inputs_accumulate_in_float32(device, backend, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("kernel", ["split", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_grid_kernels_on_half_precision_inputs(monkeypatch, device, kernel, dtype):
+    require_backend(device, "triton")
+    _force_route(monkeypatch, kernel)
+    _half_precision_inputs_accumulate_in_float32(device, "triton", dtype)
+
+
+def _half_precision_inputs_accumulate_in_float32(device, backend, dtype):
     weight, u = random_problem((2,), 24, 40, device)
     assert_rounded_once(
         lambda w, v: run(backend, lipkernels.power_iteration, w, v, 4),

@@ -51,6 +51,7 @@ def test_every_case_compiles_for_both_architectures(compiled):
             "cayley_backward-complex64-n512", "cayley_frequency_product-complex128-C256x512",
             "power_iteration_resident-bfloat16-B128-1x64-T1",
             "power_iteration-float32-B1-1x65536-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
+            "power_iteration_gram-float32-B1-2048x18432-T50",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
             "householder_backward-bfloat16-B128-C1024-H1"} <= cases
     assert len(compiled) == 2 * len(cases)
@@ -149,6 +150,23 @@ def test_power_iteration_is_one_persistent_launch_over_the_sms(compiled):
         where = f"{row['case']} on sm_{row['capability']}"
         assert row["programs"] == min(132, row["tiles"]) == 132, where
         assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
+
+
+def test_wide_matrices_iterate_on_their_gram_matrix_formed_on_tensor_cores(compiled):
+    """The wide reshapes at 50 iterations run on G = W W^T: one persistent launch of a program
+    per SM where G has enough tiles (256 rows and more), the barrier in the code, and G formed
+    by tensor-core products (wgmma on sm_90 where its tiles have 64 rows: 2048 x 18432)."""
+    rows = [row for row in compiled if row["case"].startswith("power_iteration_gram-")]
+    assert len(rows) == 2 * 5 * 2  # dtypes x (shapes at 50 iterations + one at 2) x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] == min(132, row["tiles"]), where
+        assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
+        assert row["mma"] + row["wgmma"] > 0, where
+        if "-64x576-" not in row["case"]:
+            assert row["programs"] == 132, where
+        if "-2048x18432-" in row["case"] and row["capability"] == 90:
+            assert row["wgmma"] > 0, where
 
 
 def test_small_matrices_iterate_in_one_program_each(compiled):

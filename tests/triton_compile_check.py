@@ -131,6 +131,9 @@ def _cayley_cases():
 # one 1 x 65536 row).
 RESIDENT_MATRICES = ((544, 128, 128), (128, 1, 64), (1, 16, 144))
 SPLIT_MATRICES = ((1, 256, 2304), (1, 512, 4608), (1, 2048, 18432), (1, 1, 65536))
+# Those it runs on their Gram matrix at 50 iterations (the M_3 reshapes of 64- to 2048-channel
+# filters); at 2 iterations, the fewest the Gram route takes, on the smallest.
+GRAM_MATRICES = ((1, 64, 576), (1, 256, 2304), (1, 512, 4608), (1, 2048, 18432))
 
 
 def _spectral_cases():
@@ -171,6 +174,23 @@ def _spectral_cases():
             yield (f"power_iteration_backward-{name}-B{count}-{m}x{n}",
                    power_iteration._power_iteration_backward_kernel, (t, t, t, t, m, n),
                    dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps))
+        for count, m, n in GRAM_MATRICES:
+            config = power_iteration.gram_launch_config(count, m, n, torch.device("meta"))
+            programs, gram_blocks = config.pop("programs"), config.pop("gram_blocks")
+            row_blocks, column_blocks = config.pop("row_blocks"), config.pop("column_blocks")
+            launch = {"programs": programs,
+                      "tiles": count * max(gram_blocks ** 2, row_blocks, column_blocks)}
+            constants = dict(config, BLOCK_R=power_iteration._BLOCK_R,
+                             OPERAND=_common.dot_operand_dtype(t),
+                             PRECISION=power_iteration.gram_precision(dtype),
+                             num_warps=power_iteration._NUM_WARPS)
+            for iters in ((50, 2) if m == 64 else (50,)):
+                assert power_iteration.route(m, n, iters, dtype) == "gram"
+                yield (f"power_iteration_gram-{name}-B{count}-{m}x{n}-T{iters}",
+                       power_iteration._gram_power_iteration_kernel,
+                       (t,) * 5 + (acc,) * 7 + (counter, 0, iters + 2, iters, count, m, n,
+                                                gram_blocks, row_blocks, column_blocks),
+                       constants, launch)
         if dtype == torch.float32:
             wide = torch.empty(0, dtype=torch.float64, device="meta")
             yield ("power_iteration_resident-float64-B544-64x128-T50",

@@ -5,6 +5,7 @@ Kept free of @triton.jit code: the kernels themselves live in their op's module.
 
 import torch
 import triton
+import triton.language as tl
 from triton.runtime.jit import JITFunction
 
 # Largest tile a program streams at once, in elements, and the warps that load it. One program
@@ -22,6 +23,20 @@ _MIN_BLOCK = 16
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype, also that of the running vectors: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_TRITON_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32,
+                  torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def dot_operand_dtype(t: torch.Tensor):
+    """The dtype tl.dot multiplies operands taken from tensors like t in: t's own, except
+    bfloat16 on the CPU: the Triton interpreter multiplies bfloat16 tl.dot operands wrongly
+    (numpy has no bfloat16), so they are widened to float32 there, which gives the same products
+    (exact in float32) as a bf16 mma accumulating in float32."""
+    if t.dtype == torch.bfloat16 and t.device.type == "cpu":
+        return tl.float32
+    return _TRITON_DTYPES[t.dtype]
 
 
 def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:

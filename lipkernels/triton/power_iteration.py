@@ -2,16 +2,18 @@
 
 Matrices that fit one program's registers (`resident_blocks`) get a program each, which reads
 its matrix once and iterates on chip (`_resident_power_iteration_kernel`); larger ones are split
-over the whole grid by `_power_iteration_kernel`, phase by phase with grid barriers between
-them (a persistent launch). `conv_spectral_bounds` shares their norm helpers.
+over the whole grid, phase by phase with grid barriers between them (a persistent launch):
+wide ones, at enough iterations, on their Gram matrix W W^T (`_gram_power_iteration_kernel`,
+one product and one barrier an iteration), the others by `_power_iteration_kernel` (two).
+`route` picks. `conv_spectral_bounds` shares their norm helpers.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (accumulation_dtype, block_for, launchable, persistent_programs,
-                      phase_spans, tile_shape)
+from ._common import (accumulation_dtype, block_for, dot_operand_dtype, launchable,
+                      persistent_programs, phase_spans, tile_shape)
 from ._grid_barrier import grid_barrier
 
 
@@ -40,6 +42,15 @@ def _sum_entries(ptr, count, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _block_of(tile, blocks, BLOCK: tl.constexpr):
+    """(matrix b, b as int64, the BLOCK indices of the block) of `tile`, each matrix's `blocks`
+    blocks numbered consecutively."""
+    b = tile // blocks
+    # tl.cast also takes the int the interpreter (or a constexpr 1) gives.
+    return b, tl.cast(b, tl.int64), (tile % blocks) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _row_pass(w_ptr, u_ptr, wu_ptr, t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr,
               first, count, M, N, row_blocks, column_blocks,
               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -48,12 +59,9 @@ def _row_pass(w_ptr, u_ptr, wu_ptr, t_ptr, t_partial_ptr, row_squares_ptr, colum
     block; then the block's share of W^T wu, t_partial[b, block] (N entries), from a second
     sweep of the same rows (read from L2)."""
     acc_ty = t_ptr.dtype.element_ty
-    offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     for tile in range(tl.program_id(0), count * row_blocks, tl.num_programs(0)):
-        b = tile // row_blocks
-        wide_b = tl.cast(b, tl.int64)  # a cast that also takes the interpreter's int
-        rows = (tile % row_blocks) * BLOCK_M + offs_m
+        b, wide_b, rows = _block_of(tile, row_blocks, BLOCK_M)
         row_mask = rows < M
         matrix = w_ptr + wide_b * M * N + rows.to(tl.int64)[:, None] * N
         # The input u is used as given (v = normalize(W u)), hence the unit scale.
@@ -89,9 +97,7 @@ def _column_pass(t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr, coun
     """Per (matrix b, block of BLOCK_N columns) tile: t = W^T v = (sum over row blocks of
     t_partial) / max(|wu|, eps), stored with |t|^2 of the block."""
     for tile in range(tl.program_id(0), count * column_blocks, tl.num_programs(0)):
-        b = tile // column_blocks
-        wide_b = tl.cast(b, tl.int64)
-        cols = (tile % column_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        b, wide_b, cols = _block_of(tile, column_blocks, BLOCK_N)
         inv_norm_v = _inv_norm(_sum_entries(row_squares_ptr + b * row_blocks, row_blocks,
                                             BLOCK_R))
         t = tl.zeros([BLOCK_N], t_ptr.dtype.element_ty)
@@ -104,33 +110,42 @@ def _column_pass(t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr, coun
 
 
 @triton.jit
+def _store_results(sigma_ptr, u_out_ptr, v_out_ptr, t_ptr, v_source_ptr, inv_norm_v, sum_sq_t,
+                   b, j, M, N, row_blocks, column_blocks,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile j of matrix b of the last phase: u's column block j = t / max(|t|, eps), v's row
+    block j = v_source inv_norm_v (where they exist) and, at j = 0, sigma = t . u =
+    |t|^2 / max(|t|, eps) (0 for an all-zero W, NaN for a non-finite one)."""
+    wide_b = tl.cast(b, tl.int64)
+    inv_norm_u = _inv_norm(sum_sq_t)
+    if j < column_blocks:
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        t = tl.load(t_ptr + wide_b * N + cols, mask=cols < N, cache_modifier=".cg")
+        tl.store(u_out_ptr + wide_b * N + cols,
+                 (t * inv_norm_u).to(u_out_ptr.dtype.element_ty), mask=cols < N)
+    if j < row_blocks:
+        rows = j * BLOCK_M + tl.arange(0, BLOCK_M)
+        source = tl.load(v_source_ptr + wide_b * M + rows, mask=rows < M, cache_modifier=".cg")
+        tl.store(v_out_ptr + wide_b * M + rows,
+                 (source * inv_norm_v).to(v_out_ptr.dtype.element_ty), mask=rows < M)
+    if j == 0:
+        tl.store(sigma_ptr + b, (sum_sq_t * inv_norm_u).to(sigma_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _finish(sigma_ptr, u_out_ptr, v_out_ptr, wu_ptr, t_ptr, row_squares_ptr, column_squares_ptr,
             count, M, N, row_blocks, column_blocks,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-    """u = t / max(|t|, eps), v = wu / max(|wu|, eps) and sigma = t . u = |t|^2 / max(|t|, eps)
-    (0 for an all-zero W, NaN for a non-finite one), tile j of matrix b storing u's column
-    block j and v's row block j (where they exist) and, at j = 0, sigma."""
+    """u = t / max(|t|, eps), v = wu / max(|wu|, eps) and sigma = |t|^2 / max(|t|, eps), by
+    tiles of the longer of u and v (`_store_results`)."""
     blocks = tl.maximum(row_blocks, column_blocks)
     for tile in range(tl.program_id(0), count * blocks, tl.num_programs(0)):
         b = tile // blocks
-        wide_b = tl.cast(b, tl.int64)
-        j = tile % blocks
         sum_sq_t = _sum_entries(column_squares_ptr + b * column_blocks, column_blocks, BLOCK_R)
-        inv_norm_u = _inv_norm(sum_sq_t)
-        if j < column_blocks:
-            cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            t = tl.load(t_ptr + wide_b * N + cols, mask=cols < N, cache_modifier=".cg")
-            tl.store(u_out_ptr + wide_b * N + cols,
-                     (t * inv_norm_u).to(u_out_ptr.dtype.element_ty), mask=cols < N)
-        if j < row_blocks:
-            inv_norm_v = _inv_norm(_sum_entries(row_squares_ptr + b * row_blocks, row_blocks,
-                                                BLOCK_R))
-            rows = j * BLOCK_M + tl.arange(0, BLOCK_M)
-            wu = tl.load(wu_ptr + wide_b * M + rows, mask=rows < M, cache_modifier=".cg")
-            tl.store(v_out_ptr + wide_b * M + rows,
-                     (wu * inv_norm_v).to(v_out_ptr.dtype.element_ty), mask=rows < M)
-        if j == 0:
-            tl.store(sigma_ptr + b, (sum_sq_t * inv_norm_u).to(sigma_ptr.dtype.element_ty))
+        inv_norm_v = _inv_norm(_sum_entries(row_squares_ptr + b * row_blocks, row_blocks,
+                                            BLOCK_R))
+        _store_results(sigma_ptr, u_out_ptr, v_out_ptr, t_ptr, wu_ptr, inv_norm_v, sum_sq_t, b,
+                       tile % blocks, M, N, row_blocks, column_blocks, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -170,6 +185,187 @@ def _power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, wu_pt
         else:
             _column_pass(t_ptr, t_partial_ptr, row_squares_ptr, column_squares_ptr, count, N,
                          row_blocks, column_blocks, BLOCK_N, BLOCK_R)
+
+
+@triton.jit
+def _gram_scale(first_squares_ptr, dots_ptr, squares_ptr, k, b, count, row_blocks, gram_blocks,
+                BLOCK_R: tl.constexpr):
+    """c_k with v_(k+1) = g_k c_k, from the block partials of phase k (fixed-order sums).
+
+    k = 0, g_0 = W u (u used as given): c_0 = 1 / max(|g_0|, eps). k >= 1, g_k = G v_k: the
+    split kernel's t = W^T v_k has |t|^2 = v_k . g_k, so s = 1 / max(sqrt(v_k . g_k), eps) is
+    its normalisation and W u = g_k s, giving c_k = s / max(s |g_k|, eps): the reference's
+    formulas, eps included. v_k . g_k >= 0 in exact arithmetic; a rounded negative is taken as 0.
+    """
+    scale = _inv_norm(_sum_entries(first_squares_ptr + b * gram_blocks, gram_blocks, BLOCK_R))
+    if k > 0:
+        partials = (k % 2) * count * row_blocks + b * row_blocks
+        dot = _sum_entries(dots_ptr + partials, row_blocks, BLOCK_R)
+        s = _inv_norm(tl.where(dot < 0, 0.0, dot))
+        scale = s * _inv_norm(s * s * _sum_entries(squares_ptr + partials, row_blocks, BLOCK_R))
+    return scale
+
+
+@triton.jit
+def _gram_formation(w_ptr, u_ptr, gram_ptr, g_ptr, first_squares_ptr, form_gram, count, M, N,
+                    gram_blocks, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+                    OPERAND: tl.constexpr, PRECISION: tl.constexpr):
+    """Phase 0, per (matrix b, tile (i, j) of G's upper triangle): G_ij = W_i W_j^T on tensor
+    cores, BLOCK_K columns at a time, stored with its mirror G_ji; a diagonal tile also stores
+    g_0 = W_i u and |g_0|^2 of its rows. At a single iteration (`form_gram` false) G is not
+    needed and only the diagonal tiles work, on g_0."""
+    acc_ty = g_ptr.dtype.element_ty
+    offs_g, offs_k = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_K)
+    for tile in range(tl.program_id(0), count * gram_blocks * gram_blocks, tl.num_programs(0)):
+        b = tile // (gram_blocks * gram_blocks)
+        wide_b = tl.cast(b, tl.int64)
+        i = (tile // gram_blocks) % gram_blocks
+        j = tile % gram_blocks
+        if j >= i and (form_gram or i == j):
+            rows_i, rows_j = i * BLOCK_G + offs_g, j * BLOCK_G + offs_g
+            matrix = w_ptr + wide_b * M * N
+            gram = tl.zeros([BLOCK_G, BLOCK_G], acc_ty)
+            g = tl.zeros([BLOCK_G], acc_ty)
+            for k0 in range(0, N, BLOCK_K):
+                cols = k0 + offs_k
+                a = tl.load(matrix + rows_i.to(tl.int64)[:, None] * N + cols[None, :],
+                            mask=(rows_i < M)[:, None] & (cols < N)[None, :], other=0.0)
+                if i == j:
+                    u = tl.load(u_ptr + wide_b * N + cols, mask=cols < N, other=0.0).to(acc_ty)
+                    g += tl.sum(a.to(acc_ty) * u[None, :], axis=1)
+                if form_gram:
+                    other = tl.load(matrix + rows_j.to(tl.int64)[:, None] * N + cols[None, :],
+                                    mask=(rows_j < M)[:, None] & (cols < N)[None, :], other=0.0)
+                    gram = tl.dot(a.to(OPERAND), tl.trans(other.to(OPERAND)), gram,
+                                  input_precision=PRECISION, out_dtype=acc_ty)
+            if form_gram:
+                block = gram_ptr + wide_b * M * M
+                mask = (rows_i < M)[:, None] & (rows_j < M)[None, :]
+                tl.store(block + rows_i[:, None] * M + rows_j[None, :], gram, mask=mask)
+                if j > i:  # the diagonal tile is stored once: its two halves may round apart
+                    tl.store(block + rows_j[None, :] * M + rows_i[:, None], gram, mask=mask)
+            if i == j:
+                tl.store(g_ptr + wide_b * M + rows_i, g, mask=rows_i < M)
+                tl.store(first_squares_ptr + b * gram_blocks + i, tl.sum(g * g, axis=0))
+
+
+@triton.jit
+def _gram_pass(gram_ptr, g_ptr, first_squares_ptr, dots_ptr, squares_ptr, phase, count, M,
+               row_blocks, gram_blocks, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+               BLOCK_R: tl.constexpr):
+    """Phase k >= 1, per (matrix b, block of BLOCK_M rows): v_k = g_(k-1) c_(k-1)
+    (`_gram_scale`) and the block's rows of g_k = G v_k, with its partials v_k . g_k and
+    |g_k|^2. g alternates between two buffers, so a phase reads one while writing the other."""
+    acc_ty = g_ptr.dtype.element_ty
+    source = g_ptr + ((phase - 1) % 2) * count * M
+    target = g_ptr + (phase % 2) * count * M
+    partials = (phase % 2) * count * row_blocks
+    offs_c = tl.arange(0, BLOCK_C)
+    for tile in range(tl.program_id(0), count * row_blocks, tl.num_programs(0)):
+        b, wide_b, rows = _block_of(tile, row_blocks, BLOCK_M)
+        row_mask = rows < M
+        scale = _gram_scale(first_squares_ptr, dots_ptr, squares_ptr, phase - 1, b, count,
+                            row_blocks, gram_blocks, BLOCK_R)
+        block = gram_ptr + wide_b * M * M + rows.to(tl.int64)[:, None] * M
+        g = tl.zeros([BLOCK_M], acc_ty)
+        for c0 in range(0, M, BLOCK_C):
+            cols = c0 + offs_c
+            gram = tl.load(block + cols[None, :], mask=row_mask[:, None] & (cols < M)[None, :],
+                           other=0.0, cache_modifier=".cg")
+            v = tl.load(source + wide_b * M + cols, mask=cols < M, other=0.0,
+                        cache_modifier=".cg")
+            g += tl.sum(gram * (v * scale)[None, :], axis=1)
+        v_rows = tl.load(source + wide_b * M + rows, mask=row_mask, other=0.0,
+                         cache_modifier=".cg") * scale
+        tl.store(target + wide_b * M + rows, g, mask=row_mask)
+        tl.store(dots_ptr + partials + tile, tl.sum(v_rows * g, axis=0))
+        tl.store(squares_ptr + partials + tile, tl.sum(g * g, axis=0))
+
+
+@triton.jit
+def _gram_column_pass(w_ptr, g_ptr, first_squares_ptr, dots_ptr, squares_ptr, t_ptr,
+                      column_squares_ptr, last, count, M, N, row_blocks, gram_blocks,
+                      column_blocks, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      BLOCK_R: tl.constexpr):
+    """Per (matrix b, block of BLOCK_N columns): t = W^T v with v = g_last c_last, from W's
+    columns (a single read of W), stored with |t|^2 of the block."""
+    acc_ty = t_ptr.dtype.element_ty
+    source = g_ptr + (last % 2) * count * M
+    offs_v = tl.arange(0, BLOCK_V)
+    for tile in range(tl.program_id(0), count * column_blocks, tl.num_programs(0)):
+        b, wide_b, cols = _block_of(tile, column_blocks, BLOCK_N)
+        col_mask = cols < N
+        scale = _gram_scale(first_squares_ptr, dots_ptr, squares_ptr, last, b, count,
+                            row_blocks, gram_blocks, BLOCK_R)
+        t = tl.zeros([BLOCK_N], acc_ty)
+        for r0 in range(0, M, BLOCK_V):
+            rows = r0 + offs_v
+            w = tl.load(w_ptr + wide_b * M * N + rows.to(tl.int64)[:, None] * N + cols[None, :],
+                        mask=(rows < M)[:, None] & col_mask[None, :], other=0.0).to(acc_ty)
+            v = tl.load(source + wide_b * M + rows, mask=rows < M, other=0.0,
+                        cache_modifier=".cg")
+            t += tl.sum(w * (v * scale)[:, None], axis=0)
+        tl.store(t_ptr + wide_b * N + cols, t, mask=col_mask)
+        tl.store(column_squares_ptr + tile, tl.sum(t * t, axis=0))
+
+
+@triton.jit
+def _gram_finish(sigma_ptr, u_out_ptr, v_out_ptr, g_ptr, t_ptr, first_squares_ptr, dots_ptr,
+                 squares_ptr, column_squares_ptr, last, count, M, N, row_blocks, gram_blocks,
+                 column_blocks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_R: tl.constexpr):
+    """u = t / max(|t|, eps), v = g_last c_last and sigma = |t|^2 / max(|t|, eps)
+    (`_store_results`)."""
+    blocks = tl.maximum(row_blocks, column_blocks)
+    source = g_ptr + (last % 2) * count * M
+    for tile in range(tl.program_id(0), count * blocks, tl.num_programs(0)):
+        b = tile // blocks
+        sum_sq_t = _sum_entries(column_squares_ptr + b * column_blocks, column_blocks, BLOCK_R)
+        scale = _gram_scale(first_squares_ptr, dots_ptr, squares_ptr, last, b, count,
+                            row_blocks, gram_blocks, BLOCK_R)
+        _store_results(sigma_ptr, u_out_ptr, v_out_ptr, t_ptr, source, scale, sum_sq_t, b,
+                       tile % blocks, M, N, row_blocks, column_blocks, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _gram_power_iteration_kernel(w_ptr, u_ptr, sigma_ptr, u_out_ptr, v_out_ptr, gram_ptr, g_ptr,
+                                 t_ptr, first_squares_ptr, dots_ptr, squares_ptr,
+                                 column_squares_ptr, counter_ptr, first_phase, last_phase, iters,
+                                 count, M, N, gram_blocks, row_blocks, column_blocks,
+                                 BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                                 BLOCK_R: tl.constexpr, OPERAND: tl.constexpr,
+                                 PRECISION: tl.constexpr):
+    """The power iteration of `_power_iteration_kernel` on wide matrices (M < N), run on the
+    Gram matrix G = W W^T (M x M) so that an iteration is one product and one grid barrier.
+
+    The split kernel's iterates satisfy v_(k+1) = normalize(W normalize(W^T v_k)), and
+    W (W^T v_k) = G v_k, |W^T v_k|^2 = v_k . G v_k: with g_k = G v_k the same sequence, eps
+    clamps included, is v_(k+1) = g_k c_k (`_gram_scale`). Phases, grid barriers between them:
+    0 forms G on tensor cores (float32 in three TF32 passes, `tf32x3`, for float32 accuracy)
+    and g_0 = W u; 1 .. iters - 1 each form g_k; `iters` reads W once more for t = W^T v;
+    the last stores u = t / max(|t|, eps), v and sigma = |t|^2 / max(|t|, eps). G (M^2
+    entries) replaces W (M N) in the iterations' reads, and the barriers fall from 2 iters to
+    iters + 1. Backward as the split kernel's: d sigma / d W = v u^T.
+    """
+    for phase in range(first_phase, last_phase):
+        if phase > first_phase:
+            grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        if phase == 0:
+            _gram_formation(w_ptr, u_ptr, gram_ptr, g_ptr, first_squares_ptr, iters > 1, count,
+                            M, N, gram_blocks, BLOCK_G, BLOCK_K, OPERAND, PRECISION)
+        elif phase < iters:
+            _gram_pass(gram_ptr, g_ptr, first_squares_ptr, dots_ptr, squares_ptr, phase, count,
+                       M, row_blocks, gram_blocks, BLOCK_M, BLOCK_C, BLOCK_R)
+        elif phase == iters:
+            _gram_column_pass(w_ptr, g_ptr, first_squares_ptr, dots_ptr, squares_ptr, t_ptr,
+                              column_squares_ptr, iters - 1, count, M, N, row_blocks,
+                              gram_blocks, column_blocks, BLOCK_N, BLOCK_V, BLOCK_R)
+        else:
+            _gram_finish(sigma_ptr, u_out_ptr, v_out_ptr, g_ptr, t_ptr, first_squares_ptr,
+                         dots_ptr, squares_ptr, column_squares_ptr, iters - 1, count, M, N,
+                         row_blocks, gram_blocks, column_blocks, BLOCK_M, BLOCK_N, BLOCK_R)
 
 
 @triton.jit
@@ -269,6 +465,48 @@ def resident_blocks(m: int, n: int, dtype: torch.dtype) -> tuple[int, int] | Non
     return (block_m, block_n) if fits else None
 
 
+# Columns of W a Gram tile multiplies at once, and the tile sides tried, largest first (tl.dot
+# needs 16 or more).
+_GRAM_BLOCK_K = 32
+_GRAM_BLOCKS = (64, 32, 16)
+# Forming G reads about m^2 n / 64 entries (64-row tiles from L2); each iteration then saves
+# about 3 m n entries (the split kernel's two sweeps of W and its partials) and a grid barrier,
+# so the Gram route pays for itself once m <= 192 (iters - 1).
+_GRAM_PAYBACK_ROWS = 192
+
+
+def gram_launch_config(count: int, m: int, n: int, device: torch.device) -> dict:
+    """Blocks, grid and phases of `_gram_power_iteration_kernel` for `count` m x n matrices:
+    the largest Gram tile whose upper triangle gives every program a tile (else the smallest),
+    and row and column blocks as the split kernel's."""
+    programs = persistent_programs(device)
+    sides = [side for side in _GRAM_BLOCKS if side <= max(_MIN_COLUMNS, triton.next_power_of_2(m))]
+    block_g = next((side for side in sides
+                    if count * (blocks := triton.cdiv(m, side)) * (blocks + 1) // 2 >= programs),
+                   sides[-1])
+    gram_blocks = triton.cdiv(m, block_g)
+    block_m = block_for(count * m, programs, _MIN_ROWS, _MAX_ROWS)
+    block_n = block_for(count * n, programs, _MIN_COLUMNS, _MAX_COLUMNS)
+    padded_m = max(_MIN_COLUMNS, triton.next_power_of_2(m))
+    row_blocks, column_blocks = triton.cdiv(m, block_m), triton.cdiv(n, block_n)
+    tiles = count * max(gram_blocks * gram_blocks, row_blocks, column_blocks)
+    return dict(programs=min(programs, tiles), gram_blocks=gram_blocks, row_blocks=row_blocks,
+                column_blocks=column_blocks, BLOCK_G=block_g, BLOCK_K=_GRAM_BLOCK_K,
+                BLOCK_M=block_m, BLOCK_C=min(padded_m, _STREAM_ELEMENTS // block_m),
+                BLOCK_N=block_n, BLOCK_V=min(padded_m, _STREAM_ELEMENTS // block_n))
+
+
+def route(m: int, n: int, iters: int, dtype: torch.dtype) -> str:
+    """The kernel `power_iteration` runs m x n matrices of `dtype` on: "resident" where a matrix
+    fits one program, "gram" for wide matrices once forming W W^T pays for itself (float64
+    excepted: its products would leave the tensor cores), "split" otherwise."""
+    if resident_blocks(m, n, dtype):
+        return "resident"
+    if dtype != torch.float64 and m < n and m <= _GRAM_PAYBACK_ROWS * (iters - 1):
+        return "gram"
+    return "split"
+
+
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """(sigma (...), u (..., n), v (..., m)) after `iters` power-iteration steps on W (..., m, n).
 
@@ -278,17 +516,24 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     """
     *batch, m, n = weight.shape
     count = weight.numel() // (m * n)
-    sigma = weight.new_empty(batch)
-    u_out = weight.new_empty((*batch, n))
-    v_out = weight.new_empty((*batch, m))
+    outputs = (weight.new_empty(batch), weight.new_empty((*batch, n)),
+               weight.new_empty((*batch, m)))
     if count == 0:
-        return sigma, u_out, v_out
-    blocks = resident_blocks(m, n, weight.dtype)
-    if blocks:
+        return outputs
+    kernel = route(m, n, iters, weight.dtype)
+    if kernel == "resident":
+        block_m, block_n = resident_blocks(m, n, weight.dtype)
         launchable(_resident_power_iteration_kernel)[(count,)](
-            weight, u, sigma, u_out, v_out, iters, m, n, BLOCK_M=blocks[0], BLOCK_N=blocks[1],
+            weight, u, *outputs, iters, m, n, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=_RESIDENT_WARPS)
-        return sigma, u_out, v_out
+    elif kernel == "gram":
+        _launch_gram(weight, u, outputs, iters, count, m, n)
+    else:
+        _launch_split(weight, u, outputs, iters, count, m, n)
+    return outputs
+
+
+def _launch_split(weight, u, outputs, iters, count, m, n):
     config = launch_config(count, m, n, weight.device)
     programs, row_blocks = config.pop("programs"), config.pop("row_blocks")
     column_blocks = config.pop("column_blocks")
@@ -300,10 +545,34 @@ def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int):
     counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
     for first, last in phase_spans(2 * iters + 1, weight.device):
         launchable(_power_iteration_kernel)[(programs,)](
-            weight, u, sigma, u_out, v_out, wu, t, t_partial, row_squares, column_squares,
-            counter, first, last, iters, count, m, n, row_blocks, column_blocks,
-            BLOCK_R=_BLOCK_R, num_warps=_NUM_WARPS, **config)
-    return sigma, u_out, v_out
+            weight, u, *outputs, wu, t, t_partial, row_squares, column_squares, counter, first,
+            last, iters, count, m, n, row_blocks, column_blocks, BLOCK_R=_BLOCK_R,
+            num_warps=_NUM_WARPS, **config)
+
+
+def gram_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision for forming G: float32 in three TF32 passes (float32's accuracy
+    on tensor cores); half precisions multiply exactly into float32 whatever it says."""
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+def _launch_gram(weight, u, outputs, iters, count, m, n):
+    config = gram_launch_config(count, m, n, weight.device)
+    programs, gram_blocks = config.pop("programs"), config.pop("gram_blocks")
+    row_blocks, column_blocks = config.pop("row_blocks"), config.pop("column_blocks")
+    scratch = dict(dtype=accumulation_dtype(weight.dtype), device=weight.device)
+    gram = torch.empty(count, m, m, **scratch) if iters > 1 else torch.empty(0, **scratch)
+    g, t = torch.empty(2, count, m, **scratch), torch.empty(count, n, **scratch)
+    first_squares = torch.empty(count * gram_blocks, **scratch)
+    dots, squares = (torch.empty(2, count * row_blocks, **scratch) for _ in range(2))
+    column_squares = torch.empty(count * column_blocks, **scratch)
+    counter = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    for first, last in phase_spans(iters + 2, weight.device):
+        launchable(_gram_power_iteration_kernel)[(programs,)](
+            weight, u, *outputs, gram, g, t, first_squares, dots, squares, column_squares,
+            counter, first, last, iters, count, m, n, gram_blocks, row_blocks, column_blocks,
+            BLOCK_R=_BLOCK_R, OPERAND=dot_operand_dtype(weight),
+            PRECISION=gram_precision(weight.dtype), num_warps=_NUM_WARPS, **config)
 
 
 def power_iteration_backward(grad_sigma: torch.Tensor, u: torch.Tensor, v: torch.Tensor):

@@ -41,7 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulation_dtype, launchable, persistent_programs, phase_spans
+from ._common import (accumulation_dtype, dot_operand_dtype, launchable, persistent_programs,
+                      phase_spans)
 from ._grid_barrier import grid_barrier
 
 # tl.dot needs every dimension >= 16.
@@ -213,10 +214,6 @@ _HORNER_BLOCK_M = (128, 64, 32, 16)
 _HORNER_BLOCK_N = (64, 32, 16)
 _HORNER_OUTPUTS_PER_WARP = 512
 _HORNER_SMS = 132
-_TRITON_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32,
-                  torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
 def horner_programs(tiles: tuple[int, int], pixels: int, channels: int) -> int:
     """Programs of a Horner step with (BLOCK_M, BLOCK_N) tiles over pixels x channels."""
     return triton.cdiv(pixels, tiles[0]) * triton.cdiv(channels, tiles[1])
@@ -275,14 +272,9 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
 
 def _arithmetic(x: torch.Tensor) -> dict:
     """The products' dtypes and precision for inputs like x, as both kernels take them:
-    acc_ty float64 for float64, else float32; operand_ty the input's own dtype, except bfloat16
-    on the CPU: the Triton interpreter multiplies bfloat16 tl.dot operands wrongly (numpy has no
-    bfloat16), so they are widened to float32 there, which gives the same products (exact in
-    float32) as a bf16 mma accumulating in float32."""
-    widen = x.dtype == torch.bfloat16 and x.device.type == "cpu"
+    acc_ty float64 for float64, else float32; operand_ty `dot_operand_dtype`'s."""
     return dict(acc_ty=tl.float64 if x.dtype == torch.float64 else tl.float32,
-                operand_ty=tl.float32 if widen else _TRITON_DTYPES[x.dtype],
-                PRECISION=_precision(x))
+                operand_ty=dot_operand_dtype(x), PRECISION=_precision(x))
 
 
 def _warps(rows: int, cols: int) -> int:
