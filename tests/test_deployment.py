@@ -12,7 +12,7 @@ from torch import nn
 
 import lipkernels
 from helpers import require_backend
-from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d
+from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d, SOCLinear
 
 
 def _models():
@@ -53,7 +53,16 @@ def test_saved_program_runs_where_lipkernels_cannot_be_imported(tmp_path):
     torch.export.save(lipkernels.export(model, (x,)), tmp_path / "model.pt2")
     with torch.no_grad():
         torch.save((x, model.eval()(x)), tmp_path / "expected.pt")
-    script = textwrap.dedent(f"""
+    _run_without_lipkernels(tmp_path, f"""
+        program = torch.export.load({str(tmp_path / "model.pt2")!r})
+        x, expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    """)
+
+
+def _run_without_lipkernels(tmp_path, body: str):
+    """`body` (torch imported) in a Python process where importing lipkernels fails."""
+    script = textwrap.dedent("""
         import sys
 
         class NoLipkernels:
@@ -63,9 +72,7 @@ def test_saved_program_runs_where_lipkernels_cannot_be_imported(tmp_path):
 
         sys.meta_path.insert(0, NoLipkernels())
         import torch
-        program = torch.export.load({str(tmp_path / "model.pt2")!r})
-        x, expected = torch.load({str(tmp_path / "expected.pt")!r})
-        torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    """) + textwrap.dedent(body) + textwrap.dedent("""
         assert not any(name.startswith("lipkernels") for name in sys.modules)
         print("loaded without lipkernels")
     """)
@@ -73,6 +80,54 @@ def test_saved_program_runs_where_lipkernels_cannot_be_imported(tmp_path):
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded without lipkernels" in result.stdout
+
+
+def _vanilla_layers():
+    torch.manual_seed(0)
+    return [(SOCConv2d(4, 8, 3), (4, 9, 7)), (SOCConv2d(4, 16, 3, stride=2), (4, 8, 6)),
+            (SOCConv2d(8, 4, 5, bias=False, eval_terms=4), (8, 6, 6)),
+            (SOCConv2d(4, 4, 3, eval_terms=2), (4, 5, 5)),
+            (SOCConv2d(4, 4, 3, eval_terms=1), (4, 5, 5)),
+            (SOCLinear(6, 9), (6,)), (SOCLinear(9, 6, bias=False), (9,)),
+            (CayleyLinear(6, 9), (6,)), (CayleyLinear(9, 6), (9,))]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_vanilla_export_is_plain_torch_with_the_eval_outputs_at_any_size(index):
+    """deel-torchlip's convention: SOC layers as plain convolutions in Horner's form (linear
+    layers as one nn.Linear), Cayley linear layers as nn.Linear, in training mode too."""
+    layer, shape = _vanilla_layers()[index]
+    plain = layer.vanilla_export()
+    modules = list(plain.modules())
+    assert all(type(m).__module__.startswith("torch.nn") for m in modules), modules
+    assert layer.training
+    layer.eval()
+    with torch.no_grad():
+        for size in ((2, *shape), (3, *shape[:1], *(2 * d for d in shape[1:]))):
+            x = torch.randn(size)
+            torch.testing.assert_close(plain(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_deel_torchlip_vanilla_model_exports_lipkernels_layers(tmp_path):
+    """torchlip's vanilla_model on a model of lipkernels layers: the constrained layers become
+    plain torch modules (MaxMin, like torchlip's own activations, has none and stays), with the
+    model's eval outputs; saved, the plain part loads where lipkernels cannot be imported."""
+    torchlip = pytest.importorskip("deel.torchlip")
+    torch.manual_seed(0)
+    model = nn.Sequential(SOCConv2d(3, 4, stride=2), MaxMin(), SOCConv2d(4, 4, eval_terms=8),
+                          nn.Flatten(), SOCLinear(4 * 4 * 4, 8), CayleyLinear(8, 5))
+    vanilla = torchlip.vanilla_model(model, in_place=False)
+    kinds = [type(m).__name__ for m in vanilla]
+    assert kinds == ["Sequential", "MaxMin", "Sequential", "Flatten", "Linear", "Linear"], kinds
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+        plain = nn.Sequential(vanilla[2], vanilla[3], vanilla[4], vanilla[5])
+        torch.save((plain, vanilla[:2](x), plain(vanilla[:2](x))), tmp_path / "plain.pt")
+    _run_without_lipkernels(tmp_path, f"""
+        plain, x, expected = torch.load({str(tmp_path / "plain.pt")!r}, weights_only=False)
+        torch.testing.assert_close(plain(x), expected, rtol=0, atol=0)
+    """)
 
 
 def test_kernel_backend_program_loads_where_lipkernels_is_imported(tmp_path):

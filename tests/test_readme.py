@@ -81,3 +81,15 @@ def test_walkthrough_swaps_trains_certifies_and_exports_one_cnn(tmp_path, monkey
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images), rtol=1e-5, atol=1e-5)
     assert "replaced 3 module(s)" in capsys.readouterr().out
+
+
+def test_adapter_example_runs_the_peers_layers_on_lipkernels(capsys):
+    import pytest
+
+    pytest.importorskip("orthogonium")
+    pytest.importorskip("deel.torchlip")
+    namespace = example_namespace("from lipkernels.adapters import orthogonium, torchlip")
+    printed = capsys.readouterr().out
+    assert "BatchedPowerIteration -> PowerIteration" in printed
+    assert "_SpectralNorm -> SpectralNorm" in printed
+    assert namespace["y"].shape == (8, 32)

@@ -28,6 +28,7 @@ from .._spectral import frequency_conv2d, frequency_responses
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached
 from ._unshuffle import unshuffle
+from ._vanilla import plain_module
 
 
 class _ScaledCayley(EvalCached):
@@ -219,6 +220,15 @@ class CayleyLinear(_ScaledCayley):
             return functional.cayley(weight.to(working_dtype(weight.dtype))).to(weight.dtype)
 
         return self._derived_weight(None, compute)
+
+    @torch.no_grad()
+    def vanilla_export(self) -> nn.Linear:
+        """The layer as a plain nn.Linear holding Q (deel-torchlip's convention, which its
+        `vanilla_model` calls): the same outputs, loading with torch only."""
+        with full_parameters(self):
+            weight = self.orthogonal_weight()
+        bias = None if self.bias is None else self.bias.detach()
+        return plain_module(nn.Linear, weight, bias, self.in_features, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layer_input(type(self).__name__, x, 2, "(B, in_features)", "in_features",

@@ -37,6 +37,7 @@ from ..functional import _check_conv_spectrum_input
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached
 from ._unshuffle import unshuffle
+from ._vanilla import plain_module
 
 # Power iterations run on the fresh filter at construction (and by `update_vectors` by default),
 # as in the seed code (`init_iters=50`).
@@ -410,6 +411,61 @@ class _SkewOrthogonal(EvalCached):
         terms = self.terms
         accept = bound_accepts(terms, tolerance) if tolerance > 0 else None
         return truncated_exp_bound(_skew_conv_norm_bound(S, input_size, accept), terms, tolerance)
+
+    @torch.no_grad()
+    def _eval_filter(self) -> torch.Tensor:
+        """S_n as the eval forward computes it (no iteration, sigma from the stored vectors),
+        whatever the current mode."""
+        training = self.training
+        try:
+            with _autocast_off(self.weight.device.type), full_parameters(self):
+                self.train(False)
+                return self._normalized_filter(store_vectors=False)
+        finally:
+            self.train(training)
+
+    def _horner_kernels(self) -> list[torch.Tensor]:
+        """The eval series T(S_n) x = sum_{i < eval_terms} S_n^i x / i! (after the unshuffle)
+        as zero-padded convolutions in sequence, Horner's steps z <- x + S_n z / i for
+        i = n .. 1 (n = eval_terms - 1) on the state (z, x) of 2 C channels: the first maps x
+        to (x + S_n x / n, x), each next (z, x) to (x + S_n z / i, x), the last to
+        x + S_n z (its first out_channels); zero input channels pad x, as the layer does."""
+        S, C = self._eval_filter(), self.channels
+        centre = self.kernel_size // 2
+        identity = torch.zeros_like(S)
+        identity[range(C), range(C), centre, centre] = 1
+        zero, n = torch.zeros_like(S), self.eval_terms - 1
+        inputs = self.in_channels * self.stride ** 2
+        if n == 0:
+            return [identity[:self.out_channels, :inputs]]
+        steps = [torch.cat([S / n + identity, identity])[:, :inputs]]
+        steps += [torch.cat([torch.cat([S / i, identity], 1), torch.cat([zero, identity], 1)])
+                  for i in range(n - 1, 0, -1)]
+        if n == 1:
+            return [(S + identity)[:self.out_channels, :inputs]]
+        steps[-1] = steps[-1][:self.out_channels]
+        return steps
+
+    def vanilla_export(self) -> nn.Module:
+        """The layer in eval as plain torch modules (deel-torchlip's convention, which its
+        `vanilla_model` calls): for SOCConv2d an nn.Sequential of (nn.PixelUnshuffle(2) at
+        stride 2 and) eval_terms - 1 zero-padded nn.Conv2d that compute the truncated series
+        in Horner's form (`_horner_kernels`), the bias on the last; for SOCLinear one nn.Linear,
+        the series' matrix. The same outputs as the layer in eval up to float32 rounding, at
+        every input size; loading them needs torch only."""
+        kernels = self._horner_kernels()
+        bias = None if self.bias is None else self.bias.detach()
+        if isinstance(self, SOCLinear):
+            matrices = [kernel[:, :, 0, 0] for kernel in kernels]
+            series = functools.reduce(lambda z, step: step @ z, matrices)
+            return plain_module(nn.Linear, series, bias, series.shape[1], series.shape[0])
+        modules = [nn.PixelUnshuffle(2)] if self.stride == 2 else []
+        for kernel in kernels:
+            last = kernel is kernels[-1]
+            modules.append(plain_module(nn.Conv2d, kernel, bias if last else None,
+                                        kernel.shape[1], kernel.shape[0], self.kernel_size,
+                                        padding=self.kernel_size // 2))
+        return nn.Sequential(*modules)
 
     def _series_input_size(self, input_size) -> tuple[int, int]:
         """(H, W) of the series' input for layer inputs of `input_size`: halved by the stride-2

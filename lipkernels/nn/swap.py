@@ -7,6 +7,7 @@ import copy
 import dataclasses
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .._conventions import pooling_windows_per_pixel
 from .cayley import CayleyConv2d, CayleyLinear
@@ -54,6 +55,60 @@ def _linear(module: nn.Linear, layer):
                  device=module.weight.device, dtype=module.weight.dtype), ""
 
 
+# The peers' layers swap maps: deel-torchlip's spectral layers (nn.Conv2d / nn.Linear with
+# their own normalisation) to fresh family layers like the torch ones, orthogonium's legacy SOC
+# to lipkernels' SOCConv2d with its parameters and vectors (`to_soc_conv2d`).
+_PEER_CONVS = {"deel.torchlip.modules.conv.SpectralConv2d", "deel.torchlip.modules.conv.FrobeniusConv2d"}
+_PEER_LINEARS = {"deel.torchlip.modules.linear.SpectralLinear",
+                 "deel.torchlip.modules.linear.FrobeniusLinear"}
+_PEER_SOC = "orthogonium.legacy.skew_ortho_conv.SOC"
+# The peers' top-level packages: (the name users know, the lipkernels adapter of its layers).
+_PEERS = {"orthogonium": ("orthogonium", "orthogonium"), "deel": ("deel-torchlip", "torchlip")}
+
+
+def _class_path(module: nn.Module) -> str:
+    kind = parametrize.type_before_parametrizations(module)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _peer(module: nn.Module):
+    """(package name, adapter name) of the peer library a module belongs to, or None."""
+    return _PEERS.get(_class_path(module).split(".")[0])
+
+
+def _class_name(module: nn.Module) -> str:
+    """The module's class name before torch's parametrisations."""
+    return parametrize.type_before_parametrizations(module).__name__
+
+
+def _described(module: nn.Module) -> str:
+    """The module's class and its arguments, on one line."""
+    return f"{_class_name(module)}({module.extra_repr()})"
+
+
+def _peer_soc(module):
+    from ..adapters.orthogonium import to_soc_conv2d
+
+    return to_soc_conv2d(module), "orthogonium's legacy SOC: its weight, bias and vectors carried"
+
+
+def _replacement(module: nn.Module, conv_layer, linear_layer, mode: str):
+    """(lipkernels layer, note) for a module swap replaces, or None."""
+    path = _class_path(module)
+    if type(module) is nn.Conv2d or path in _PEER_CONVS:
+        new, note = _conv(module, conv_layer, mode)
+    elif type(module) is nn.Linear or path in _PEER_LINEARS:
+        new, note = _linear(module, linear_layer)
+    elif path == _PEER_SOC:
+        return _peer_soc(module)
+    else:
+        return None
+    peer = _peer(module)
+    if peer:
+        note = "; ".join(filter(None, [f"{peer[0]}'s layer: its weight is not carried", note]))
+    return new, note
+
+
 def _pooling_reason(module) -> str:
     if pooling_windows_per_pixel(module) == 1:
         return "1-Lipschitz: its windows do not overlap"
@@ -63,6 +118,11 @@ def _pooling_reason(module) -> str:
 
 def _kept_reason(module: nn.Module) -> str | None:
     """Why a module without a lipkernels counterpart is kept, or None where it needs no word."""
+    peer = _peer(module)
+    if peer:
+        return (f"a layer of {peer[0]} swap has no mapping for: it keeps its own constraint "
+                f"(lipkernels.adapters.{peer[1]}.adapt runs its normalisation on lipkernels "
+                f"ops)")
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return ("not 1-Lipschitz: it scales by weight / sqrt(running_var + eps), which no bound "
                 "of this model covers; remove it")
@@ -94,27 +154,31 @@ def swap(model: nn.Module, family: str = "soc", *, inplace: bool = False):
         raise TypeError(f"swap: model must be a torch.nn.Module; got {type(model).__name__}")
     conv_layer, linear_layer, mode = FAMILIES[family]
     model = model if inplace else copy.deepcopy(model)
-    replaced, kept = [], []
+    replaced, kept, done = [], [], []
     for name, module in list(model.named_modules()):
+        if any(name.startswith(f"{prefix}.") for prefix in done):
+            continue  # inside a module replaced or kept whole (its parametrisations)
         if type(module).__module__.startswith("lipkernels."):
             continue  # already a lipkernels layer
         try:
-            if type(module) is nn.Conv2d:
-                new, note = _conv(module, conv_layer, mode)
-            elif type(module) is nn.Linear:
-                new, note = _linear(module, linear_layer)
-            else:
-                reason = _kept_reason(module) if not list(module.children()) else None
+            replacement = _replacement(module, conv_layer, linear_layer, mode)
+            if replacement is None:
+                whole = _peer(module) or not list(module.children())
+                reason = _kept_reason(module) if whole else None
                 if reason:
-                    kept.append((name, type(module).__name__, reason))
+                    kept.append((name, _class_name(module), reason))
+                    done.append(name)
                 continue
+            new, note = replacement
         except (TypeError, ValueError) as error:
-            kept.append((name, type(module).__name__, str(error)))
+            kept.append((name, _class_name(module), str(error)))
+            done.append(name)
             continue
+        done.append(name)
         if name:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
         else:  # the model is itself a convolution or a linear layer
             model = new
-        replaced.append((name, repr(module), type(new).__name__, note))
+        replaced.append((name, _described(module), type(new).__name__, note))
     return model, SwapReport(replaced, kept)
