@@ -142,6 +142,18 @@ def rounded_up_product(bounds) -> float:
     return total
 
 
+def rounded_up_sum(bounds) -> float:
+    """The sum of Lipschitz bounds, each inexact float addition rounded up by an ulp, so that it
+    bounds the exact sum: the bound of a sum of maps (the triangle inequality)."""
+    total = 0.0
+    for bound in bounds:
+        result = total + bound
+        if math.isfinite(result) and Fraction(result) != Fraction(total) + Fraction(bound):
+            result = math.nextafter(result, math.inf)
+        total = result
+    return total
+
+
 def _frequency_grid(kernel: tuple[int, int], input_size) -> tuple[tuple[int, int], float]:
     """The torus (N1, N2) whose circular norm is certified, and the factor that turns it into
     the bound: 1 for a given input size (fact 2), 1 / (1 - tau^2 / 2) otherwise (fact 3)."""

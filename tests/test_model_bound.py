@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import lipkernels
-from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d, SOCLinear
+from lipkernels.nn import (CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, Residual, SOCConv2d,
+                           SOCLinear)
 
 
 def _quotients(model, shape, pairs=8):
@@ -97,3 +98,26 @@ def test_nan_layer_bound_gives_nan():
     with torch.no_grad():
         layer.weight[0, 0] = float("nan")
     assert math.isnan(lipkernels.lipschitz_bound(nn.Sequential(layer, nn.ReLU())))
+
+
+def test_residual_blocks_are_bounded_by_the_triangle_inequality():
+    """Residual: scale * (L(shortcut) + L(branch)), exact for identity paths (x + x, the
+    average of x and x); above every measured quotient and the Jacobian norm of a small block;
+    a part it cannot bound named."""
+    torch.manual_seed(0)
+    assert lipkernels.lipschitz_bound(Residual(nn.Identity())) == 2.0
+    assert lipkernels.lipschitz_bound(Residual(nn.Identity(), scale=0.5)) == 1.0
+    block = Residual(nn.Sequential(SOCConv2d(4, 4, eval_terms=6), MaxMin()),
+                     shortcut=SOCConv2d(4, 4, eval_terms=6), scale=0.5).double().eval()
+    model = nn.Sequential(block, nn.Flatten(), SOCLinear(4 * 5 * 5, 3)).double().eval()
+    parts = 0.5 * (block.shortcut.lipschitz_bound() + block.branch[0].lipschitz_bound())
+    bound = lipkernels.lipschitz_bound(model)
+    assert parts * model[2].lipschitz_bound() <= bound <= parts * 1.0001
+    assert (_quotients(model, (4, 5, 5)) <= bound).all()
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(block, x).reshape(100, 100)
+    assert torch.linalg.matrix_norm(jacobian, 2).item() <= lipkernels.lipschitz_bound(block)
+    with pytest.raises(ValueError, match=r"cannot bound Linear: .* \(the branch of a Residual\)"):
+        lipkernels.lipschitz_bound(Residual(nn.Linear(3, 3)))
+    with pytest.raises(ValueError, match="Residual: scale must be a finite number >= 0"):
+        Residual(nn.Identity(), scale=-1.0)

@@ -5,8 +5,9 @@ from .cayley import CayleyConv2d, CayleyLinear
 from .householder import HouseHolder
 from .lipconvnet import LipConvNet
 from .max_min import MaxMin
+from .residual import Residual
 from .soc import SOCConv2d, SOCLinear
 from .swap import SwapReport, swap
 
 __all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "HouseHolder",
-           "LipConvNet", "cached", "swap", "SwapReport"]
+           "LipConvNet", "Residual", "cached", "swap", "SwapReport"]
