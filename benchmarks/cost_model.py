@@ -462,14 +462,59 @@ def conv_spectral_norm_table(target: float = 20.0) -> str:
             reference = frequencies * max(svd, CUSOLVER_CALL_S) + LAUNCH_S
             bandwidth = L2_BYTES_PER_S if responses <= L2_BYTES else HBM_BYTES_PER_S
             flops = 2 * COMPLEX_MAC_FLOPS * frequencies * channels ** 2
-            per_iteration = max(flops / SIMT_FP32_FLOPS, responses / bandwidth)
             bound = ("compute" if flops / SIMT_FP32_FLOPS >= responses / bandwidth
                      else "L2" if bandwidth == L2_BYTES_PER_S else "HBM")
-            design = CONV_NORM_ITERS * per_iteration + responses / HBM_BYTES_PER_S + LAUNCH_S
+            design = _responses_design(channels, frequencies)
             lines.append(f"| C{channels}-k3 | {size}x{size} | {frequencies} | "
                          f"{responses / 1e6:.0f} | {reference * 1e3:.1f} | {design * 1e3:.2f} | "
                          f"{bound} | {_ratio(reference / design)} | "
                          f"{'yes' if reference / design >= target else 'no'} |")
+    return "\n".join(lines)
+
+
+def _responses_design(channels: int, frequencies: int) -> float:
+    """Seconds of conv_spectral_norm's response design at CONV_NORM_ITERS iterations (the
+    table above)."""
+    responses = 8.0 * frequencies * channels ** 2
+    bandwidth = L2_BYTES_PER_S if responses <= L2_BYTES else HBM_BYTES_PER_S
+    flops = 2 * COMPLEX_MAC_FLOPS * frequencies * channels ** 2
+    per_iteration = max(flops / SIMT_FP32_FLOPS, responses / bandwidth)
+    return CONV_NORM_ITERS * per_iteration + responses / HBM_BYTES_PER_S + LAUNCH_S
+
+
+# Output channels of a tile of the tap design's products (the operand V is re-read once per
+# column of tiles).
+TAP_COLUMNS = 128
+
+
+def conv_spectral_norm_taps_table(target: float = 20.0) -> str:
+    """The tap design of conv_spectral_norm (not implemented): the responses never formed; each
+    iteration applies A_f = sum_k e^(-i w_f . k) W_k at every frequency from the real taps W_k,
+    Y = [p_1 V, ..., p_9 V] @ [W_1^T; ...; W_9^T] (the phases p_k(f) applied to the rows of V
+    while loading them), then A^H Y likewise: two real GEMMs of (2F x 9C) @ (9C x C), 72 F C^2
+    FLOPs, in three TF32 passes for float32 accuracy (tf32x3); V (8 F C bytes) read per tap and
+    column of tiles, the 9.4 MB filter from L2; per-frequency norms after each product, two grid
+    barriers an iteration. The op takes whichever design is faster (both kept, `auto` choosing
+    from GPU measurements)."""
+    lines = ["| filter | image | responses design ms | tap design ms | tap design bound by | "
+             f"best ratio | meets {target:.0f}x |", "|---|---|---:|---:|---|---:|---|"]
+    for channels in CONV_NORM_CHANNELS:
+        for size in CONV_NORM_SIZES:
+            frequencies = size * (size // 2 + 1)
+            svd = SVD_FLOPS_PER_CUBE * channels ** 3 / SIMT_FP32_FLOPS
+            reference = frequencies * max(svd, CUSOLVER_CALL_S) + LAUNCH_S
+            flops = 72.0 * frequencies * channels ** 2 * SPLIT_TF32_PASSES
+            reads = (2 * 9 * math.ceil(channels / TAP_COLUMNS) * 8.0 * frequencies * channels
+                     + 2 * 36.0 * channels ** 2)
+            terms = {"compute": flops / TENSOR_FLOPS["fp32/TF32"], "L2": reads / L2_BYTES_PER_S,
+                     "barriers": 2 * GRID_BARRIER_S}
+            taps = CONV_NORM_ITERS * max(terms.values()) + LAUNCH_S
+            best = min(taps, _responses_design(channels, frequencies))
+            lines.append(f"| C{channels}-k3 | {size}x{size} | "
+                         f"{_responses_design(channels, frequencies) * 1e3:.2f} | "
+                         f"{taps * 1e3:.2f} | {max(terms, key=terms.get)} | "
+                         f"{_ratio(reference / best)} | "
+                         f"{'yes' if reference / best >= target else 'no'} |")
     return "\n".join(lines)
 
 
@@ -482,6 +527,7 @@ TABLES = {
     "power_iteration, 50 iterations, resident or split over the grid": power_iteration_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
+    "conv_spectral_norm, 50 iterations, from the filter's taps": conv_spectral_norm_taps_table,
 }
 
 if __name__ == "__main__":
