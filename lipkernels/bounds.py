@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from fractions import Fraction
 from collections.abc import Callable
 
@@ -129,29 +130,30 @@ def _round_up(x: float, ulps: int = 4) -> float:
     return x
 
 
-def rounded_up_product(bounds) -> float:
-    """The product of Lipschitz bounds, each inexact float multiplication rounded up by an ulp,
-    so that it bounds the exact product: the bound of a composition (an exact one, such as a
-    product of ones, stays as it is)."""
-    total = 1.0
+def _rounded_up_fold(bounds, start: float, combine) -> float:
+    """`combine` (float multiplication or addition) folded over non-negative bounds from
+    `start`, each inexact positive result rounded up by an ulp (checked exactly on Fractions),
+    so that the result bounds the exact one; nan and inf stay as they are."""
+    total = start
     for bound in bounds:
-        product = total * bound
-        if 0.0 < product < math.inf and Fraction(product) != Fraction(total) * Fraction(bound):
-            product = math.nextafter(product, math.inf)
-        total = product
-    return total
-
-
-def rounded_up_sum(bounds) -> float:
-    """The sum of Lipschitz bounds, each inexact float addition rounded up by an ulp, so that it
-    bounds the exact sum: the bound of a sum of maps (the triangle inequality)."""
-    total = 0.0
-    for bound in bounds:
-        result = total + bound
-        if math.isfinite(result) and Fraction(result) != Fraction(total) + Fraction(bound):
+        result = combine(total, bound)
+        if 0.0 < result < math.inf and Fraction(result) != combine(Fraction(total),
+                                                                   Fraction(bound)):
             result = math.nextafter(result, math.inf)
         total = result
     return total
+
+
+def rounded_up_product(bounds) -> float:
+    """The product of Lipschitz bounds, rounded up where inexact: the bound of a composition (an
+    exact one, such as a product of ones, stays as it is)."""
+    return _rounded_up_fold(bounds, 1.0, operator.mul)
+
+
+def rounded_up_sum(bounds) -> float:
+    """The sum of Lipschitz bounds, rounded up where inexact: the bound of a sum of maps (the
+    triangle inequality)."""
+    return _rounded_up_fold(bounds, 0.0, operator.add)
 
 
 def _frequency_grid(kernel: tuple[int, int], input_size) -> tuple[tuple[int, int], float]:

@@ -4,8 +4,9 @@ The program is a `torch.export.ExportedProgram` traced in eval mode. On the refe
 default) its graph holds only ATen operators (no lipkernels custom op): `torch.export.save` writes
 it and `torch.export.load` runs it in a process that never imports lipkernels, and `.module()`
 gives a plain `torch.fx.GraphModule`. On a kernel backend the graph calls the lipkernels ops
-(`torch.ops.lipkernels.*`), so loading it needs `import lipkernels` first, which registers them. Each layer's eval forward is traced as it runs, with its normalisation
-from the stored parameters and vectors (SOC's sigma from its persistent vectors, Cayley's alpha
+(`torch.ops.lipkernels.*`), so loading it needs `import lipkernels` first, which registers
+them. Each layer's eval forward is traced as it runs, with its normalisation from the stored
+parameters and vectors (SOC's sigma from its persistent vectors, Cayley's alpha
 and frequency transforms), so the program computes exactly what the model computes in eval.
 """
 

@@ -81,10 +81,6 @@ class SkewOrthogonalConv(_legacy_soc.SOC):
     """orthogonium's legacy SOC layer with its power iterations and its series on lipkernels
     (the same parameters, schedule and outputs)."""
 
-    def _skew_filter(self) -> torch.Tensor:
-        weight = self.unconstrained_conv_filter
-        return 0.5 * (weight - _legacy_soc.transpose_filter(weight))
-
     def _update_iters(self) -> int:
         """The peer's schedule: init_iters every update_freq training steps, update_iters on the
         others, none in eval."""
@@ -95,7 +91,7 @@ class SkewOrthogonalConv(_legacy_soc.SOC):
         return iters
 
     def update_sigma(self):
-        S = self._skew_filter()
+        S = functional.skew(self.unconstrained_conv_filter)
         iters = self._update_iters()
         pairs = [(getattr(self, u), getattr(self, v)) for u, v in _FANTASTIC_FOUR_VECTORS]
         if iters:
@@ -109,7 +105,7 @@ class SkewOrthogonalConv(_legacy_soc.SOC):
         return torch.min(torch.min(torch.min(sigma1, sigma2), sigma3), sigma4)
 
     def forward(self, x):
-        S = self.correction * self._skew_filter() / self.update_sigma()
+        S = self.correction * functional.skew(self.unconstrained_conv_filter) / self.update_sigma()
         terms = (self.train_terms if self.training else self.eval_terms) + 1
         if self.stride > 1:
             x = F.pixel_unshuffle(x, self.stride)

@@ -48,9 +48,9 @@ class LipConvNet(nn.Module):
     in_channels -> init_channels), then one stride-2 SOCConv2d to 2c channels (3 x 3, or 1 x 1 in
     the last block); every conv is followed by the activation. An H x W input ends as
     H/32 x W/32 with 32 * init_channels channels (1 x 1 for 32 x 32), flattened into an
-    SOCLinear(32 * init_channels * H/32 * W/32, num_classes) head (flattening is an isometry). As in the seed code (`lip_convnets.py`),
-    a stride-2 layer maps whatever it receives to 2c: with depth 5 the first layer maps
-    in_channels -> 2 * init_channels.
+    SOCLinear(32 * init_channels * H/32 * W/32, num_classes) head (flattening is an isometry).
+    As in the seed code (`lip_convnets.py`), a stride-2 layer maps whatever it receives to 2c:
+    with depth 5 the first layer maps in_channels -> 2 * init_channels.
 
     Args:
         depth: number of SOCConv2d layers, a multiple of 5 from 5 to 40.
@@ -117,9 +117,10 @@ class LipConvNet(nn.Module):
         """A provable upper bound (a Python float) on the network's l2 Lipschitz constant.
 
         The product of the SOC layers' `lipschitz_bound` (each including its series truncation,
-        for the current mode; the product rounded up, `bounds.rounded_up_product`): the activations are 1-Lipschitz (MaxMin sorts pairs of channels;
-        HouseHolder is a continuous, piecewise orthogonal map) and flattening is an isometry, so
-        the composition's constant is at most the product of the layers'. `forward` accepts only
+        for the current mode; the product rounded up, `bounds.rounded_up_product`): the
+        activations are 1-Lipschitz (MaxMin sorts pairs of channels; HouseHolder is a
+        continuous, piecewise orthogonal map) and flattening is an isometry, so the
+        composition's constant is at most the product of the layers'. `forward` accepts only
         `input_size` inputs, so each SOCConv2d is bounded at the one size it sees (input_size
         halved by every stride-2 layer before it), the tight and fast form of its bound: on the
         2 x 2 images of a 32 x 32 input's widest 3 x 3 layers it needs nine frequencies, and it

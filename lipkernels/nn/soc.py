@@ -436,13 +436,11 @@ class _SkewOrthogonal(EvalCached):
         identity[range(C), range(C), centre, centre] = 1
         zero, n = torch.zeros_like(S), self.eval_terms - 1
         inputs = self.in_channels * self.stride ** 2
-        if n == 0:
-            return [identity[:self.out_channels, :inputs]]
+        if n <= 1:  # the identity, or x + S_n x
+            return [(n * S + identity)[:self.out_channels, :inputs]]
         steps = [torch.cat([S / n + identity, identity])[:, :inputs]]
         steps += [torch.cat([torch.cat([S / i, identity], 1), torch.cat([zero, identity], 1)])
                   for i in range(n - 1, 0, -1)]
-        if n == 1:
-            return [(S + identity)[:self.out_channels, :inputs]]
         steps[-1] = steps[-1][:self.out_channels]
         return steps
 

@@ -58,7 +58,8 @@ def _linear(module: nn.Linear, layer):
 # The peers' layers swap maps: deel-torchlip's spectral layers (nn.Conv2d / nn.Linear with
 # their own normalisation) to fresh family layers like the torch ones, orthogonium's legacy SOC
 # to lipkernels' SOCConv2d with its parameters and vectors (`to_soc_conv2d`).
-_PEER_CONVS = {"deel.torchlip.modules.conv.SpectralConv2d", "deel.torchlip.modules.conv.FrobeniusConv2d"}
+_PEER_CONVS = {"deel.torchlip.modules.conv.SpectralConv2d",
+               "deel.torchlip.modules.conv.FrobeniusConv2d"}
 _PEER_LINEARS = {"deel.torchlip.modules.linear.SpectralLinear",
                  "deel.torchlip.modules.linear.FrobeniusLinear"}
 _PEER_SOC = "orthogonium.legacy.skew_ortho_conv.SOC"
