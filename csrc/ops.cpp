@@ -30,6 +30,18 @@ TORCH_LIBRARY(lipkernels, m) {
       "conv_spectral_bounds_backward(Tensor grad_bounds, Tensor[] vectors, Tensor[] left_vectors,"
       " int[] weight_shape) -> Tensor");
 
+  // Power iteration at every rfft2 frequency f of the circular conv with weight (C_out, C_in, k_h,
+  // k_w) on a height x width image, on the real forms of the responses H_f (docs/design.md §3.1)
+  // from starts u (F, 2 C_in), F = height (width / 2 + 1). Returns (sigma (F,), u (F, 2 C_in),
+  // v (F, 2 C_out)), sigma_f = Re(v_f^H H_f u_f); all iterations in one launch.
+  m.def(
+      "frequency_power_iteration(Tensor weight, Tensor u, int iters, int height, int width)"
+      " -> (Tensor, Tensor, Tensor)");
+  // grad_weight[o, i, k] = sum_f grad_sigma[f] Re(conj(v_f[o]) u_f[i] e^(i theta_fk)).
+  m.def(
+      "frequency_power_iteration_backward(Tensor grad_sigma, Tensor u, Tensor v,"
+      " int[] weight_shape, int height, int width) -> Tensor");
+
   // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (docs/design.md §3.2), all terms in one call,
   // grad_mode "exact" or "fast". Returns (y, saved): what the backward needs beyond x and S, by
   // mode and kernel. Fast mode: [z_2], the second Horner iterate (empty when terms == 1). Exact

@@ -30,23 +30,51 @@ def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False)
     return (spectrum * phase).permute(2, 3, 0, 1)
 
 
+def tap_phases(image_size: tuple[int, int], kernel_size: tuple[int, int], dtype: torch.dtype,
+               device) -> torch.Tensor:
+    """theta (F, k_h k_w): the response at the rfft2 frequency f = (p, q), q <= n2 // 2, is
+    H_f = sum_k W[..., k] e^(i theta_fk) with theta_fk = 2 pi (p (h - c_h) / n1 + q (w - c_w) /
+    n2), k = (h, w) and c the filter's centre ((k - 1) // 2), as `frequency_response` forms it.
+    The integer products are reduced modulo the image size before dividing, so every angle is
+    float64-accurate at any size, then cast to `dtype`."""
+    (n1, n2), (k_h, k_w) = image_size, kernel_size
+    p = torch.arange(n1, dtype=torch.int64)[:, None, None, None]
+    q = torch.arange(n2 // 2 + 1, dtype=torch.int64)[None, :, None, None]
+    h = torch.arange(k_h, dtype=torch.int64)[None, None, :, None] - (k_h - 1) // 2
+    w = torch.arange(k_w, dtype=torch.int64)[None, None, None, :] - (k_w - 1) // 2
+    turns = (p * h % n1).double() / n1 + (q * w % n2).double() / n2
+    theta = (2 * math.pi * turns).reshape(n1 * (n2 // 2 + 1), k_h * k_w)
+    return theta.to(device=device, dtype=dtype)
+
+
+def realified_responses(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The real forms [[Re H, -Im H], [Im H, Re H]] (F, 2 C_out, 2 C_in) of the responses at the
+    rfft2 frequencies (one of each conjugate pair: their singular values are the same), whose
+    singular values are those of H, each twice: u <- H^H H u written on (Re u, Im u)."""
+    responses = frequency_response(weight, size, onesided=True).flatten(0, 1)
+    real, imag = responses.real, responses.imag
+    return torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
+
+
+def frequency_starts(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The start (F, 2 C_in) of a power iteration at every rfft2 frequency: `fixed_start`, the
+    same (Re u, Im u) at each, in `weight`'s working dtype."""
+    frequencies = size[0] * (size[1] // 2 + 1)
+    start = fixed_start(2 * weight.shape[1], weight.device, working_dtype(weight.dtype))
+    # The kernels read u as a dense tensor: the broadcast start materialised.
+    return start.expand(frequencies, -1).contiguous()
+
+
 def power_iteration_norm(weight: torch.Tensor, size: tuple[int, int], iters: int,
-                         power_iteration) -> torch.Tensor:
-    """max over frequencies of the power-iteration estimate of sigma_max(H_f), H the frequency
+                         frequency_power_iteration) -> torch.Tensor:
+    """max over the rfft2 frequencies of the power-iteration estimate of sigma_max(H_f), H the
     responses of the circular conv on a `size` image, in `weight`'s dtype.
 
-    `power_iteration` (the reference, or a backend's fused kernel: same signature and outputs)
-    runs once on the real forms [[Re H, -Im H], [Im H, Re H]] (2m x 2n) of all frequencies,
-    whose singular values are those of H, each twice: the complex iteration u <- H^H H u written
-    on (Re u, Im u). The start (Re u, Im u) is `fixed_start`, the same at every frequency.
+    `frequency_power_iteration` (the reference, or a backend's entry: same signature and
+    outputs) runs `iters` steps at every frequency at once from `frequency_starts`.
     """
-    responses = frequency_response(weight, size)
-    real, imag = responses.real, responses.imag
-    realified = torch.cat([torch.cat([real, -imag], -1), torch.cat([imag, real], -1)], -2)
-    u = fixed_start(realified.shape[-1], realified.device, realified.dtype)
-    # The kernels read u as a dense (..., n) tensor: materialise the broadcast start.
-    u = u.expand(*realified.shape[:-2], -1).contiguous()
-    sigma, _, _ = power_iteration(realified, u, iters)
+    sigma, _, _ = frequency_power_iteration(weight.to(working_dtype(weight.dtype)),
+                                            frequency_starts(weight, size), iters, *size)
     return sigma.max().to(weight.dtype)
 
 

@@ -166,11 +166,13 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
         input_size: n or (n1, n2), each >= 1; the kernel must fit for padding="circular".
         padding: "circular" or "zeros".
         iters: None for the exact SVD (torch.linalg.svdvals, whatever the backend). An int >= 1
-            runs that many power iterations on all per-frequency C_out x C_in matrices at once,
-            each as its real 2 C_out x 2 C_in form [[Re H, -Im H], [Im H, Re H]] (same singular
-            values), through the selected backend's `power_iteration` (one fused launch for all
-            frequencies), from one fixed start (`fixed_start` of
-            `lipkernels._conventions`, deterministic), and returns the
+            runs that many power iterations on the C_out x C_in responses at the rfft2
+            frequencies (one of each conjugate pair) at once, each as its real 2 C_out x 2 C_in
+            form [[Re H, -Im H], [Im H, Re H]] (same singular values), through the selected
+            backend's `frequency_power_iteration` (Triton: one launch applying the responses
+            from the filter's taps; cpp, cuda: the responses formed, then `power_iteration`),
+            from one fixed start (`fixed_start` of `lipkernels._conventions`, deterministic),
+            and returns the
             largest estimate Re(v^H H u): in exact arithmetic never above the exact value
             (computed, it can exceed it by rounding, up to about 2e-7 relative in float32), so
             an estimate rather than a certified bound; it converges with a spectral gap.
@@ -188,7 +190,7 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     if iters is None:
         return reference.conv_spectral_norm(weight, input_size, padding)
     check_iters(op, iters)
-    kernels = KERNELS["power_iteration"]
+    kernels = KERNELS["frequency_power_iteration"]
     backend = _backend.resolve(op, weight.device.type, kernels, weight)
     if backend == "reference":
         return reference.conv_spectral_norm(weight, input_size, padding, iters)

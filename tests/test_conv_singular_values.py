@@ -125,8 +125,9 @@ def norm_and_gradient(fn):
 @pytest.mark.parametrize("iters", [1, 30])
 def test_power_iteration_backends_match_reference(device, backend, c_out, c_in, k, size, padding,
                                                   iters):
-    """The backend's fused power_iteration on the realified responses (complex for k = 3; one
-    real matrix at every frequency for k = 1) gives the reference's estimate and gradient. The
+    """The backend's frequency_power_iteration (Triton: from the filter's taps; cpp, cuda: its
+    power_iteration on the real-form responses; complex for k = 3, real at every frequency for
+    k = 1) gives the reference's estimate and gradient. The
     filter has a spectral gap, so that at 30 iterations the top frequency f and its mirror -f
     (H_{-f} = conj(H_f): an exact tie at convergence) carry the same gradient, whichever of the
     two rounding makes the max."""

@@ -20,7 +20,7 @@ from lipkernels.nn import (CayleyConv2d, CayleyLinear, HouseHolder, LipConvNet, 
                            SOCConv2d, SOCLinear)
 from lipkernels.ops import (bjorck, cayley, cayley_conv2d, householder, max_min, power_iteration,
                             soc_exp)
-from lipkernels.ops import conv_spectral_bounds
+from lipkernels.ops import conv_spectral_bounds, frequency_power_iteration
 from lipkernels.nn._unshuffle import unshuffle
 from lipkernels._conventions import bound_matrix_shapes
 from lipkernels._spectral import bound_matrices
@@ -244,7 +244,7 @@ def _nan_cases():
         "conv_spectral_norm": (None, lambda W: functional.conv_spectral_norm(W, 6), [filter_]),
         "conv_spectral_norm-zeros": (None, lambda W: functional.conv_spectral_norm(W, 6, "zeros"),
                                      [filter_]),
-        "conv_spectral_norm-iters": (power_iteration.KERNELS,
+        "conv_spectral_norm-iters": (frequency_power_iteration.KERNELS,
                                      lambda W: functional.conv_spectral_norm(W, 6, iters=3),
                                      [filter_]),
         "soc_exp": (soc_exp.KERNELS, lambda x, S: functional.soc_exp(x, S, 4), [x, S]),
@@ -307,7 +307,7 @@ def _zero_weight_cases():
         "conv_singular_values": (None, lambda: functional.conv_singular_values(
             torch.zeros(3, 4, 3, 3, dtype=torch.float64), 6), torch.zeros(6, 6, 3,
                                                                           dtype=torch.float64)),
-        "conv_spectral_norm-iters": (power_iteration.KERNELS,
+        "conv_spectral_norm-iters": (frequency_power_iteration.KERNELS,
                                      lambda: functional.conv_spectral_norm(
                                          torch.zeros(3, 4, 3, 3, dtype=torch.float64), 6, iters=3),
                                      torch.zeros((), dtype=torch.float64)),

@@ -32,6 +32,7 @@ from lipkernels.ops.bjorck import KERNELS as BJORCK_KERNELS
 from lipkernels.ops.cayley import KERNELS as CAYLEY_KERNELS
 from lipkernels.ops.cayley_conv2d import KERNELS as CAYLEY_CONV2D_KERNELS
 from lipkernels.ops.conv_spectral_bounds import KERNELS as BOUNDS_KERNELS
+from lipkernels.ops.frequency_power_iteration import KERNELS as FREQUENCY_KERNELS
 from lipkernels.ops.householder import KERNELS as HOUSEHOLDER_KERNELS
 from lipkernels.ops.max_min import KERNELS as MAX_MIN_KERNELS
 from lipkernels.ops.power_iteration import KERNELS as POWER_ITERATION_KERNELS
@@ -150,7 +151,7 @@ CASES = {
     "conv_spectral_norm_iters": Case("conv_spectral_norm", lambda device, iters: (
         lambda W: lipkernels.conv_spectral_norm(W, 2, iters=iters),
         (matrix_with_spectrum([2.0, 0.2], 2, 2, device=device)[:, :, None, None],)),
-        POWER_ITERATION_KERNELS, constant_vectors=True),
+        FREQUENCY_KERNELS, constant_vectors=True),
     "skew": Case("skew", lambda device, iters: (lipkernels.skew, (_randn(2, 2, 3, 3, device=device),))),
     "soc_exp_exact": Case("soc_exp", _soc_exp("exact"), SOC_EXP_KERNELS),
     "soc_exp_fast": Case("soc_exp", _soc_exp("fast"), SOC_EXP_KERNELS, fast=True),

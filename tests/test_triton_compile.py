@@ -52,6 +52,7 @@ def test_every_case_compiles_for_both_architectures(compiled):
             "power_iteration_resident-bfloat16-B128-1x64-T1",
             "power_iteration-float32-B1-1x65536-T1", "conv_spectral_bounds-float32-C1024-k1-T1",
             "power_iteration_gram-float32-B1-2048x18432-T50",
+            "frequency_power_iteration-float32-C512-H56-k3",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
             "householder_backward-bfloat16-B128-C1024-H1"} <= cases
     assert len(compiled) == 2 * len(cases)
@@ -199,6 +200,26 @@ def test_fantastic_four_is_one_persistent_launch_by_slabs(compiled):
             assert row["programs"] == 132, where
         if "-k1-" in row["case"]:
             assert row["wide_loads"] > 0, where
+
+
+def test_conv_spectral_norm_applies_the_taps_on_tensor_cores_over_the_sms(compiled):
+    """frequency_power_iteration (conv_spectral_norm with iters) applies every response from
+    the filter's taps by tensor-core products (wgmma on sm_90 where its time model picks tiles
+    of 64 frequencies, mma.sync for the 16- and 32-frequency tiles it picks on the suite's
+    filters), in one persistent launch with its grid barrier: a program per SM wherever the
+    half steps have 132 tiles, which they have on every suite filter on 32 x 32 and from 256
+    channels on 56 x 56 (on 56 x 56 the model prefers 102 larger tiles below that)."""
+    rows = [row for row in compiled if row["case"].startswith("frequency_power_iteration-")]
+    assert len(rows) == (8 + 2) * 2  # (suite filters + float64 + 1x1) x architectures
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["mma"] + row["wgmma"] > 0, where
+        assert row["release_increments"] >= 1 and row["acquire_reads"] >= 1, where
+        assert row["programs"] == min(132, row["tiles"]), where
+        if "-H32-" in row["case"] or "-C256-" in row["case"] or "-C512-" in row["case"]:
+            assert row["programs"] == 132, where
+        if row["capability"] == 90 and row["tile_rows"] >= 64:
+            assert row["wgmma"] > 0, where
 
 
 def test_power_iteration_streams_matrices_16_bytes_wide(compiled):

@@ -28,8 +28,10 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
 from lipkernels.benchmarking.suites import soc_exp as soc_suite
+from lipkernels.benchmarking.suites import conv_singular_values as norm_suite
 from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
-                               householder, max_min, power_iteration, soc_exp)
+                               frequency_power_iteration, householder, max_min, power_iteration,
+                               soc_exp)
 
 CAPABILITIES = (80, 90)
 def _specialization(kernel, args, constants):
@@ -182,7 +184,7 @@ def _spectral_cases():
                       "tiles": count * max(gram_blocks ** 2, row_blocks, column_blocks)}
             constants = dict(config, BLOCK_R=power_iteration._BLOCK_R,
                              OPERAND=_common.dot_operand_dtype(t),
-                             PRECISION=power_iteration.gram_precision(dtype),
+                             PRECISION=_common.float32_accurate_precision(dtype),
                              num_warps=power_iteration._NUM_WARPS)
             for iters in ((50, 2) if m == 64 else (50,)):
                 assert power_iteration.route(m, n, iters, dtype) == "gram"
@@ -215,6 +217,33 @@ def _spectral_cases():
                    conv_spectral_bounds._conv_spectral_bounds_backward_kernel,
                    (t,) * 10 + (channels * channels * k * k, channels, k, k),
                    dict(BLOCK=conv_spectral_bounds._BACKWARD_BLOCK))
+
+
+def _frequency_cases():
+    """frequency_power_iteration (conv_spectral_norm with iters) on the conv_singular_values
+    suite's filters and images, float32 (tf32x3) at 50 iterations; float64 on the smallest, and
+    a 1 x 1 filter (one tap, a constexpr). Each case carries its launch's program count, its
+    tile count (the smaller half step's) and its tile rows."""
+    counter = torch.empty(0, dtype=torch.int32, device="meta")
+    cases = [(torch.float32, channels, size, 3) for channels in norm_suite.CONV_NORM_CHANNELS
+             for size in norm_suite.CONV_NORM_SIZES]
+    cases += [(torch.float64, cases[0][1], cases[0][2], 3), (torch.float32, 16, 8, 1)]
+    for dtype, channels, size, k in cases:
+        t = torch.empty(0, dtype=dtype, device="meta")
+        frequencies = size * (size // 2 + 1)
+        config = frequency_power_iteration.launch_config(
+            frequencies, k * k, channels, channels, dtype, _common.PROGRAMS_WITHOUT_GPU)
+        programs = config.pop("programs")
+        tiles, _ = frequency_power_iteration.tile_counts(
+            frequencies, k * k, channels, channels, config["BLOCK_F"], config["BLOCK_C"])
+        constants = dict(config, OPERAND=frequency_power_iteration.OPERANDS[dtype],
+                         PRECISION=_common.float32_accurate_precision(dtype),
+                         num_warps=frequency_power_iteration.NUM_WARPS)
+        name = f"{str(dtype).removeprefix('torch.')}-C{channels}-H{size}-k{k}"
+        yield (f"frequency_power_iteration-{name}",
+               frequency_power_iteration._frequency_power_iteration_kernel,
+               (t,) * 8 + (counter, 0, 100, frequencies, k * k, channels, channels), constants,
+               {"programs": programs, "tiles": tiles, "tile_rows": config["BLOCK_F"]})
 
 
 def _pair_cases():
@@ -285,7 +314,8 @@ def compile_case(kernel, args, constants, capability):
 def _cases():
     """Every case: (name, kernel, args, constants), with facts of its launch after them (a dict)
     where the case states them."""
-    return [*_soc_exp_cases(), *_cayley_cases(), *_spectral_cases(), *_pair_cases()]
+    return [*_soc_exp_cases(), *_cayley_cases(), *_spectral_cases(), *_frequency_cases(),
+            *_pair_cases()]
 
 
 _CASES = []

@@ -6,12 +6,13 @@ result of the op's reference in lipkernels.reference. Adding an op adds its modu
 below.
 """
 
-from . import bjorck, cayley, cayley_conv2d, conv_spectral_bounds, householder, max_min, power_iteration
-from . import soc_exp
+from . import bjorck, cayley, cayley_conv2d, conv_spectral_bounds, frequency_power_iteration
+from . import householder, max_min, power_iteration, soc_exp
 
 KERNELS = {
     "power_iteration": power_iteration.KERNELS,
     "conv_spectral_bounds": conv_spectral_bounds.KERNELS,
+    "frequency_power_iteration": frequency_power_iteration.KERNELS,
     "soc_exp": soc_exp.KERNELS,
     "max_min": max_min.KERNELS,
     "householder": householder.KERNELS,

@@ -8,11 +8,12 @@ from .cayley import cayley
 from .cayley_conv2d import cayley_conv2d
 from .conv_singular_values import conv_singular_values, conv_spectral_norm
 from .conv_spectral_bounds import conv_spectral_bounds, fantastic_four
+from .frequency_power_iteration import frequency_power_iteration
 from .householder import householder
 from .max_min import max_min
 from .power_iteration import power_iteration
 from .soc_exp import flip_transpose, skew, soc_exp
 
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
-           "conv_singular_values", "conv_spectral_norm", "flip_transpose", "skew",
+           "frequency_power_iteration", "conv_singular_values", "conv_spectral_norm", "flip_transpose", "skew",
            "soc_exp", "max_min", "householder", "cayley", "cayley_conv2d", "bjorck"]

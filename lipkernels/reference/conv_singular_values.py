@@ -29,7 +29,7 @@ import torch
 
 from .._conventions import circular_size
 from .._spectral import frequency_response, power_iteration_norm
-from .power_iteration import power_iteration
+from .frequency_power_iteration import frequency_power_iteration
 
 
 def conv_singular_values(weight: torch.Tensor, input_size) -> torch.Tensor:
@@ -56,8 +56,9 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     (an isometry E); the circular conv C there reads, for the n1 x n2 outputs R keeps, only x and
     the zero margin, never wrapped pixels of x; so zero-padded conv = R C E and ||R C E|| <= ||C||.
 
-    iters=None takes the exact SVD. An int >= 1 runs that many power iterations on all frequency
-    responses at once (v = normalize(H u); u = normalize(H^H v)) from one fixed unit start
+    iters=None takes the exact SVD. An int >= 1 runs that many power iterations on the responses
+    at the rfft2 frequencies (one of each conjugate pair), all at once (v = normalize(H u);
+    u = normalize(H^H v)) from one fixed unit start
     (`fixed_start`, the same at every frequency, so results are deterministic), then returns
     max_f Re(v^H H_f u), with u, v held constant for the gradient as in `power_iteration`. In
     exact arithmetic each term is at most sigma_max(H_f), so the estimate is at most the exact
@@ -65,12 +66,13 @@ def conv_spectral_norm(weight: torch.Tensor, input_size, padding: str = "circula
     relative in float32 once converged), so it is an estimate, not a certified bound (for one,
     see `lipkernels.bounds.skew_conv_norm_bound`). It converges geometrically, at a rate set by
     sigma_2 / sigma_1 of the frequency holding the maximum.
-    Here the iteration is the reference `power_iteration`; `lipkernels.conv_spectral_norm` runs
-    the same one (`power_iteration_norm`) through the selected backend's fused kernel.
+    Here the iteration is `frequency_power_iteration` (the reference `power_iteration` on the
+    real forms); `lipkernels.conv_spectral_norm` runs the same one (`power_iteration_norm`)
+    through the selected backend's kernel.
     """
     size = circular_size(weight, input_size, padding)
     if iters is None:
         return conv_singular_values(weight, size)[..., 0].max()
-    return power_iteration_norm(weight, size, iters, power_iteration)
+    return power_iteration_norm(weight, size, iters, frequency_power_iteration)
 
 

@@ -39,6 +39,13 @@ def dot_operand_dtype(t: torch.Tensor):
     return _TRITON_DTYPES[t.dtype]
 
 
+def float32_accurate_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision for products that keep float32's accuracy on tensor cores:
+    float32 in three TF32 passes (tf32x3); float64 exact; half precisions multiply exactly
+    into float32 whatever it says."""
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
 def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for streaming a rows x cols matrix.
 
@@ -50,6 +57,17 @@ def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:
     num_warps = max(1, _MAX_WARPS * block_m * block_n // _TILE_ELEMENTS)
     return block_m, block_n, num_warps
 
+
+# The machine the launchers that weigh tiles by a time model choose them for, and the figures
+# docs/performance.md holds every design to (benchmarks/cost_model.py takes them from here): an
+# H100 SXM's dense TF32 tensor-core and SIMT float32 rates, its L2 bandwidth (roughly) and SMs.
+H100_TF32_FLOPS = 495e12
+H100_SIMT_FP32_FLOPS = 67e12
+H100_L2_BYTES_PER_S = 5e12
+H100_SMS = 132
+# Float32-accurate products on TF32 tensor cores take three passes (split precision, the high
+# and low halves: tl.dot's input_precision="tf32x3").
+SPLIT_TF32_PASSES = 3
 
 # Programs of a persistent launch without a GPU to size it (the interpreter), as on an H100.
 PROGRAMS_WITHOUT_GPU = 132

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (accumulation_dtype, block_for, dot_operand_dtype, launchable,
-                      persistent_programs, phase_spans, tile_shape)
+from ._common import (accumulation_dtype, block_for, dot_operand_dtype,
+                      float32_accurate_precision, launchable, persistent_programs, phase_spans,
+                      tile_shape)
 from ._grid_barrier import grid_barrier
 
 
@@ -550,12 +551,6 @@ def _launch_split(weight, u, outputs, iters, count, m, n):
             num_warps=_NUM_WARPS, **config)
 
 
-def gram_precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision for forming G: float32 in three TF32 passes (float32's accuracy
-    on tensor cores); half precisions multiply exactly into float32 whatever it says."""
-    return "tf32x3" if dtype == torch.float32 else "ieee"
-
-
 def _launch_gram(weight, u, outputs, iters, count, m, n):
     config = gram_launch_config(count, m, n, weight.device)
     programs, gram_blocks = config.pop("programs"), config.pop("gram_blocks")
@@ -572,7 +567,7 @@ def _launch_gram(weight, u, outputs, iters, count, m, n):
             weight, u, *outputs, gram, g, t, first_squares, dots, squares, column_squares,
             counter, first, last, iters, count, m, n, gram_blocks, row_blocks, column_blocks,
             BLOCK_R=_BLOCK_R, OPERAND=dot_operand_dtype(weight),
-            PRECISION=gram_precision(weight.dtype), num_warps=_NUM_WARPS, **config)
+            PRECISION=float32_accurate_precision(weight.dtype), num_warps=_NUM_WARPS, **config)
 
 
 def power_iteration_backward(grad_sigma: torch.Tensor, u: torch.Tensor, v: torch.Tensor):

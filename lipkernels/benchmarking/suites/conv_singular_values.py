@@ -15,7 +15,9 @@ from ..core import DTYPE, OnFilter, Op, Suite, grid, relative_error
 
 # The norm of the circular conv with a square 3x3 filter on an n x n image, exact (the reference
 # row: svdvals of the n^2 frequency responses) against the power-iteration estimate of every
-# backend (all frequencies in one fused power_iteration launch). 64..512 channels on 32x32 (CIFAR)
+# backend (all frequencies in one frequency_power_iteration call: on Triton one launch applying
+# the responses from the taps, on cpp and cuda power_iteration on the formed responses). 64..512
+# channels on 32x32 (CIFAR)
 # and 56x56 (the first stage of an ImageNet ResNet) images; the default grid keeps C64 at 32x32,
 # for a 2-core CPU. Peers: deel-torchlip 1.0.5 has no conv operator norm (no FFT; its
 # SpectralConv2d normalises the reshaped kernel by power iteration and a kernel-size
@@ -80,8 +82,10 @@ SUITE = Suite(
         "- providers: `reference` is the exact norm whatever T, "
         "`reference.conv_spectral_norm(weight, n)` (iters=None: FFT of the zero-padded filter, "
         "torch.linalg.svdvals of the n^2 C x C frequency responses); cpp / triton / cuda run "
-        "`lipkernels.conv_spectral_norm(weight, n, iters=T)`: T power iterations on every "
-        "frequency's real 2C x 2C form in one fused power_iteration launch. The speed-up is the "
+        "`lipkernels.conv_spectral_norm(weight, n, iters=T)`: T power iterations at each of the "
+        "n (n / 2 + 1) rfft2 frequencies at once (cpp, cuda: power_iteration on the formed real "
+        "2C x 2C responses in one launch; triton: one launch applying the responses from the "
+        "filter's taps, never formed). The speed-up is the "
         "exact SVD's time over the estimate's. No reference-compile (the reference row is the "
         "SVD), and no peer: deel-torchlip 1.0.5 has no conv operator norm",
         "- ortho_err: |norm - exact| / exact, exact from torch.linalg.svdvals in float64 of the "
