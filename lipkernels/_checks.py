@@ -104,6 +104,13 @@ def check_nonnegative(op: str, name: str, value) -> float:
     return float(value)
 
 
+def check_weight_shape(op: str, weight_shape):
+    """`weight_shape` (a backward's record of its filter) is [C_out, C_in, k_h, k_w], each >= 1."""
+    if len(weight_shape) != 4 or min(weight_shape) < 1:
+        raise ValueError(f"{op}: weight_shape must be [C_out, C_in, k_h, k_w] with every size "
+                         f">= 1; got {list(weight_shape)}")
+
+
 def check_square_filter(op: str, name: str, weight: torch.Tensor):
     """`weight` is a (C, C, k, k) filter with k odd: square in channels and in space, so that it
     and its flip-transpose act on the same C channels with the same "same" padding k // 2."""

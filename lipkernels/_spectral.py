@@ -30,6 +30,11 @@ def frequency_response(weight: torch.Tensor, input_size, onesided: bool = False)
     return (spectrum * phase).permute(2, 3, 0, 1)
 
 
+def rfft2_frequencies(size: tuple[int, int]) -> int:
+    """F = n1 (n2 // 2 + 1): the frequencies rfft2 keeps of an n1 x n2 image."""
+    return size[0] * (size[1] // 2 + 1)
+
+
 def tap_phases(image_size: tuple[int, int], kernel_size: tuple[int, int], dtype: torch.dtype,
                device) -> torch.Tensor:
     """theta (F, k_h k_w): the response at the rfft2 frequency f = (p, q), q <= n2 // 2, is
@@ -59,10 +64,9 @@ def realified_responses(weight: torch.Tensor, size: tuple[int, int]) -> torch.Te
 def frequency_starts(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The start (F, 2 C_in) of a power iteration at every rfft2 frequency: `fixed_start`, the
     same (Re u, Im u) at each, in `weight`'s working dtype."""
-    frequencies = size[0] * (size[1] // 2 + 1)
     start = fixed_start(2 * weight.shape[1], weight.device, working_dtype(weight.dtype))
     # The kernels read u as a dense tensor: the broadcast start materialised.
-    return start.expand(frequencies, -1).contiguous()
+    return start.expand(rfft2_frequencies(size), -1).contiguous()
 
 
 def power_iteration_norm(weight: torch.Tensor, size: tuple[int, int], iters: int,

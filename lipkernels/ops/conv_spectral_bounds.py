@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .._checks import check_iters, check_like, check_tensor
+from .._checks import check_iters, check_like, check_tensor, check_weight_shape
 from .._conventions import bound_matrix_shapes
 from ..reference.conv_spectral_bounds import bound_gradient
 from ._registration import kernel_ops
@@ -33,9 +33,7 @@ def check_backward_inputs(grad_bounds, vectors, left_vectors, weight_shape):
     """The arguments of conv_spectral_bounds_backward(grad_bounds (4,), vectors, left_vectors,
     weight_shape): the right and left vectors of the four reshapes of a weight_shape filter."""
     op = "conv_spectral_bounds_backward"
-    if len(weight_shape) != 4 or min(weight_shape) < 1:
-        raise ValueError(f"{op}: weight_shape must be [C_out, C_in, k_h, k_w] with every size "
-                         f">= 1; got {list(weight_shape)}")
+    check_weight_shape(op, weight_shape)
     check_tensor(op, "grad_bounds", grad_bounds, rank=1)
     if tuple(grad_bounds.shape) != (4,):
         raise ValueError(f"{op}: grad_bounds must have shape (4,); got {tuple(grad_bounds.shape)}")

@@ -21,18 +21,14 @@ import sys
 
 import torch
 
-from .._checks import check_iters, check_like, check_tensor
-from .._spectral import realified_responses
+from .._checks import check_iters, check_like, check_tensor, check_weight_shape
+from .._spectral import realified_responses, rfft2_frequencies
 from ..reference.frequency_power_iteration import sigma_gradient
 from ._registration import kernel_ops
 from .power_iteration import KERNELS as POWER_ITERATION_KERNELS
 
 # The dtypes of the op's tensors: conv_spectral_norm computes half-precision filters in float32.
 _DTYPES = (torch.float32, torch.float64)
-
-
-def _frequencies(height: int, width: int) -> int:
-    return height * (width // 2 + 1)
 
 
 def _check_image(op: str, kernel_size, height, width):
@@ -47,7 +43,8 @@ def check_inputs(weight, u, iters, height, width):
     op = "frequency_power_iteration"
     check_tensor(op, "weight", weight, rank=4, dtypes=_DTYPES)
     _check_image(op, weight.shape[2:], height, width)
-    check_like(op, "u", u, "weight", weight, (_frequencies(height, width), 2 * weight.shape[1]))
+    check_like(op, "u", u, "weight", weight,
+               (rfft2_frequencies((height, width)), 2 * weight.shape[1]))
     check_iters(op, iters)
 
 
@@ -55,19 +52,17 @@ def check_backward_inputs(grad_sigma, u, v, weight_shape, height, width):
     """The arguments of frequency_power_iteration_backward(grad_sigma (F,), u (F, 2 C_in),
     v (F, 2 C_out), weight_shape, height, width)."""
     op = "frequency_power_iteration_backward"
-    if len(weight_shape) != 4 or min(weight_shape) < 1:
-        raise ValueError(f"{op}: weight_shape must be [C_out, C_in, k_h, k_w] with every size "
-                         f">= 1; got {list(weight_shape)}")
+    check_weight_shape(op, weight_shape)
     _check_image(op, weight_shape[2:], height, width)
     check_tensor(op, "grad_sigma", grad_sigma, rank=1, dtypes=_DTYPES)
-    frequencies = _frequencies(height, width)
+    frequencies = rfft2_frequencies((height, width))
     check_like(op, "grad_sigma", grad_sigma, "grad_sigma", grad_sigma, (frequencies,))
     check_like(op, "u", u, "grad_sigma", grad_sigma, (frequencies, 2 * weight_shape[1]))
     check_like(op, "v", v, "grad_sigma", grad_sigma, (frequencies, 2 * weight_shape[0]))
 
 
 def _forward_fake(weight, u, iters, height, width):
-    frequencies = _frequencies(height, width)
+    frequencies = rfft2_frequencies((height, width))
     return (weight.new_empty(frequencies), torch.empty_like(u),
             weight.new_empty((frequencies, 2 * weight.shape[0])))
 
