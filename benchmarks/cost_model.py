@@ -256,9 +256,9 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
     HBM). The implemented design (lipkernels/triton/conv_spectral_bounds.py, its
     `launch_config`): one persistent launch, each program owning output-channel slabs W[o] (the
     rows of M_1, M_2 and M_3 and the columns of M_4 with that o); per iteration one read of the
-    filter (from L2 once it fits there) updates all four iterates, the slab re-read from L2 for
-    the partial products, which are written and read back in L2 by the reduction, two grid
-    barriers. A grid of fewer than 132 programs gets that share of the bandwidth."""
+    filter (from L2 once it fits there) updates all four iterates, the program's slabs read a
+    second time for its partial products (one row of t's length per program), which are
+    written and read back in L2 by the reduction, two grid barriers. A grid of fewer than 132 programs gets that share of the bandwidth."""
     from lipkernels.triton.conv_spectral_bounds import launch_config
     lines = ["| filter | filter MB | reference launches | reference ms | design ms | design "
              "bound by | ratio |", "|---|---:|---:|---:|---:|---|---:|"]
@@ -273,11 +273,13 @@ def fantastic_four_table(iters: int = 50, target: float = 10.0) -> str:
                          + iters * 2 * reshapes * filter_bytes / bandwidth + launches * LAUNCH_S)
             config = launch_config((channels, channels, kernel, kernel), H100_SMS)
             share = config["programs"] / H100_SMS
-            partial_bytes = 4.0 * config["slab_tiles"] * config["length"]
+            partial_bytes = 4.0 * config["partial_rows"] * config["length"]
             design_bandwidth = L2_BYTES_PER_S if filter_bytes <= L2_BYTES else HBM_BYTES_PER_S
             flops = 16.0 * channels ** 2 * kernel ** 2  # 4 dots and 4 updates an element
-            terms = {"memory": filter_bytes / (design_bandwidth * share),
-                     "L2": (filter_bytes + 2 * partial_bytes) / (L2_BYTES_PER_S * share),
+            # The second sweep finds the program's slabs in L2 only where the whole filter
+            # fits: between a program's two sweeps every program reads its own slabs.
+            terms = {"filter": 2 * filter_bytes / (design_bandwidth * share),
+                     "partials": 2 * partial_bytes / (L2_BYTES_PER_S * share),
                      "compute": flops / (SIMT_FP32_FLOPS * share),
                      "barriers": 2 * GRID_BARRIER_S}
             design = LAUNCH_S + iters * sum(terms.values())

@@ -11,9 +11,10 @@ import lipkernels
 from lipkernels import reference
 from lipkernels._conventions import bound_matrix_shapes
 from lipkernels._spectral import bound_matrices
-from helpers import (ALL_TARGETS, KERNEL_TARGETS, assert_compiled_matches_eager,
-                     assert_rounded_once, compare_with_reference, custom_ops, dtypes_for,
-                     filter_with_spectral_gap, gradcheck, require_backend, run)
+from helpers import (ALL_TARGETS, KERNEL_TARGETS, TRITON_DEVICES,
+                     assert_compiled_matches_eager, assert_rounded_once, compare_with_reference,
+                     custom_ops, dtypes_for, filter_with_spectral_gap, gradcheck,
+                     require_backend, run)
 
 # (C_out, C_in, k_h, k_w): square and rectangular channel counts, k in {1, 2, 3, 5}, non-square
 # filters, and one filter whose reshapes are larger than a kernel tile.
@@ -72,6 +73,27 @@ def test_large_filters_take_the_slab_passes_at_every_iteration_count(dtype, shap
     compare_with_reference(kernel_with_left_vectors("cpp"), reference_with_left_vectors,
                            (weight, vectors, iters), dtype, names)
 
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("programs", [3, 2])
+def test_programs_sum_the_partials_of_several_slabs(device, programs, monkeypatch):
+    """A Triton program that owns several output-channel slabs sums their partials into one
+    row before the reduction: few programs over 5 slabs of 8 channels, against the
+    reference."""
+    require_backend(device, "triton")
+    monkeypatch.setattr("lipkernels.triton.conv_spectral_bounds.persistent_programs",
+                        lambda _: programs)
+    shape = (40, 24, 3, 3)
+    from lipkernels.triton.conv_spectral_bounds import launch_config
+    config = launch_config(shape, programs)
+    assert config["programs"] == config["partial_rows"] == programs < config["slab_tiles"]
+    weight = torch.randn(shape, dtype=torch.float64, device=device)
+    vectors = random_vectors(shape, device)
+    names = ["bounds"] + [f"u{q}" for q in range(1, 5)] + [f"v{q}" for q in range(1, 5)]
+    for dtype in dtypes_for(device):
+        compare_with_reference(kernel_with_left_vectors("triton"), reference_with_left_vectors,
+                               (weight, vectors, 3), dtype, names)
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)
 @pytest.mark.parametrize("shape", [(6, 3, 3, 3), (5, 3, 3, 1), (2, 3, 5, 5)])

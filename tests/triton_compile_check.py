@@ -204,6 +204,7 @@ def _spectral_cases():
             config = conv_spectral_bounds.launch_config(shape, _common.PROGRAMS_WITHOUT_GPU)
             programs, slab_tiles = config.pop("programs"), config.pop("slab_tiles")
             reduction_blocks, length = config.pop("reduction_blocks"), config.pop("length")
+            partial_rows = config.pop("partial_rows")
             launch = {"programs": programs, "tiles": slab_tiles}
             constants = dict(config, BLOCK_R=conv_spectral_bounds._BLOCK_R,
                              num_warps=conv_spectral_bounds._NUM_WARPS)
@@ -211,8 +212,8 @@ def _spectral_cases():
                 yield (f"conv_spectral_bounds-{name}-C{channels}-k{k}-T{iters}",
                        conv_spectral_bounds._conv_spectral_bounds_kernel,
                        (t,) * 14 + (acc,) * 7 + (counter, 0, 2 * iters + 2, iters, channels,
-                                                  channels, k, k, slab_tiles, reduction_blocks,
-                                                  length), constants, launch)
+                                                  channels, k, k, slab_tiles, partial_rows,
+                                                  reduction_blocks, length), constants, launch)
             yield (f"conv_spectral_bounds_backward-{name}-C{channels}-k{k}",
                    conv_spectral_bounds._conv_spectral_bounds_backward_kernel,
                    (t,) * 10 + (channels * channels * k * k, channels, k, k),

@@ -45,19 +45,39 @@ def _gather(ptr, index, mask, scale, acc_ty):
 
 
 @triton.jit
+def _slab_indices(tile, C_OUT, KH, KW, BLOCK_O: tl.constexpr, KH_P: tl.constexpr,
+                  KW_P: tl.constexpr):
+    """Indices and masks of slab tile `tile`'s rows of M_1 (o k_h + h), M_2 (o k_w + w) and M_3
+    (o) in the rows buffer, and of its columns (o, h, w) of M_4."""
+    o1 = tile * BLOCK_O + tl.arange(0, BLOCK_O)
+    o2 = o1[:, None]
+    h2 = tl.arange(0, KH_P)[None, :]
+    w2 = tl.arange(0, KW_P)[None, :]
+    index1, mask1 = o2 * KH + h2, (o2 < C_OUT) & (h2 < KH)
+    index2, mask2 = C_OUT * KH + o2 * KW + w2, (o2 < C_OUT) & (w2 < KW)
+    index3, mask3 = C_OUT * (KH + KW) + o1, o1 < C_OUT
+    o3 = o1[:, None, None]
+    h3 = tl.arange(0, KH_P)[None, :, None]
+    w3 = tl.arange(0, KW_P)[None, None, :]
+    index4, mask4 = (o3 * KH + h3) * KW + w3, (o3 < C_OUT) & (h3 < KH) & (w3 < KW)
+    return index1, mask1, index2, mask2, index3, mask3, index4, mask4
+
+
+@triton.jit
 def _slab_pass(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, t_ptr, rows_ptr, partial_ptr,
                row_squares_ptr, t4_ptr, t4_squares_ptr, column_squares_ptr,
                first, only_t4, C_OUT, C_IN, KH, KW, slab_tiles, reduction_blocks, L,
                BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, KH_P: tl.constexpr,
                KW_P: tl.constexpr, BLOCK_R: tl.constexpr):
     """One read of the filter by slabs (BLOCK_O output channels, every input channel and tap)
-    for all four reshapes. Sweep 1 over the slab: wu_q = M_q u_q for its rows of M_1 (o k_h +
+    for all four reshapes. Sweep 1, slab by slab: wu_q = M_q u_q for its rows of M_1 (o k_h +
     h), M_2 (o k_w + w) and M_3 (o), with u_q the inputs (`first`) or t_q / |t_q| of the last
     reduction; and t_4 = M_4^T v_4 for its columns of M_4 (o, h, w), v_4 = wu_4 / |wu_4| of the
-    last reduction (not at `first`: there u_4 is the input). Sweep 2 (the slab again, from L2):
-    the slab's partial M_q^T wu_q (q = 1..3) and M_4 t_4 (M_4 u_4 at `first`), at
-    partial[tile] laid out as t's segments. `only_t4` (after the last iteration): t_4 alone,
-    stored."""
+    last reduction (not at `first`: there u_4 is the input); both stored. Sweep 2 (the
+    program's slabs again, from L2), by chunks of input channels: the program's partial M_q^T
+    wu_q (q = 1..3) and M_4 t_4 (M_4 u_4 at `first`) summed over all its slabs, at
+    partial[program] laid out as t's segments, so that the reduction reads one partial per
+    program rather than one per slab. `only_t4` (after the last iteration): t_4 alone."""
     acc_ty = t_ptr.dtype.element_ty
     B1, B2, B3 = _segments(C_IN, KH, KW)
     one = tl.full([], 1.0, acc_ty)
@@ -94,55 +114,61 @@ def _slab_pass(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, t_ptr, rows_ptr, partial_p
                 wu1 += tl.sum(tl.sum(x * u1, axis=3), axis=1)
                 wu2 += tl.sum(tl.sum(x * u2, axis=2), axis=1)
                 wu3 += tl.sum(tl.sum(tl.sum(x * u3, axis=3), axis=2), axis=1)
-        o3 = tile * BLOCK_O + tl.arange(0, BLOCK_O)[:, None, None]
-        t4_mask = (o3 < C_OUT) & (tl.arange(0, KH_P)[None, :, None] < KH) \
-            & (tl.arange(0, KW_P)[None, None, :] < KW)
-        t4_index = (o3 * KH + tl.arange(0, KH_P)[None, :, None]) * KW \
-            + tl.arange(0, KW_P)[None, None, :]
-        if only_t4:
-            tl.store(t4_ptr + t4_index, t4, mask=t4_mask)
-        else:
-            if first:
-                t4 = tl.load(u4_ptr + t4_index, mask=t4_mask, other=0.0).to(acc_ty)
-            o1 = tile * BLOCK_O + tl.arange(0, BLOCK_O)
-            o2 = o1[:, None]
-            h_mask = (o2 < C_OUT) & (tl.arange(0, KH_P)[None, :] < KH)
-            w_mask = (o2 < C_OUT) & (tl.arange(0, KW_P)[None, :] < KW)
-            tl.store(rows_ptr + o2 * KH + tl.arange(0, KH_P)[None, :], wu1, mask=h_mask)
-            tl.store(rows_ptr + C_OUT * KH + o2 * KW + tl.arange(0, KW_P)[None, :], wu2,
-                     mask=w_mask)
-            tl.store(rows_ptr + C_OUT * (KH + KW) + o1, wu3, mask=o1 < C_OUT)
+        index1, mask1, index2, mask2, index3, mask3, index4, mask4 = _slab_indices(
+            tile, C_OUT, KH, KW, BLOCK_O, KH_P, KW_P)
+        if first:
+            t4 = tl.load(u4_ptr + index4, mask=mask4, other=0.0).to(acc_ty)
+        tl.store(t4_ptr + index4, t4, mask=mask4)
+        tl.store(t4_squares_ptr + tile, tl.sum(tl.sum(tl.sum(t4 * t4, axis=2), axis=1), axis=0))
+        if not only_t4:
+            tl.store(rows_ptr + index1, wu1, mask=mask1)
+            tl.store(rows_ptr + index2, wu2, mask=mask2)
+            tl.store(rows_ptr + index3, wu3, mask=mask3)
             tl.store(row_squares_ptr + tile, tl.sum(tl.sum(wu1 * wu1, axis=1), axis=0))
             tl.store(row_squares_ptr + slab_tiles + tile,
                      tl.sum(tl.sum(wu2 * wu2, axis=1), axis=0))
             tl.store(row_squares_ptr + 2 * slab_tiles + tile, tl.sum(wu3 * wu3, axis=0))
-            partial = partial_ptr + tl.cast(tile, tl.int64) * L
-            for i0 in range(0, C_IN, BLOCK_I):
+    if (not only_t4) and tl.program_id(0) < slab_tiles:
+        # The program's own stores of sweep 1, read back by its other threads.
+        tl.debug_barrier()
+        partial = partial_ptr + tl.cast(tl.program_id(0), tl.int64) * L
+        for i0 in range(0, C_IN, BLOCK_I):
+            part1 = tl.zeros([BLOCK_I, KW_P], acc_ty)
+            part2 = tl.zeros([BLOCK_I, KH_P], acc_ty)
+            part3 = tl.zeros([BLOCK_I, KH_P, KW_P], acc_ty)
+            part4 = tl.zeros([BLOCK_I], acc_ty)
+            for tile in range(tl.program_id(0), slab_tiles, tl.num_programs(0)):
+                index1, mask1, index2, mask2, index3, mask3, index4, mask4 = _slab_indices(
+                    tile, C_OUT, KH, KW, BLOCK_O, KH_P, KW_P)
+                wu1 = _gather(rows_ptr, index1, mask1, one, acc_ty)
+                wu2 = _gather(rows_ptr, index2, mask2, one, acc_ty)
+                wu3 = _gather(rows_ptr, index3, mask3, one, acc_ty)
+                t4 = _gather(t4_ptr, index4, mask4, one, acc_ty)
                 x, o, i, h, w, mask = _chunk(w_ptr, tile, i0, C_OUT, C_IN, KH, KW, acc_ty,
                                              BLOCK_O, BLOCK_I, KH_P, KW_P)
-                i1 = i0 + tl.arange(0, BLOCK_I)
-                part1 = tl.sum(tl.sum(x * wu1[:, None, :, None], axis=2), axis=0)  # (I, W)
-                tl.store(partial + i1[:, None] * KW + tl.arange(0, KW_P)[None, :], part1,
-                         mask=(i1 < C_IN)[:, None] & (tl.arange(0, KW_P) < KW)[None, :])
-                part2 = tl.sum(tl.sum(x * wu2[:, None, None, :], axis=3), axis=0)  # (I, H)
-                tl.store(partial + B1 + tl.arange(0, KH_P)[None, :] * C_IN + i1[:, None],
-                         part2, mask=(i1 < C_IN)[:, None] & (tl.arange(0, KH_P) < KH)[None, :])
-                part3 = tl.sum(x * wu3[:, None, None, None], axis=0)  # (I, H, W)
-                index3 = (i1[:, None, None] * KH + tl.arange(0, KH_P)[None, :, None]) * KW \
-                    + tl.arange(0, KW_P)[None, None, :]
-                mask3 = (i1 < C_IN)[:, None, None] & (tl.arange(0, KH_P) < KH)[None, :, None] \
-                    & (tl.arange(0, KW_P) < KW)[None, None, :]
-                tl.store(partial + B2 + index3, part3, mask=mask3)
-                part4 = tl.sum(tl.sum(tl.sum(x * t4[:, None, :, :], axis=3), axis=2), axis=0)
-                tl.store(partial + B3 + i1, part4, mask=i1 < C_IN)
-        tl.store(t4_squares_ptr + tile, tl.sum(tl.sum(tl.sum(t4 * t4, axis=2), axis=1), axis=0))
+                part1 += tl.sum(tl.sum(x * wu1[:, None, :, None], axis=2), axis=0)  # (I, W)
+                part2 += tl.sum(tl.sum(x * wu2[:, None, None, :], axis=3), axis=0)  # (I, H)
+                part3 += tl.sum(x * wu3[:, None, None, None], axis=0)  # (I, H, W)
+                part4 += tl.sum(tl.sum(tl.sum(x * t4[:, None, :, :], axis=3), axis=2), axis=0)
+            i1 = i0 + tl.arange(0, BLOCK_I)
+            tl.store(partial + i1[:, None] * KW + tl.arange(0, KW_P)[None, :], part1,
+                     mask=(i1 < C_IN)[:, None] & (tl.arange(0, KW_P) < KW)[None, :])
+            tl.store(partial + B1 + tl.arange(0, KH_P)[None, :] * C_IN + i1[:, None],
+                     part2, mask=(i1 < C_IN)[:, None] & (tl.arange(0, KH_P) < KH)[None, :])
+            index3 = (i1[:, None, None] * KH + tl.arange(0, KH_P)[None, :, None]) * KW \
+                + tl.arange(0, KW_P)[None, None, :]
+            mask3 = (i1 < C_IN)[:, None, None] & (tl.arange(0, KH_P) < KH)[None, :, None] \
+                & (tl.arange(0, KW_P) < KW)[None, None, :]
+            tl.store(partial + B2 + index3, part3, mask=mask3)
+            tl.store(partial + B3 + i1, part4, mask=i1 < C_IN)
 
 
 @triton.jit
 def _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr, column_squares_ptr,
-                    first, C_IN, KH, KW, slab_tiles, reduction_blocks, L,
+                    first, C_IN, KH, KW, slab_tiles, partial_rows, reduction_blocks, L,
                     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-    """t = the sum of the slabs' partials by blocks of BLOCK_N entries, each segment scaled:
+    """t = the sum of the programs' partials (`partial_rows` of them) by blocks of BLOCK_N
+    entries, each segment scaled:
     t_q = M_q^T v_q = (sum) / |wu_q| for q = 1..3 and wu_4 = M_4 u_4 = (sum) / |t_4| (1 at
     `first`: u_4 is the input); the squares of each segment per block at column_squares[q]."""
     acc_ty = t_ptr.dtype.element_ty
@@ -156,8 +182,8 @@ def _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr, column_
     for block in range(tl.program_id(0), reduction_blocks, tl.num_programs(0)):
         e = block * BLOCK_N + tl.arange(0, BLOCK_N)
         total = tl.zeros([BLOCK_N], acc_ty)
-        for tile in range(0, slab_tiles):
-            total += tl.load(partial_ptr + tl.cast(tile, tl.int64) * L + e, mask=e < L,
+        for row in range(0, partial_rows):
+            total += tl.load(partial_ptr + tl.cast(row, tl.int64) * L + e, mask=e < L,
                              other=0.0, cache_modifier=".cg")
         segment = (e >= B1).to(tl.int32) + (e >= B2).to(tl.int32) + (e >= B3).to(tl.int32)
         t = total * tl.where(segment == 0, inv1,
@@ -225,7 +251,7 @@ def _conv_spectral_bounds_kernel(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, bounds_p
                                  t_ptr, rows_ptr, partial_ptr, t4_ptr, row_squares_ptr,
                                  t4_squares_ptr, column_squares_ptr, counter_ptr,
                                  first_phase, last_phase, iters, C_OUT, C_IN, KH, KW,
-                                 slab_tiles, reduction_blocks, L,
+                                 slab_tiles, partial_rows, reduction_blocks, L,
                                  BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
                                  KH_P: tl.constexpr, KW_P: tl.constexpr,
                                  BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -244,7 +270,7 @@ def _conv_spectral_bounds_kernel(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, bounds_p
 
     Schedule (docs/performance.md): the output-channel slab weight[o] holds the rows of M_1, M_2
     and M_3 and the columns of M_4 with that o. Phase 2j (`_slab_pass`) reads the filter by
-    slabs, phase 2j + 1 (`_reduction_pass`) sums the slabs' partials into t = [t_1 | t_2 | t_3 |
+    slabs, phase 2j + 1 (`_reduction_pass`) sums the programs' partials into t = [t_1 | t_2 | t_3 |
     wu_4]; M_4's t_4 = M_4^T v_4 is formed from its columns in the next slab pass (phase 2 iters
     forms the last one alone) and the last phase (`_finish`) stores the vectors and bounds: 2
     iters + 2 phases, grid barriers between them, every sum in a fixed order. Phases
@@ -267,7 +293,7 @@ def _conv_spectral_bounds_kernel(w_ptr, u1_ptr, u2_ptr, u3_ptr, u4_ptr, bounds_p
         else:
             _reduction_pass(t_ptr, partial_ptr, row_squares_ptr, t4_squares_ptr,
                             column_squares_ptr, phase == 1, C_IN, KH, KW, slab_tiles,
-                            reduction_blocks, L, BLOCK_N, BLOCK_R)
+                            partial_rows, reduction_blocks, L, BLOCK_N, BLOCK_R)
 
 
 @triton.jit
@@ -325,8 +351,8 @@ _BLOCK_R = 64
 def launch_config(shape, programs: int) -> dict:
     """Blocks, sizes and grid of `_conv_spectral_bounds_kernel` for a filter `shape` and at most
     `programs` programs (`_common.persistent_programs`): slabs of BLOCK_O output channels,
-    enough for every program where the channels allow, and reduction blocks of BLOCK_N entries
-    of t (`length` of them)."""
+    enough for every program where the channels allow, one partial of t per program that owns
+    slabs (`partial_rows`), and reduction blocks of BLOCK_N entries of t (`length` of them)."""
     c_out, c_in, kh, kw = shape
     kh_p, kw_p = triton.next_power_of_2(kh), triton.next_power_of_2(kw)
     block_o = block_for(c_out, programs, 1, _MAX_SLAB_CHANNELS)
@@ -335,8 +361,9 @@ def launch_config(shape, programs: int) -> dict:
     block_n = block_for(length, programs, _MIN_BLOCK_N, _MAX_BLOCK_N)
     slab_tiles, reduction_blocks = triton.cdiv(c_out, block_o), triton.cdiv(length, block_n)
     outputs = length + c_out * kh * kw + c_out * (kh + kw + 1)
-    work = max(slab_tiles, reduction_blocks, triton.cdiv(outputs, block_n))
-    return dict(programs=min(programs, work), slab_tiles=slab_tiles,
+    programs = min(programs, max(slab_tiles, reduction_blocks, triton.cdiv(outputs, block_n)))
+    return dict(programs=programs, slab_tiles=slab_tiles,
+                partial_rows=min(programs, slab_tiles),
                 reduction_blocks=reduction_blocks, length=length, BLOCK_O=block_o,
                 BLOCK_I=block_i, KH_P=kh_p, KW_P=kw_p, BLOCK_N=block_n)
 
@@ -360,7 +387,8 @@ def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
     scratch = dict(dtype=accumulation_dtype(weight.dtype), device=weight.device)
     t = torch.empty(length, **scratch)
     rows_buffer = torch.empty(c_out * (kh + kw + 1), **scratch)
-    partial = torch.empty(slab_tiles, length, **scratch)
+    partial_rows = config.pop("partial_rows")
+    partial = torch.empty(partial_rows, length, **scratch)
     t4 = torch.empty(c_out * kh * kw, **scratch)
     row_squares = torch.empty(3 * slab_tiles, **scratch)
     t4_squares = torch.empty(slab_tiles, **scratch)
@@ -370,8 +398,8 @@ def conv_spectral_bounds(weight: torch.Tensor, vectors, iters: int):
         launchable(_conv_spectral_bounds_kernel)[(programs,)](
             weight, *vectors, bounds, *u_out, *v_out, t, rows_buffer, partial, t4, row_squares,
             t4_squares, column_squares, counter, first, last, iters, c_out, c_in, kh, kw,
-            slab_tiles, reduction_blocks, length, BLOCK_R=_BLOCK_R, num_warps=_NUM_WARPS,
-            **config)
+            slab_tiles, partial_rows, reduction_blocks, length, BLOCK_R=_BLOCK_R,
+            num_warps=_NUM_WARPS, **config)
     return bounds, u_out, v_out
 
 
