@@ -13,19 +13,21 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lipkernels.triton._common import (H100_L2_BYTES_PER_S, H100_SIMT_FP32_FLOPS, H100_SMS,
-                                       H100_TF32_FLOPS, SPLIT_TF32_PASSES)
+from lipkernels.triton._common import (H100_BF16_FLOPS, H100_GRID_BARRIER_S,
+                                       H100_HBM_BYTES_PER_S, H100_L2_BYTES_PER_S,
+                                       H100_SIMT_FP32_FLOPS, H100_SMS, H100_TF32_FLOPS,
+                                       SPLIT_TF32_PASSES)
 
 # H100 SXM: HBM bandwidth, dense tensor-core throughput, SIMT fp32 throughput, L2 size and its
 # bandwidth (roughly), and what an eager launch and a grid-wide barrier of a persistent kernel
 # cost (assumptions: 5 us for a dispatch and launch, 2 us for a cooperative grid sync).
-HBM_BYTES_PER_S = 3.35e12
-TENSOR_FLOPS = {"fp32/TF32": H100_TF32_FLOPS, "bf16": 990e12}
+HBM_BYTES_PER_S = H100_HBM_BYTES_PER_S
+TENSOR_FLOPS = {"fp32/TF32": H100_TF32_FLOPS, "bf16": H100_BF16_FLOPS}
 SIMT_FP32_FLOPS = H100_SIMT_FP32_FLOPS
 L2_BYTES = 50e6
 L2_BYTES_PER_S = H100_L2_BYTES_PER_S
 LAUNCH_S = 5e-6
-GRID_BARRIER_S = 2e-6
+GRID_BARRIER_S = H100_GRID_BARRIER_S
 # A block-wide reduction (warp shuffles, a shared-memory exchange and a CTA barrier), taken as
 # 0.25 us (a few hundred cycles; an assumption like the two above).
 BLOCK_REDUCTION_S = 0.25e-6
@@ -123,47 +125,54 @@ def soc_exp_forward_table(terms: int = 15) -> str:
     return "\n".join(lines)
 
 
-def _horner_step_design(layer: SocLayer) -> tuple[float, float, str]:
-    """(seconds of one Horner step, seconds of the two layout copies, what bounds the step) of
-    the implemented forward (lipkernels/triton/soc_exp.py): per step an implicit GEMM reading z
-    and x and writing z (3 A from HBM, and the filter), its operands re-read from L2 by every
-    row and column of tiles (`horner_operand_reads`, at the tiles the launcher picks, the
-    shifted reads of a channel block from L1); x and the filter are copied channels-last and
-    reduction-major once (2 A + 2 W)."""
-    from lipkernels.triton.soc_exp import horner_operand_reads, horner_tiles
+def _horner_step_design(layer: SocLayer, series: bool = True) -> tuple[float, float, str, int]:
+    """(seconds of one Horner step, seconds of the two layout copies, what bounds the step, the
+    reduction's splits) of the implemented forward (lipkernels/triton/soc_exp.py): per step an
+    implicit GEMM reading z and x and writing z (3 A from HBM, and the filter), its operands
+    re-read from L2 by every row and column of tiles (`horner_operand_reads`, the shifted reads
+    of a channel block from L1), on the small images split over ranges of input channels whose
+    partial sums cross L2 and a second grid barrier (`series_step_seconds` at the tiles and
+    splits `series_tiles` picks; without `series`, the backward's step, a launch each, unsplit
+    at `horner_tiles`); x and the filter are copied channels-last and reduction-major once (2 A
+    + 2 W)."""
+    from lipkernels.triton.soc_exp import horner_tiles, series_step_seconds, series_tiles
 
     size = ELEMENT_BYTES[layer.dtype]
     shape = (layer.pixels, layer.channels, layer.kernel, layer.side)
-    tiles = horner_tiles(*shape, size)[:2]
-    times = {"compute": layer.conv_flops / layer.peak,
-             "HBM": (3 * layer.activation_bytes + layer.filter_bytes) / HBM_BYTES_PER_S,
-             "L2": horner_operand_reads(tiles, *shape) * size / L2_BYTES_PER_S}
-    bound = max(times, key=times.get)
+    if series:
+        block_m, block_n, _, splits = series_tiles(*shape, size)
+    else:
+        (block_m, block_n, _), splits = horner_tiles(*shape, size), 1
+    step, bound = series_step_seconds((block_m, block_n), splits, *shape, size)
     copies = 2 * (layer.activation_bytes + layer.filter_bytes) / HBM_BYTES_PER_S
-    return times[bound], copies, bound
+    return step, copies, bound, splits
 
 
-def _series_synchronisation(n: int) -> float:
+def _series_synchronisation(n: int, splits: int) -> float:
     """Seconds the implemented forward spends launching and waiting: the layout copies of x and
-    the filter, the barrier counter's zeroing and the persistent series (4 launches), and a grid
-    barrier between each two of its n steps."""
-    return 4 * LAUNCH_S + (n - 1) * GRID_BARRIER_S
+    the filter, the barrier counter's zeroing and the persistent series (4 launches), a grid
+    barrier between each two of its n steps, and one inside each step whose reduction is
+    split."""
+    return 4 * LAUNCH_S + (n - 1 + (n if splits > 1 else 0)) * GRID_BARRIER_S
 
 
 def soc_exp_horner_table(terms: int = 15, target: float = 3.0) -> str:
     """The implemented forward, n Horner steps in one persistent launch (and 2 layout copies),
-    against the reference with its 3 n launches: predicted time, what bounds a step, and the
-    share of the time that is launches and grid barriers."""
+    against the reference with its 3 n launches: predicted time (a step's time with its split's
+    barrier), what bounds a step, its splits of the reduction, and the share of the time that
+    is launches and grid barriers."""
     n = terms - 1
-    lines = ["| layer | dtype | step us | step bound by | design us | launches and barriers | "
-             f"ratio | meets {target:.0f}x |", "|---|---|---:|---|---:|---:|---:|---|"]
+    lines = ["| layer | dtype | step us | step bound by | splits | design us | launches and "
+             f"barriers | ratio | meets {target:.0f}x |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|"]
     for layer in soc_layers():
         reference = layer.reference_forward(n)
-        step, copies, bound = _horner_step_design(layer)
-        synchronisation = _series_synchronisation(n)
-        design = n * step + copies + synchronisation
-        lines.append(f"| {layer.label} | {layer.dtype} | {step * 1e6:.1f} | {bound} | "
-                     f"{_us(design)} | {synchronisation / design:.0%} | "
+        step, copies, bound, splits = _horner_step_design(layer)
+        synchronisation = _series_synchronisation(n, splits)
+        work = step - (GRID_BARRIER_S if splits > 1 else 0.0)
+        design = n * work + copies + synchronisation
+        lines.append(f"| {layer.label} | {layer.dtype} | {step * 1e6:.1f} | {bound} | {splits} "
+                     f"| {_us(design)} | {synchronisation / design:.0%} | "
                      f"{_ratio(reference / design)} | "
                      f"{'yes' if reference / design >= target else 'no'} |")
     return "\n".join(lines)
@@ -198,10 +207,12 @@ def soc_exp_training_horner_table(terms: int = 6, target: float = 2.0) -> str:
              "|---|---|---:|---:|---:|---:|---|---|"]
     for layer in soc_layers():
         reference = layer.reference_training(n)
-        step, copies, _ = _horner_step_design(layer)
-        launches = _series_synchronisation(n) + ((n - 1) + n + n + 4) * LAUNCH_S
-        design = ((3 * n - 1) * step + n * _weight_gradient_design(layer) + 2 * copies
-                  + launches)
+        forward_step, copies, _, splits = _horner_step_design(layer)
+        backward_step = _horner_step_design(layer, series=False)[0]
+        launches = _series_synchronisation(n, splits) + ((n - 1) + n + n + 4) * LAUNCH_S
+        forward_work = forward_step - (GRID_BARRIER_S if splits > 1 else 0.0)
+        design = (n * forward_work + (2 * n - 1) * backward_step
+                  + n * _weight_gradient_design(layer) + 2 * copies + launches)
         lines.append(f"| {layer.label} | {layer.dtype} | {_us(reference)} | {_us(design)} | "
                      f"{launches / design:.0%} | {_ratio(reference / design)} | "
                      f"{'yes' if reference / design >= target else 'no'} | {3 + n} A / "

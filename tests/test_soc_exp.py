@@ -326,6 +326,19 @@ def test_triton_tiles_split_channels(channels):
                            (x, S, g), torch.float64, ["grad_x", "grad_S"])
 
 
+def _assert_fast_series_matches_reference(x, S, g, terms):
+    """The Triton series against the float64 reference: y, and through the fast gradient the
+    z_2 the forward keeps."""
+    kernel = lambda *a: run("triton", lipkernels.soc_exp, *a)  # noqa: E731
+    compare_with_reference(lambda x, S: kernel(x, S, terms, "fast"),
+                           lambda x, S: reference.soc_exp(x, S, terms), (x, S), torch.float64,
+                           ["y"])
+    compare_with_reference(gradients(kernel, terms, "fast"),
+                           gradients(lambda x, S, terms, _: FastSOCExp.apply(x, S, terms),
+                                     terms, "fast"), (x, S, g), torch.float64,
+                           ["grad_x", "grad_S"])
+
+
 def test_triton_series_programs_take_several_tiles(monkeypatch):
     """The persistent forward on fewer programs than output tiles: each program takes tiles
     program_id, program_id + programs, ... of every step (3 programs over several tiles of
@@ -335,15 +348,29 @@ def test_triton_series_programs_take_several_tiles(monkeypatch):
     from lipkernels.triton import soc_exp as triton_soc_exp
 
     x, S, g = kernel_problem("cpu", channels=24, size=(4, 5), batch=3)
-    grid, _ = triton_soc_exp.forward_launch_config(x, S)
-    assert grid[0] * grid[1] > 3 and grid[1] > 1
+    items, config = triton_soc_exp.series_launch_config(x, S)
+    assert items > 3 and config["BLOCK_N"] < 24
     monkeypatch.setattr(triton_soc_exp, "persistent_programs", lambda device: 3)
-    kernel = lambda *a: run("triton", lipkernels.soc_exp, *a)  # noqa: E731
-    compare_with_reference(lambda x, S: kernel(x, S, 5, "fast"),
-                           lambda x, S: reference.soc_exp(x, S, 5), (x, S), torch.float64, ["y"])
-    compare_with_reference(gradients(kernel, 5, "fast"),
-                           gradients(lambda x, S, terms, _: FastSOCExp.apply(x, S, terms), 5,
-                                     "fast"), (x, S, g), torch.float64, ["grad_x", "grad_S"])
+    _assert_fast_series_matches_reference(x, S, g, 5)
+
+
+@pytest.mark.parametrize("channels,splits", [(32, 2), (72, 3)])
+def test_triton_series_splits_the_reduction(channels, splits, monkeypatch):
+    """The persistent forward with its reduction split over ranges of input-channel blocks
+    (the launcher's choice on small images with many channels), each step's partial sums
+    added in a second phase: whole blocks (32 = 2 x 16) and a partial last block with uneven
+    ranges (72 = 4 x 16 + 8 over 3 splits), 3 programs over every work item, against the
+    float64 reference: y, and z_2 through the fast gradient."""
+    require_kernel("cpu", "triton")
+    from lipkernels.triton import soc_exp as triton_soc_exp
+
+    assert triton_soc_exp.series_tiles(128 * 2 * 2, 512, 3, 2, 4)[3] > 1
+    monkeypatch.setattr(triton_soc_exp, "series_tiles",
+                        lambda pixels, channels, *_: (16, 16, 16, splits))
+    monkeypatch.setattr(triton_soc_exp, "persistent_programs", lambda device: 3)
+    x, S, g = kernel_problem("cpu", channels=channels, size=(3, 4), batch=2)
+    assert triton_soc_exp.series_launch_config(x, S)[1]["SPLITS"] == splits
+    _assert_fast_series_matches_reference(x, S, g, 4)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_TARGETS)

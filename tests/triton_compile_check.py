@@ -65,7 +65,8 @@ def _soc_exp_cases():
     with torch's default flags uses) and bf16: the forward's persistent series of 14 steps (15
     terms; keeping z_2 too at the first layer), the backward's Horner step with g added (and as
     its last, grad_x, at the first layer) and without it (the exact backward's powers), and the
-    weight gradient. Each case carries its launch's program count and the series its tiles."""
+    weight gradient. Each case carries its launch's program count and the series its work items
+    (tiles times the splits of its reduction) and splits."""
     layers = soc_layers()
     for dtype in (torch.float32, torch.bfloat16):
         dtype_name = str(dtype).removeprefix("torch.")
@@ -74,17 +75,22 @@ def _soc_exp_cases():
             x = torch.empty(batch, channels, size, size, dtype=dtype, device="meta")
             S = torch.empty(channels, channels, k, k, dtype=dtype, device="meta")
             name = f"{dtype_name}-B{batch}-C{channels}-H{size}-k{k}"
-            grid, config = soc_exp.forward_launch_config(x, S)
-            config["PRECISION"] = "tf32"
             sizes = (batch * size * size, channels, size, size)
-            tiles = grid[0] * grid[1]
-            series = {"programs": min(tiles, _common.PROGRAMS_WITHOUT_GPU), "tiles": tiles,
-                      "tile_rows": config["BLOCK_M"]}
+            items, series_config = soc_exp.series_launch_config(x, S)
+            series_config["PRECISION"] = "tf32"
+            splits = series_config["SPLITS"]
+            partial = torch.empty(0, dtype=torch.float32, device="meta")
+            series = {"programs": min(items, _common.PROGRAMS_WITHOUT_GPU), "tiles": items,
+                      "tile_rows": series_config["BLOCK_M"], "splits": splits}
             first_layer = (batch, channels) == (128, layers[0][0])
             for keep_z2 in (False, True) if first_layer else (False,):
                 yield (f"soc_exp_series{'_fast' if keep_z2 else ''}-{name}",
-                       soc_exp._horner_series_kernel, (x, S, x, x, counter, 0, 14, 14, *sizes),
-                       dict(config, KEEP_Z2=keep_z2), series)
+                       soc_exp._horner_series_kernel,
+                       (x, S, x, x, partial, counter, 0, 14 * (1 if splits == 1 else 2), 14,
+                        *sizes), dict(series_config, KEEP_Z2=keep_z2), series)
+            grid, config = soc_exp.forward_launch_config(x, S)
+            config["PRECISION"] = "tf32"
+            tiles = grid[0] * grid[1]
             launch = {"programs": tiles, "tile_rows": config["BLOCK_M"]}
             for add, step in ((True, "soc_exp_step"), (False, "soc_exp_power")):
                 yield (f"{step}-{name}", soc_exp._horner_step_kernel, (x, x, S, x, 5, *sizes),

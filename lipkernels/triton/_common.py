@@ -62,9 +62,14 @@ def tile_shape(rows: int, cols: int) -> tuple[int, int, int]:
 # docs/performance.md holds every design to (benchmarks/cost_model.py takes them from here): an
 # H100 SXM's dense TF32 tensor-core and SIMT float32 rates, its L2 bandwidth (roughly) and SMs.
 H100_TF32_FLOPS = 495e12
+H100_BF16_FLOPS = 990e12
 H100_SIMT_FP32_FLOPS = 67e12
+H100_HBM_BYTES_PER_S = 3.35e12
 H100_L2_BYTES_PER_S = 5e12
 H100_SMS = 132
+# A grid-wide barrier of a persistent launch (an assumption: about 2 us for the release
+# increment, the spinning acquire reads and the slowest program's arrival).
+H100_GRID_BARRIER_S = 2e-6
 # Float32-accurate products on TF32 tensor cores take three passes (split precision, the high
 # and low halves: tl.dot's input_precision="tf32x3").
 SPLIT_TF32_PASSES = 3

@@ -21,7 +21,10 @@ channels is contiguous (16-byte loads), and the reduction over (channel block, t
 the compiler pipelines, taps innermost so that the shifted re-reads of a block hit L1; the
 epilogue adds x (or g) and divides by the step's integer, so a step costs 3 activation passes.
 The forward runs all n steps in one persistent launch (`_horner_series_kernel`: a program per SM
-looping over the tiles, a grid barrier between steps, so the steps never return to the host);
+looping over the tiles, a grid barrier between steps, so the steps never return to the host),
+on small images with many channels each step's reduction split over ranges of input channels
+whose partial sums a second phase adds (`series_tiles` weighs re-reading the filter against
+the partials);
 the backward, whose steps interleave with the weight gradient's, launches a step at a time
 (`_horner_step_kernel`). Activations are stored in the input's dtype between steps and each step
 accumulates in float32 (float64 for float64): half-precision inputs are multiplied on tensor
@@ -41,8 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (accumulation_dtype, dot_operand_dtype, launchable, persistent_programs,
-                      phase_spans)
+from ._common import (H100_BF16_FLOPS, H100_GRID_BARRIER_S, H100_HBM_BYTES_PER_S,
+                      H100_L2_BYTES_PER_S, H100_TF32_FLOPS, accumulation_dtype,
+                      dot_operand_dtype, launchable, persistent_programs, phase_spans)
 from ._grid_barrier import grid_barrier
 
 # tl.dot needs every dimension >= 16.
@@ -50,32 +54,28 @@ _MIN_BLOCK = 16
 
 
 @triton.jit
-def _horner_tile(z_ptr, x_ptr, taps_ptr, rows_out_ptr, image_out_ptr, tile_m, tile_n, divisor,
-                 M, C, H, W, ADD: tl.constexpr, store_rows, store_image, KSIZE: tl.constexpr,
-                 WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, acc_ty: tl.constexpr, operand_ty: tl.constexpr,
-                 PRECISION: tl.constexpr):
-    """The (tile_m, tile_n) output tile of one Horner step over the whole batch:
-        out = x + conv(z, S) / divisor   (out = conv(z, S) / divisor without ADD),
-    an implicit GEMM (M pixels x C output channels, reduction over C input channels x k^2 taps)
-    on a (BLOCK_M x BLOCK_N) tile. z and x are channels-last (M, C) in the input dtype, taps is
-    S as (k, k, C_out, C_in): both operands contiguous along the reduction, the layout float32
-    wgmma reads from shared memory (only 16-bit types may be transposed). out is stored
-    channels-last to rows_out_ptr where store_rows, and in the images' NCHW layout to
-    image_out_ptr where store_image (constexprs or runtime flags). WHOLE_BLOCKS: BLOCK_K divides
-    C. acc_ty: the accumulation dtype (float64 for float64 inputs, else float32); operand_ty:
-    the dtype the tensor cores multiply in (`forward_launch_config`)."""
+def _horner_product(z_ptr, taps_ptr, tile_m, tile_n, first_block, last_block, M, C, H, W,
+                    KSIZE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
+                    operand_ty: tl.constexpr, PRECISION: tl.constexpr):
+    """conv(z, S) on the (tile_m, tile_n) output tile, reduced over the input-channel blocks
+    first_block .. last_block - 1 (of BLOCK_K channels, every tap): an implicit GEMM (M pixels
+    x C output channels, reduction over input channels x k^2 taps) on a (BLOCK_M x BLOCK_N)
+    tile, in acc_ty, with the tile's pixel rows and channel columns. z is channels-last (M, C)
+    in the input dtype, taps is S as (k, k, C_out, C_in): both operands contiguous along the
+    reduction, the layout float32 wgmma reads from shared memory (only 16-bit types may be
+    transposed). WHOLE_BLOCKS: BLOCK_K divides C. operand_ty: the dtype the tensor cores
+    multiply in (`forward_launch_config`)."""
     # int64 pixel indices: B C H W may exceed 2^31 elements.
     rows = tl.cast(tile_m, tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     pixel = rows % (H * W)
     row, column = pixel // W, pixel % W
     row_mask, col_mask = rows < M, cols < C
-    channel_blocks = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), acc_ty)
     # Taps innermost: the k^2 shifted reads of a channel block follow each other, so all but the
     # first hit the L1 cache (".ca"), not L2.
-    for step in range(0, KSIZE * KSIZE * channel_blocks):
+    for step in range(first_block * KSIZE * KSIZE, last_block * KSIZE * KSIZE):
         tap = step % (KSIZE * KSIZE)
         channels = (step // (KSIZE * KSIZE)) * BLOCK_K + tl.arange(0, BLOCK_K)
         dy, dx = tap // KSIZE - KSIZE // 2, tap % KSIZE - KSIZE // 2
@@ -94,7 +94,15 @@ def _horner_tile(z_ptr, x_ptr, taps_ptr, rows_out_ptr, image_out_ptr, tile_m, ti
                     mask=channel_mask[:, None] & col_mask[None, :], other=0.0)
         acc = tl.dot(a.to(operand_ty), b.to(operand_ty), acc, input_precision=PRECISION,
                      out_dtype=acc_ty)
-    mask = row_mask[:, None] & col_mask[None, :]
+    return acc, rows, cols, pixel, row_mask[:, None] & col_mask[None, :]
+
+
+@triton.jit
+def _horner_store(acc, rows, cols, pixel, mask, x_ptr, rows_out_ptr, image_out_ptr, divisor,
+                  C, H, W, ADD: tl.constexpr, store_rows, store_image, acc_ty: tl.constexpr):
+    """The Horner step's epilogue on a tile whose conv(z, S) is acc: out = x + acc / divisor
+    (acc / divisor without ADD), stored channels-last to rows_out_ptr where store_rows, and in
+    the images' NCHW layout to image_out_ptr where store_image (constexprs or runtime flags)."""
     rows_major = rows[:, None] * C + cols[None, :]
     out = acc / divisor
     if ADD:
@@ -104,6 +112,22 @@ def _horner_tile(z_ptr, x_ptr, taps_ptr, rows_out_ptr, image_out_ptr, tile_m, ti
     if store_image:
         image_major = (rows - pixel)[:, None] * C + cols[None, :] * (H * W) + pixel[:, None]
         tl.store(image_out_ptr + image_major, out.to(image_out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _horner_tile(z_ptr, x_ptr, taps_ptr, rows_out_ptr, image_out_ptr, tile_m, tile_n, divisor,
+                 M, C, H, W, ADD: tl.constexpr, store_rows, store_image, KSIZE: tl.constexpr,
+                 WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, acc_ty: tl.constexpr, operand_ty: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """The (tile_m, tile_n) output tile of one Horner step over the whole batch,
+        out = x + conv(z, S) / divisor   (out = conv(z, S) / divisor without ADD):
+    `_horner_product` over every input channel, then `_horner_store`."""
+    acc, rows, cols, pixel, mask = _horner_product(
+        z_ptr, taps_ptr, tile_m, tile_n, 0, tl.cdiv(C, BLOCK_K), M, C, H, W, KSIZE,
+        WHOLE_BLOCKS, BLOCK_M, BLOCK_N, BLOCK_K, acc_ty, operand_ty, PRECISION)
+    _horner_store(acc, rows, cols, pixel, mask, x_ptr, rows_out_ptr, image_out_ptr, divisor,
+                  C, H, W, ADD, store_rows, store_image, acc_ty)
 
 
 @triton.jit
@@ -121,40 +145,73 @@ def _horner_step_kernel(z_ptr, x_ptr, taps_ptr, out_ptr, divisor, M, C, H, W,
 
 
 @triton.jit
-def _horner_series_kernel(states_ptr, taps_ptr, y_ptr, z2_ptr, counter_ptr, first_step,
-                          last_step, n, M, C, H, W, KEEP_Z2: tl.constexpr, KSIZE: tl.constexpr,
+def _horner_series_kernel(states_ptr, taps_ptr, y_ptr, z2_ptr, partial_ptr, counter_ptr,
+                          first_phase, last_phase, n, M, C, H, W, KEEP_Z2: tl.constexpr,
+                          SPLITS: tl.constexpr, KSIZE: tl.constexpr,
                           WHOLE_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, acc_ty: tl.constexpr,
                           operand_ty: tl.constexpr, PRECISION: tl.constexpr):
     """The forward's n Horner steps in one persistent launch: step s = 0 .. n - 1 computes
         z <- x + conv(z, S) / (n - s)   from z = x, the last one (divisor 1) giving y,
-    every program taking the output tiles program_id, program_id + programs, ... of each step
-    (`_horner_tile`), with a grid barrier between steps. states holds three channels-last
-    (M, C) slots: x in slot 0, step s writing slot 1 + s % 2 and reading its predecessor's;
-    y (NCHW) is the last step's output, and z_2 (NCHW, KEEP_Z2) the step dividing by 2 also
-    stores. Steps first_step .. last_step - 1 run in this launch: all of them on a GPU (the
-    grid no larger than the SMs, so that every program is resident), one per launch under the
-    interpreter."""
+    every program taking the work items program_id, program_id + programs, ... of each phase,
+    with a grid barrier between phases. With SPLITS = 1 a step is one phase over the output
+    tiles (`_horner_tile`). With SPLITS > 1 (small images with many channels, where every row
+    of tiles would re-read the whole filter) a step is two: the tiles' products split over
+    SPLITS ranges of input-channel blocks, each stored to its slot of partial (SPLITS, M, C) in
+    acc_ty, then the epilogue over the tiles summing the slots in order (the same bits on every
+    run). states holds three channels-last (M, C) slots: x in slot 0, step s writing slot
+    1 + s % 2 and reading its predecessor's; y (NCHW) is the last step's output, and z_2 (NCHW,
+    KEEP_Z2) the step dividing by 2 also stores. Phases first_phase .. last_phase - 1 run in
+    this launch: all of them on a GPU (the grid no larger than the SMs, so that every program is
+    resident), one per launch under the interpreter."""
     tiles_n = tl.cdiv(C, BLOCK_N)
     tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+    channel_blocks = tl.cdiv(C, BLOCK_K)
     slot = tl.cast(M, tl.int64) * C
     first_image_step = n - 1
     if KEEP_Z2:
         first_image_step = n - 2
-    for step in range(first_step, last_step):
-        if step > first_step:
-            grid_barrier(counter_ptr, (step - first_step) * tl.num_programs(0))
+    for phase in range(first_phase, last_phase):
+        if phase > first_phase:
+            grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        step = phase
+        if SPLITS > 1:
+            step = phase // 2
         # Slot 0 (x) for the first step, the previous step's output 1 + (step - 1) % 2 after it.
         source = tl.minimum(step, 1 + (step + 1) % 2)
         z_ptr = states_ptr + source * slot
+        out_ptr = states_ptr + (1 + step % 2) * slot
         image_out_ptr = z2_ptr
         if step == n - 1:
             image_out_ptr = y_ptr
-        for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
-            _horner_tile(z_ptr, states_ptr, taps_ptr, states_ptr + (1 + step % 2) * slot,
-                         image_out_ptr, tile // tiles_n, tile % tiles_n, n - step, M, C, H, W,
-                         True, step < n - 1, step >= first_image_step, KSIZE, WHOLE_BLOCKS,
-                         BLOCK_M, BLOCK_N, BLOCK_K, acc_ty, operand_ty, PRECISION)
+        if SPLITS == 1:
+            for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+                _horner_tile(z_ptr, states_ptr, taps_ptr, out_ptr, image_out_ptr,
+                             tile // tiles_n, tile % tiles_n, n - step, M, C, H, W, True,
+                             step < n - 1, step >= first_image_step, KSIZE, WHOLE_BLOCKS,
+                             BLOCK_M, BLOCK_N, BLOCK_K, acc_ty, operand_ty, PRECISION)
+        elif phase % 2 == 0:
+            for item in range(tl.program_id(0), tiles * SPLITS, tl.num_programs(0)):
+                tile, split = item // SPLITS, item % SPLITS
+                acc, rows, cols, pixel, mask = _horner_product(
+                    z_ptr, taps_ptr, tile // tiles_n, tile % tiles_n,
+                    split * channel_blocks // SPLITS, (split + 1) * channel_blocks // SPLITS,
+                    M, C, H, W, KSIZE, WHOLE_BLOCKS, BLOCK_M, BLOCK_N, BLOCK_K, acc_ty,
+                    operand_ty, PRECISION)
+                tl.store(partial_ptr + split * slot + rows[:, None] * C + cols[None, :], acc,
+                         mask=mask)
+        else:
+            for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
+                rows = tl.cast(tile // tiles_n, tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+                cols = (tile % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+                mask = (rows < M)[:, None] & (cols < C)[None, :]
+                acc = tl.zeros((BLOCK_M, BLOCK_N), acc_ty)
+                for split in range(0, SPLITS):
+                    acc += tl.load(partial_ptr + split * slot + rows[:, None] * C
+                                   + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+                _horner_store(acc, rows, cols, rows % (H * W), mask, states_ptr, out_ptr,
+                              image_out_ptr, n - step, C, H, W, True, step < n - 1,
+                              step >= first_image_step, acc_ty)
 
 
 @triton.jit
@@ -251,6 +308,54 @@ def horner_tiles(pixels: int, channels: int, kernel: int, width: int,
     return block_m, block_n, _reduction_block(channels, element_size)
 
 
+# The forward's splits of the reduction: powers of two up to this many ranges of input-channel
+# blocks.
+_MAX_SERIES_SPLITS = 16
+
+
+def series_step_seconds(tiles: tuple[int, int], splits: int, pixels: int, channels: int,
+                        kernel: int, width: int, element_size: int) -> tuple[float, str]:
+    """(seconds, what bounds it) of one step of the persistent forward on an H100 with
+    (BLOCK_M, BLOCK_N) tiles and the reduction in `splits` ranges: the largest of its
+    tensor-core products, its HBM traffic (z and x read, z and the filter once) and its L2
+    reads (`horner_operand_reads`, and with splits the partial sums written and read back in
+    the accumulation dtype), plus the grid barrier between a split step's two phases."""
+    flops = 2.0 * pixels * channels ** 2 * kernel ** 2
+    activation = pixels * channels * element_size
+    filter_bytes = channels ** 2 * kernel ** 2 * element_size
+    partials = 2.0 * splits * pixels * channels * max(element_size, 4) if splits > 1 else 0.0
+    reads = horner_operand_reads(tiles, pixels, channels, kernel, width) * element_size
+    times = {"compute": flops / (H100_TF32_FLOPS if element_size >= 4 else H100_BF16_FLOPS),
+             "HBM": (3 * activation + filter_bytes) / H100_HBM_BYTES_PER_S,
+             "L2": (reads + partials) / H100_L2_BYTES_PER_S}
+    bound = max(times, key=times.get)
+    return times[bound] + (H100_GRID_BARRIER_S if splits > 1 else 0.0), bound
+
+
+def series_tiles(pixels: int, channels: int, kernel: int, width: int,
+                 element_size: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLITS) of the persistent forward: among the tiles and
+    reduction splits whose first phase has a work item per SM of an H100, the fastest by
+    `series_step_seconds` (then the fewest splits, the fewest L2 reads, the taller tile);
+    without one, the Horner step's tiles unsplit (`horner_tiles`)."""
+    block_k = _reduction_block(channels, element_size)
+    channel_blocks = triton.cdiv(channels, block_k)
+    widest = max(triton.next_power_of_2(channels), _MIN_BLOCK)
+    splits = [1 << p for p in range(_MAX_SERIES_SPLITS.bit_length())
+              if 1 << p <= min(channel_blocks, _MAX_SERIES_SPLITS)]
+    shape = (pixels, channels, kernel, width)
+    candidates = [((m, n), split) for m in _HORNER_BLOCK_M for n in _HORNER_BLOCK_N
+                  for split in splits
+                  if n <= widest and horner_programs((m, n), pixels, channels) * split
+                  >= _HORNER_SMS]
+    if not candidates:
+        return (*horner_tiles(*shape, element_size), 1)
+    (block_m, block_n), split = min(candidates, key=lambda c: (
+        series_step_seconds(*c, *shape, element_size)[0], c[1],
+        horner_operand_reads(c[0], *shape), -c[0][0]))
+    return block_m, block_n, block_k, split
+
+
 def _reduction_block(channels: int, element_size: int) -> int:
     """The depth of a tl.dot's reduction step: 64 bytes of each operand row (16 fp32 or 32 bf16
     values; 16 float64, the smallest tl.dot takes), no deeper than the channels need."""
@@ -268,6 +373,19 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
     return grid, dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0, BLOCK_M=block_m,
                       BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
                       num_warps=_warps(block_m, block_n), num_stages=3)
+
+
+def series_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[int, dict]:
+    """(work items of the first phase of a step, compile-time constants and launch options) of
+    the persistent forward for images x (B, C, H, W) and filter S (`series_tiles`)."""
+    batch, channels, height, width = x.shape
+    pixels = batch * height * width
+    block_m, block_n, block_k, splits = series_tiles(pixels, channels, S.shape[-1], width,
+                                                     x.element_size())
+    items = horner_programs((block_m, block_n), pixels, channels) * splits
+    return items, dict(SPLITS=splits, KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0,
+                       BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
+                       num_warps=_warps(block_m, block_n), num_stages=3)
 
 
 def _arithmetic(x: torch.Tensor) -> dict:
@@ -326,22 +444,25 @@ def soc_exp(x: torch.Tensor, S: torch.Tensor, terms: int, grad_mode: str):
     keeps_z2 = grad_mode == "fast" and n > 0
     if n == 0 or x.numel() == 0:  # custom ops must not return their inputs
         return x.clone(), [x.clone()] if keeps_z2 else []
-    grid, config = forward_launch_config(x, S)
+    items, config = series_launch_config(x, S)
     batch, channels, height, width = x.shape
+    pixels = batch * height * width
     # Slot 0 is x channels-last, the steps alternate between the other two.
     states = x.new_empty((1 + min(n - 1, 2), batch, height, width, channels))
     states[0].copy_(x.permute(0, 2, 3, 1))
     y = torch.empty_like(x)
     # z_2 is x itself when n == 1; otherwise the step dividing by 2 stores it.
     z2 = (x.clone() if n == 1 else torch.empty_like(x)) if keeps_z2 else None
-    programs = min(grid[0] * grid[1], persistent_programs(x.device))
+    splits = config["SPLITS"]
+    partial = states if splits == 1 else torch.empty(
+        (splits, pixels, channels), dtype=accumulation_dtype(x.dtype), device=x.device)
+    programs = min(items, persistent_programs(x.device))
     counter = torch.zeros(1, dtype=torch.int32, device=x.device)
     taps = _reduction_major(S)
-    for first, last in phase_spans(n, x.device):
+    for first, last in phase_spans(n if splits == 1 else 2 * n, x.device):
         launchable(_horner_series_kernel)[(programs,)](
-            states, taps, y, y if z2 is None else z2, counter, first, last, n,
-            batch * height * width, channels, height, width, KEEP_Z2=keeps_z2 and n > 1,
-            **config)
+            states, taps, y, y if z2 is None else z2, partial, counter, first, last, n,
+            pixels, channels, height, width, KEEP_Z2=keeps_z2 and n > 1, **config)
     return y, [z2] if keeps_z2 else []
 
 
