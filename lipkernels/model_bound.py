@@ -19,14 +19,14 @@ from torch import nn
 from ._conventions import pooling_windows_per_pixel
 from .bounds import rounded_up_product
 from .nn.householder import HouseHolder
-from .nn.max_min import MaxMin
+from .nn.max_min import GroupSort, MaxMin
 from .nn.soc import BOUND_TOLERANCE
 
 __all__ = ["lipschitz_bound"]
 
 # Parameter-free elementwise or reshaping maps with l2 Lipschitz constant at most 1.
 _ONE_LIPSCHITZ = (nn.Identity, nn.Flatten, nn.Unflatten, nn.ReLU, nn.ReLU6, nn.Tanh,
-                  nn.Hardtanh, nn.Softsign, MaxMin, HouseHolder)
+                  nn.Hardtanh, nn.Softsign, MaxMin, GroupSort, HouseHolder)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -95,8 +95,8 @@ def lipschitz_bound(model: nn.Module, *, tolerance: float = BOUND_TOLERANCE) -> 
     current mode, per sample: its own `lipschitz_bound()` where it has one, else the product of
     its parts' bounds for an nn.Sequential (nested ones too; SOC layers there are bounded at
     every input size, their `lipschitz_bound()`), with the known constants of
-    parameter-free modules (1 for ReLU, Tanh, Flatten, MaxMin, HouseHolder and the like;
-    max(1, |slope|) for LeakyReLU, 1/4 for Sigmoid, 1 / (1 - p) for Dropout in training;
+    parameter-free modules (1 for ReLU, Tanh, Flatten, MaxMin, GroupSort, HouseHolder and the
+    like; max(1, |slope|) for LeakyReLU, 1/4 for Sigmoid, 1 / (1 - p) for Dropout in training;
     sqrt(windows per pixel) for max pooling and sqrt(windows per pixel / window size) for
     average pooling). Modules it cannot bound raise a ValueError naming them and why.
     `tolerance` is passed to the SOC layers' bounds (`SOCConv2d.lipschitz_bound`). nan where a

@@ -16,8 +16,8 @@ import torch
 
 import lipkernels
 from lipkernels import functional
-from lipkernels.nn import (CayleyConv2d, CayleyLinear, HouseHolder, LipConvNet, MaxMin,
-                           SOCConv2d, SOCLinear)
+from lipkernels.nn import (CayleyConv2d, CayleyLinear, GroupSort, HouseHolder, LipConvNet,
+                           MaxMin, SOCConv2d, SOCLinear)
 from lipkernels.ops import (bjorck, cayley, cayley_conv2d, householder, max_min, power_iteration,
                             soc_exp)
 from lipkernels.ops import conv_spectral_bounds, frequency_power_iteration
@@ -107,6 +107,9 @@ def test_zero_size_outside_the_batch_is_a_clear_error(call, message):
         call()
 
 
+_PARAMETER_FREE = ("MaxMin", "GroupSort")
+
+
 def _layers():
     """(layer factory, input shape, output shape) for every layer, batch 0."""
     return {
@@ -118,6 +121,7 @@ def _layers():
                                  (0, 4, 3, 3)),
         "CayleyLinear": (lambda: CayleyLinear(5, 3), (0, 5), (0, 3)),
         "MaxMin": (MaxMin, (0, 4, 3, 3), (0, 4, 3, 3)),
+        "GroupSort": (lambda: GroupSort(3), (0, 6, 3, 3), (0, 6, 3, 3)),
         "HouseHolder": (lambda: HouseHolder(4), (0, 4, 3, 3), (0, 4, 3, 3)),
         "LipConvNet": (lambda: LipConvNet(5, init_channels=4), (0, 3, 32, 32), (0, 10)),
     }
@@ -186,7 +190,7 @@ def test_counts_beyond_their_bound_are_clear_errors(call, name):
 
 
 def _parametrised_layers():
-    return {name: spec for name, spec in _layers().items() if name not in ("MaxMin",)}
+    return {name: spec for name, spec in _layers().items() if name not in _PARAMETER_FREE}
 
 
 @pytest.mark.parametrize("name", list(_parametrised_layers()))
@@ -276,7 +280,7 @@ def test_nan_in_any_input_gives_nan_out(case, device, backend):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", [n for n in _layers() if n != "MaxMin"])
+@pytest.mark.parametrize("name", [n for n in _layers() if n not in _PARAMETER_FREE])
 def test_nan_parameter_gives_nan_output_and_bound(name, mode):
     make, in_shape, _ = _layers()[name]
     x = torch.randn(2, *in_shape[1:])

@@ -245,3 +245,60 @@ def test_kernel_op_rejects_bad_input():
     for fn, args, error, message in cases:
         with pytest.raises(error, match=message):
             fn(*args)
+
+
+@pytest.mark.parametrize("group_size", [2, 3, 4])
+def test_group_sort_sorts_each_group_in_descending_order(group_size):
+    """GroupSort(g): each run of g consecutive channels sorted descending, so a permutation of
+    each group (norms kept); GroupSort(2) is exactly MaxMin("pairs")."""
+    module = lipkernels.nn.GroupSort(group_size)
+    assert repr(module) == f"GroupSort(group_size={group_size})"
+    assert list(module.parameters()) == [] and list(module.state_dict()) == []
+    x = torch.randn(3, 4 * group_size, 2, 5, dtype=torch.float64)
+    y = module(x)
+    groups, out = x.unflatten(1, (4, group_size)), y.unflatten(1, (4, group_size))
+    assert torch.equal(out, groups.sort(dim=2, descending=True).values)
+    assert (out[:, :, :-1] >= out[:, :, 1:]).all()
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+    if group_size == 2:
+        assert torch.equal(y, lipkernels.max_min(x, "pairs"))
+    assert lipkernels.lipschitz_bound(torch.nn.Sequential(module, torch.nn.Flatten())) == 1.0
+
+
+def test_group_sort_gradient_is_the_permutation_and_ties_keep_the_order():
+    """Each output gradient goes to the input it came from; of tied inputs the first channel
+    takes the first (larger) output place."""
+    x = torch.tensor([[1.0, 3.0, 3.0, 2.0, 0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = lipkernels.nn.GroupSort(3)(x)
+    assert y.tolist() == [[3.0, 3.0, 1.0, 2.0, 0.5, 0.0]]
+    g = torch.arange(1.0, 7.0, dtype=torch.float64)[None]
+    (grad,) = torch.autograd.grad((y * g).sum(), x)
+    assert grad.tolist() == [[3.0, 1.0, 2.0, 4.0, 5.0, 6.0]]
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lipkernels.nn.GroupSort(3), (x,))
+
+
+def test_group_sort_keeps_nan_and_compiles():
+    x = torch.randn(2, 8, 3)
+    x[1, 5, 2] = float("nan")
+    y = lipkernels.nn.GroupSort(4)(x)
+    assert torch.isnan(y[1, 4:8, 2]).sum() == 1 and torch.isnan(y).sum() == 1
+    module = lipkernels.nn.GroupSort(4)
+    weights = torch.arange(8.0)[:, None]
+    assert_compiled_matches_eager(lambda x: (module(x).square() * weights).sum(),
+                                  torch.randn(2, 8, 3, requires_grad=True))
+
+
+@pytest.mark.parametrize("group_size,x,error,message", [
+    (1, None, ValueError, "GroupSort: group_size must be an int >= 2; got 1"),
+    (2.0, None, ValueError, "GroupSort: group_size must be an int >= 2; got 2.0"),
+    (True, None, ValueError, "GroupSort: group_size must be an int >= 2; got True"),
+    (3, torch.randn(2, 4, 5), ValueError,
+     r"GroupSort: x must have a multiple of group_size=3 channels \(dim 1\); "
+     r"got shape \(2, 4, 5\)"),
+    (3, torch.randn(6), ValueError, "GroupSort: x must have at least 2 dims"),
+    (3, torch.randint(0, 3, (2, 6)), TypeError, "GroupSort: x must have dtype"),
+])
+def test_group_sort_rejects_bad_input(group_size, x, error, message):
+    with pytest.raises(error, match=message):
+        lipkernels.nn.GroupSort(group_size)(x)

@@ -460,6 +460,7 @@ def _layers():
         "CayleyConv2d": (lambda: nn.CayleyConv2d(2, 3, 3, **factory), (2, 2, 4, 4)),
         "CayleyLinear": (lambda: nn.CayleyLinear(4, 3, **factory), (2, 4)),
         "MaxMin": (lambda: nn.MaxMin(), (2, 4, 3)),
+        "GroupSort": (lambda: nn.GroupSort(3), (2, 6, 3)),
         "HouseHolder": (lambda: nn.HouseHolder(4, **factory), (2, 4, 3)),
         "LipConvNet": (lambda: nn.LipConvNet(depth=5, init_channels=1, num_classes=3,
                                              in_channels=1).to(DTYPE), (2, 1, 32, 32)),

@@ -4,10 +4,10 @@ from ._eval_cache import cached
 from .cayley import CayleyConv2d, CayleyLinear
 from .householder import HouseHolder
 from .lipconvnet import LipConvNet
-from .max_min import MaxMin
+from .max_min import GroupSort, MaxMin
 from .residual import Residual
 from .soc import SOCConv2d, SOCLinear
 from .swap import SwapReport, swap
 
-__all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "HouseHolder",
-           "LipConvNet", "Residual", "cached", "swap", "SwapReport"]
+__all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "GroupSort",
+           "HouseHolder", "LipConvNet", "Residual", "cached", "swap", "SwapReport"]
