@@ -354,21 +354,22 @@ def test_triton_series_programs_take_several_tiles(monkeypatch):
     _assert_fast_series_matches_reference(x, S, g, 5)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("channels,splits", [(32, 2), (72, 3)])
-def test_triton_series_splits_the_reduction(channels, splits, monkeypatch):
+def test_triton_series_splits_the_reduction(device, channels, splits, monkeypatch):
     """The persistent forward with its reduction split over ranges of input-channel blocks
     (the launcher's choice on small images with many channels), each step's partial sums
     added in a second phase: whole blocks (32 = 2 x 16) and a partial last block with uneven
     ranges (72 = 4 x 16 + 8 over 3 splits), 3 programs over every work item, against the
     float64 reference: y, and z_2 through the fast gradient."""
-    require_kernel("cpu", "triton")
+    require_kernel(device, "triton")
     from lipkernels.triton import soc_exp as triton_soc_exp
 
     assert triton_soc_exp.series_tiles(128 * 2 * 2, 512, 3, 2, 4)[3] > 1
     monkeypatch.setattr(triton_soc_exp, "series_tiles",
                         lambda pixels, channels, *_: (16, 16, 16, splits))
     monkeypatch.setattr(triton_soc_exp, "persistent_programs", lambda device: 3)
-    x, S, g = kernel_problem("cpu", channels=channels, size=(3, 4), batch=2)
+    x, S, g = kernel_problem(device, channels=channels, size=(3, 4), batch=2)
     assert triton_soc_exp.series_launch_config(x, S)[1]["SPLITS"] == splits
     _assert_fast_series_matches_reference(x, S, g, 4)
 
