@@ -611,3 +611,37 @@ def _skew_conv_norm_bound(S: torch.Tensor, input_size,
         if quick is not None:
             return quick
     return _round_up(_tight_certificate(certificate) * factor)
+
+
+def near_isometry_norm_bound(Q: torch.Tensor) -> float:
+    """A provable upper bound on ||Q||_2 for a matrix Q that is nearly orthonormal (columns, or
+    rows for a wide Q), in exact arithmetic on Q's values: with G the smaller Gram matrix
+    (Q^T Q for a tall Q, Q Q^T for a wide one), ||Q||_2^2 = ||G||_2 <= min(1 + ||G - I||_F,
+    ||G||_F) (the second for a Q far below an isometry, 0 for Q = 0).
+
+    G is formed in float64 from Q's values (exact in float64 for float32 and half inputs, whose
+    products have at most 48 significant bits); its rounding is at most gamma_k |Q|^T |Q| entry
+    by entry (k the length of the sums, gamma_k = k u / (1 - k u), u = 2^-53: Higham, "Accuracy
+    and Stability of Numerical Algorithms", 2002, §3.5), so at most gamma_k ||Q||_F^2 in the
+    Frobenius norm; the subtraction of I and the norms round by a relative gamma of their own
+    entry counts, and the sum and square root are rounded up. Tight where Q has converged (the
+    bound is about 1 + ||G - I||_F / 2), loose but valid where it has not; nan for a non-finite
+    Q."""
+    Q = Q.detach().to(torch.float64)
+    rows, cols = Q.shape
+    gram = Q.T @ Q if rows >= cols else Q @ Q.T
+    sums, size = max(rows, cols), min(rows, cols)
+    distance = float(torch.linalg.matrix_norm(gram - torch.eye(size, dtype=torch.float64,
+                                                               device=Q.device)))
+    gram_norm = float(torch.linalg.matrix_norm(gram))
+    frobenius_squared = float(torch.linalg.matrix_norm(Q)) ** 2
+    if not all(math.isfinite(v) for v in (distance, gram_norm, frobenius_squared)):
+        return math.nan
+    unit = 2.0 ** -53
+    gamma = lambda k: k * unit / (1 - k * unit)  # noqa: E731
+    slack = 1 + gamma(size * size + 2)
+    rounding = gamma(sums) * frobenius_squared * slack * slack
+    near = rounded_up_sum([1.0, distance * slack, rounding])
+    far = rounded_up_sum([gram_norm * slack, rounding])
+    root = math.sqrt(min(near, far))
+    return root if root == 0 else _round_up(root)  # the square root of 0 is exact

@@ -16,8 +16,8 @@ import torch
 
 import lipkernels
 from lipkernels import functional
-from lipkernels.nn import (CayleyConv2d, CayleyLinear, GroupSort, HouseHolder, LipConvNet,
-                           MaxMin, SOCConv2d, SOCLinear)
+from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, GroupSort, HouseHolder,
+                           LipConvNet, MaxMin, SOCConv2d, SOCLinear)
 from lipkernels.ops import (bjorck, cayley, cayley_conv2d, householder, max_min, power_iteration,
                             soc_exp)
 from lipkernels.ops import conv_spectral_bounds, frequency_power_iteration
@@ -120,6 +120,7 @@ def _layers():
         "CayleyConv2d-stride2": (lambda: CayleyConv2d(2, 4, stride=2), (0, 2, 6, 6),
                                  (0, 4, 3, 3)),
         "CayleyLinear": (lambda: CayleyLinear(5, 3), (0, 5), (0, 3)),
+        "BjorckLinear": (lambda: BjorckLinear(5, 3), (0, 5), (0, 3)),
         "MaxMin": (MaxMin, (0, 4, 3, 3), (0, 4, 3, 3)),
         "GroupSort": (lambda: GroupSort(3), (0, 6, 3, 3), (0, 6, 3, 3)),
         "HouseHolder": (lambda: HouseHolder(4), (0, 4, 3, 3), (0, 4, 3, 3)),

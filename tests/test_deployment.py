@@ -12,7 +12,8 @@ from torch import nn
 
 import lipkernels
 from helpers import require_backend
-from lipkernels.nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d, SOCLinear
+from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d,
+                           SOCLinear)
 
 
 def _models():
@@ -94,10 +95,11 @@ def _vanilla_layers():
             (SOCConv2d(4, 4, 3, eval_terms=2), (4, 5, 5)),
             (SOCConv2d(4, 4, 3, eval_terms=1), (4, 5, 5)),
             (SOCLinear(6, 9), (6,)), (SOCLinear(9, 6, bias=False), (9,)),
-            (CayleyLinear(6, 9), (6,)), (CayleyLinear(9, 6), (9,))]
+            (CayleyLinear(6, 9), (6,)), (CayleyLinear(9, 6), (9,)),
+            (BjorckLinear(6, 9), (6,)), (BjorckLinear(9, 6, bias=False), (9,))]
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(11))
 def test_vanilla_export_is_plain_torch_with_the_eval_outputs_at_any_size(index):
     """deel-torchlip's convention: SOC layers as plain convolutions in Horner's form (linear
     layers as one nn.Linear), Cayley linear layers as nn.Linear, in training mode too."""

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import lipkernels
-from lipkernels.nn import CayleyConv2d, CayleyLinear, SOCConv2d, SOCLinear, cached
+from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, SOCConv2d, SOCLinear,
+                           cached)
 
 LAYERS = {
     "SOCConv2d": (lambda: SOCConv2d(4, 4, 3), (2, 4, 6, 6)),
@@ -21,6 +22,7 @@ LAYERS = {
     "CayleyConv2d": (lambda: CayleyConv2d(3, 4, 3), (2, 3, 6, 6)),
     "CayleyConv2d-stride2": (lambda: CayleyConv2d(2, 4, 3, stride=2), (2, 2, 6, 6)),
     "CayleyLinear": (lambda: CayleyLinear(5, 3), (4, 5)),
+    "BjorckLinear": (lambda: BjorckLinear(5, 3), (4, 5)),
 }
 
 

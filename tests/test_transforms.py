@@ -459,6 +459,7 @@ def _layers():
         "SOCLinear": (lambda: nn.SOCLinear(3, 5, **factory), (2, 3)),
         "CayleyConv2d": (lambda: nn.CayleyConv2d(2, 3, 3, **factory), (2, 2, 4, 4)),
         "CayleyLinear": (lambda: nn.CayleyLinear(4, 3, **factory), (2, 4)),
+        "BjorckLinear": (lambda: nn.BjorckLinear(4, 3, **factory), (2, 4)),
         "MaxMin": (lambda: nn.MaxMin(), (2, 4, 3)),
         "GroupSort": (lambda: nn.GroupSort(3), (2, 6, 3)),
         "HouseHolder": (lambda: nn.HouseHolder(4, **factory), (2, 4, 3)),
