@@ -131,3 +131,18 @@ def test_bad_arguments_are_rejected(arguments, error, message):
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="BjorckLinear"):
         BjorckLinear(4, 3)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_train_and_bound_their_rounded_weight(dtype):
+    """Half parameters: drawn and orthonormalised in float32, Q returned in their dtype; the
+    bound covers the norm of that rounded Q."""
+    torch.manual_seed(6)
+    layer = BjorckLinear(16, 8, dtype=dtype)
+    x = torch.randn(3, 16, dtype=dtype)
+    y = layer(x)
+    y.float().square().sum().backward()
+    assert y.dtype == layer.weight.grad.dtype == dtype
+    assert bool(torch.isfinite(layer.weight.grad).all())
+    norm = float(torch.linalg.matrix_norm(layer.orthogonal_weight().detach().double(), 2))
+    assert norm <= layer.lipschitz_bound() < 1.01

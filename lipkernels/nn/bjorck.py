@@ -71,7 +71,11 @@ class BjorckLinear(EvalCached):
     def reset_parameters(self):
         """The seed's weight and bias; a fresh random u after INIT_ITERS power iterations."""
         bound = 1.0 / math.sqrt(self.in_features)
-        nn.init.orthogonal_(self.weight, gain=bound)
+        # Drawn in the working dtype: torch's QR (orthogonal_) takes no half types.
+        weight = torch.empty(self.weight.shape, device=self.weight.device,
+                             dtype=working_dtype(self.weight.dtype))
+        with torch.no_grad():
+            self.weight.copy_(nn.init.orthogonal_(weight, gain=bound))
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
         with torch.no_grad():
