@@ -362,6 +362,15 @@ def _reduction_block(channels: int, element_size: int) -> int:
     return max(min(triton.next_power_of_2(channels), 64 // element_size), _MIN_BLOCK)
 
 
+def _tile_constants(x: torch.Tensor, S: torch.Tensor, block_m: int, block_n: int,
+                    block_k: int) -> dict:
+    """The compile-time constants and launch options both Horner kernels take for tiles of
+    (block_m, block_n) outputs and block_k-deep reduction steps."""
+    return dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=x.shape[1] % block_k == 0, BLOCK_M=block_m,
+                BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
+                num_warps=_warps(block_m, block_n), num_stages=3)
+
+
 def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, int], dict]:
     """(grid, compile-time constants and launch options) of a Horner step for images x
     (B, C, H, W) and filter S."""
@@ -370,9 +379,7 @@ def forward_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[tuple[int, 
     block_m, block_n, block_k = horner_tiles(pixels, channels, S.shape[-1], width,
                                              x.element_size())
     grid = (triton.cdiv(pixels, block_m), triton.cdiv(channels, block_n))
-    return grid, dict(KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0, BLOCK_M=block_m,
-                      BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
-                      num_warps=_warps(block_m, block_n), num_stages=3)
+    return grid, _tile_constants(x, S, block_m, block_n, block_k)
 
 
 def series_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[int, dict]:
@@ -383,9 +390,7 @@ def series_launch_config(x: torch.Tensor, S: torch.Tensor) -> tuple[int, dict]:
     block_m, block_n, block_k, splits = series_tiles(pixels, channels, S.shape[-1], width,
                                                      x.element_size())
     items = horner_programs((block_m, block_n), pixels, channels) * splits
-    return items, dict(SPLITS=splits, KSIZE=S.shape[-1], WHOLE_BLOCKS=channels % block_k == 0,
-                       BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **_arithmetic(x),
-                       num_warps=_warps(block_m, block_n), num_stages=3)
+    return items, dict(_tile_constants(x, S, block_m, block_n, block_k), SPLITS=splits)
 
 
 def _arithmetic(x: torch.Tensor) -> dict:
