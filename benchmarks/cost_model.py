@@ -532,6 +532,87 @@ def conv_spectral_norm_taps_table(target: float = 20.0) -> str:
     return "\n".join(lines)
 
 
+# bjorck: the suite's stacks (lipkernels.benchmarking.suites.bjorck), tall, 20 iterations, fp32.
+# The reference is the seeds' loop: per iteration two matmuls, a scale and a sum forward, and
+# about twice as many launches backward (autograd: two products for each matmul, the scale's and
+# the sum's gradients); torch's fp32 matmuls run on CUDA cores (allow_tf32 is off for matmuls).
+# The cuda backend is the same ATen code with the scale and sum folded into the products: two
+# batched products an iteration forward, three backward.
+BJORCK_ITERS = 20
+BJORCK_REFERENCE_LAUNCHES = {"fwd": 4, "bwd": 8}
+BJORCK_ATEN_LAUNCHES = {"fwd": 2, "bwd": 3}
+# FLOPs per iteration in units of m n^2: forward W^T W and W E (2 + 2), backward W^T G, G E
+# and W S (2 + 2 + 2) in the kernels; the reference's autograd takes four products backward.
+BJORCK_PRODUCTS = {"fwd": 4, "bwd": 8}
+BJORCK_KERNEL_PRODUCTS = {"fwd": 4, "bwd": 6}
+# The Triton kernels' program per matrix: each output tile's reduction starts with an L2 round
+# trip after the phase's CTA barrier (taken as 0.5 us, an assumption), then runs at one SM's
+# tensor-core rate (tf32x3) or at the L2 bandwidth one SM can draw (64 bytes a cycle at
+# 1.755 GHz, its share of the total where every SM draws), whichever is slower.
+BJORCK_TILE_LATENCY_S = 0.5e-6
+SM_L2_BYTES_PER_S = 64 * 1.755e9
+
+
+def _bjorck_stacks():
+    from lipkernels.benchmarking.suites.bjorck import STACKS
+    return [(count, max(m, n), min(m, n)) for count, m, n in STACKS]
+
+
+def _bjorck_triton(count: int, m: int, n: int, mode: str) -> tuple[float, str]:
+    """(seconds, bound) of lipkernels/triton/bjorck.py's kernels for `mode` ("fwd", or "bwd"
+    alone): per iteration the Gram (or symmetrised) phase over tiles i <= j, each reading two
+    m-row panels, then the correction phase over the m x n tiles, each reading a row panel and
+    a column panel of n; the matrices in waves of 132 programs."""
+    import torch
+
+    from lipkernels.triton.bjorck import launch_config
+    block = launch_config(n, torch.float32)["BLOCK"]
+    row_tiles, column_tiles = math.ceil(m / block), math.ceil(n / block)
+    pairs = column_tiles * (column_tiles + 1) // 2
+    # (tiles, reductions of `length` per tile) of each phase.
+    phases = {"fwd": ((pairs, 1, m), (row_tiles * column_tiles, 1, n)),
+              "bwd": ((pairs, 2, m), (row_tiles * column_tiles, 2, n))}[mode]
+    flops_per_s = TENSOR_FLOPS["fp32/TF32"] / H100_SMS / SPLIT_TF32_PASSES
+    bytes_per_s = min(SM_L2_BYTES_PER_S, L2_BYTES_PER_S / min(count, H100_SMS))
+    iteration, bounds = 0.0, {"compute": 0.0, "L2": 0.0, "latency": 0.0}
+    for tiles, products, length in phases:
+        compute = products * 2.0 * block * block * length / flops_per_s
+        reads = products * 2 * 4.0 * block * length / bytes_per_s
+        iteration += tiles * (BJORCK_TILE_LATENCY_S + max(compute, reads))
+        bounds["compute"] += tiles * compute
+        bounds["L2"] += tiles * reads
+        bounds["latency"] += tiles * BJORCK_TILE_LATENCY_S
+    waves = math.ceil(count / H100_SMS)
+    return LAUNCH_S + waves * BJORCK_ITERS * iteration, max(bounds, key=bounds.get)
+
+
+def _bjorck_eager(count: int, m: int, n: int, mode: str, launches: dict, products: dict):
+    """Seconds of an eager loop of batched products on CUDA cores: its launches and its FLOPs
+    at the SIMT rate, per iteration."""
+    flops = products[mode] * count * m * n * n
+    return BJORCK_ITERS * (launches[mode] * LAUNCH_S + flops / SIMT_FP32_FLOPS)
+
+
+def bjorck_table() -> str:
+    """bjorck forward and forward + backward, fp32, 20 iterations: the reference loop, the
+    Triton kernels (a program per matrix) and the cuda backend (ATen's batched products)."""
+    lines = ["| stack | mode | reference us | triton us | triton bound by | triton ratio | "
+             "cuda us | cuda ratio | faster |", "|---|---|---:|---:|---|---:|---:|---:|---|"]
+    for count, m, n in _bjorck_stacks():
+        for mode, parts in (("fwd", ("fwd",)), ("fwd+bwd", ("fwd", "bwd"))):
+            reference = sum(_bjorck_eager(count, m, n, part, BJORCK_REFERENCE_LAUNCHES,
+                                          BJORCK_PRODUCTS) for part in parts)
+            triton = [_bjorck_triton(count, m, n, part) for part in parts]
+            triton_s = sum(seconds for seconds, _ in triton)
+            aten = sum(_bjorck_eager(count, m, n, part, BJORCK_ATEN_LAUNCHES,
+                                     BJORCK_KERNEL_PRODUCTS) for part in parts)
+            lines.append(f"| B{count} {m}x{n} | {mode} | {_us(reference)} | {_us(triton_s)} | "
+                         f"{max(triton)[1]} | {_ratio(reference / triton_s)} | {_us(aten)} | "
+                         f"{_ratio(reference / aten)} | "
+                         f"{'triton' if triton_s < aten else 'cuda'} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
     "soc_exp forward, 15 terms, one persistent launch of Horner steps": soc_exp_horner_table,
@@ -543,6 +624,7 @@ TABLES = {
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
     "conv_spectral_norm, 50 iterations, from the filter's taps (implemented)":
         conv_spectral_norm_taps_table,
+    "bjorck, 20 iterations": bjorck_table,
 }
 
 if __name__ == "__main__":

@@ -106,13 +106,14 @@ TORCH_LIBRARY(lipkernels, m) {
   // already scaled W (..., m, n), m >= n, float32/float64: `iters` times
   // W <- W p(W^T W), p(A) = sum_{k<=order} c_k (I - A)^k, c_0 = 1, c_1 = beta, c_k (order >= 2,
   // beta = 1/2) the Taylor coefficients of A^(-1/2) (lipkernels._conventions.bjorck_coefficients).
-  // Returns (Q, iterates, grams): what the backward reads where the kernel keeps it (the CPU
-  // kernel), the iterates W_1..W_(iters-1) and the Gram matrices A_t = W_t^T W_t, t < iters.
-  m.def("bjorck(Tensor W, int iters, float beta, int order) -> (Tensor, Tensor[], Tensor[])");
+  // Returns (Q, iterates, grams): what the backward reads, the iterates W_1..W_(iters-1)
+  // stacked (iters - 1, ..., m, n) and the Gram matrices A_t = W_t^T W_t, t < iters, stacked
+  // (iters, ..., n, n).
+  m.def("bjorck(Tensor W, int iters, float beta, int order) -> (Tensor, Tensor, Tensor)");
   // grad_W for the output gradient grad_Q, back through the iterations (W_0 = W):
   // dL/dW_t = G p(A_t) - W_t (Ebar + Ebar^T), Ebar the reverse of Horner's rule from W_t^T G.
   m.def(
-      "bjorck_backward(Tensor grad_Q, Tensor W, Tensor[] iterates, Tensor[] grams, int iters,"
+      "bjorck_backward(Tensor grad_Q, Tensor W, Tensor iterates, Tensor grams, int iters,"
       " float beta, int order) -> Tensor");
 }
 

@@ -157,14 +157,14 @@ def _bad_cayley_backward():
 
 def _bad_bjorck_backward():
     W, grad = _randn(4, 3), _randn(4, 3)
-    iterates, grams = [_randn(4, 3)], [_randn(3, 3), _randn(3, 3)]
+    iterates, grams = _randn(1, 4, 3), _randn(2, 3, 3)
     return {
         "grad_Q shape": ("grad_Q", (_randn(4, 2), W, iterates, grams, 2, 0.5, 1)),
         "W wide": ("W", (grad.mT, W.mT, iterates, grams, 2, 0.5, 1)),
-        "iterates count": ("iterates", (grad, W, [], grams, 2, 0.5, 1)),
+        "iterates count": ("iterates", (grad, W, iterates[:0], grams, 2, 0.5, 1)),
         "grams count": ("grams", (grad, W, iterates, grams[:1], 2, 0.5, 1)),
-        "grams shape": ("grams", (grad, W, iterates, [_randn(4, 3), grams[1]], 2, 0.5, 1)),
-        "iterates dtype": ("iterates", (grad, W, [iterates[0].double()], grams, 2, 0.5, 1)),
+        "grams shape": ("grams", (grad, W, iterates, _randn(2, 4, 3), 2, 0.5, 1)),
+        "iterates dtype": ("iterates", (grad, W, iterates.double(), grams, 2, 0.5, 1)),
     }
 
 

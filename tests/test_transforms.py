@@ -123,14 +123,14 @@ def _cayley_conv2d(c_out, c_in):
     return build
 
 
-def _bjorck(shape, with_scale):
+def _bjorck(shape, with_scale, order=1):
     """5 iterations (not converged), from the Frobenius scaling or a positive tensor scale."""
     def build(device, iters):
         W = _randn(*shape, device=device)
         if not with_scale:
-            return (lambda W: lipkernels.bjorck(W, 5)), (W,)
+            return (lambda W: lipkernels.bjorck(W, 5, 0.5, order)), (W,)
         scale = 2 + torch.linalg.matrix_norm(W, ord=2)
-        return (lambda W, scale: lipkernels.bjorck(W, 5, 0.5, 2, scale)), (W, scale)
+        return (lambda W, scale: lipkernels.bjorck(W, 5, 0.5, order, scale)), (W, scale)
     return build
 
 
@@ -168,6 +168,10 @@ CASES = {
     "cayley_conv2d_wide": Case("cayley_conv2d", _cayley_conv2d(2, 3), CAYLEY_CONV2D_KERNELS),
     "bjorck_tall": Case("bjorck", _bjorck((4, 3), False), BJORCK_KERNELS),
     "bjorck_wide_scaled": Case("bjorck", _bjorck((2, 2, 3), True), BJORCK_KERNELS),
+    # Order 2 on the kernels that run it (the Triton kernels run order 1).
+    "bjorck_order_2": Case("bjorck", _bjorck((4, 3), False, order=2),
+                           {name: entry for name, entry in BJORCK_KERNELS.items()
+                            if name != "triton"}),
 }
 
 cases = pytest.mark.parametrize("name", list(CASES))

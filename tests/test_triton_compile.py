@@ -54,7 +54,8 @@ def test_every_case_compiles_for_both_architectures(compiled):
             "power_iteration_gram-float32-B1-2048x18432-T50",
             "frequency_power_iteration-float32-C512-H56-k3",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
-            "householder_backward-bfloat16-B128-C1024-H1"} <= cases
+            "householder_backward-bfloat16-B128-C1024-H1", "bjorck-float32-B5-64x64",
+            "bjorck_backward-float64-B2-9x1"} <= cases
     assert len(compiled) == 2 * len(cases)
     assert {row["capability"] for row in compiled} == {80, 90}
 
@@ -228,3 +229,24 @@ def test_power_iteration_streams_matrices_16_bytes_wide(compiled):
     for row in _power_iteration_rows(compiled):
         if "float32" in row["case"]:
             assert row["wide_loads"] > row["narrow_loads"], row["case"]
+
+
+def test_bjorck_iterates_on_tensor_cores_in_a_program_per_matrix(compiled):
+    """bjorck and its backward run every iteration in one launch of a program per matrix with
+    no grid barrier, their products on tensor cores (wgmma for the 64 x 64 float32 tiles on
+    sm_90, mma.sync otherwise, float64's included), loading in 16-byte vectors where the rows
+    are aligned (columns a multiple of 16)."""
+    rows = [row for row in compiled if row["case"].startswith(("bjorck-", "bjorck_backward-"))]
+    stacks = _compile_check().BJORCK_STACKS
+    assert len(rows) == 2 * sum(map(len, stacks.values())) * 2  # kernels x stacks x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        shape = row["case"].split("-B")[1]
+        count, columns = int(shape.split("-")[0]), int(shape.split("x")[1])
+        assert row["programs"] == count, where
+        assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where
+        assert row["mma"] + row["wgmma"] > 0, where
+        if "float32" in row["case"] and columns >= 64 and row["capability"] == 90:
+            assert row["wgmma"] > 0, where
+        if columns % 16 == 0:
+            assert row["wide_loads"] > row["narrow_loads"], where

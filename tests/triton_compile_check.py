@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 
 from lipkernels.benchmarking.suites import soc_exp as soc_suite
 from lipkernels.benchmarking.suites import conv_singular_values as norm_suite
-from lipkernels.triton import (_common, cayley, cayley_conv2d, conv_spectral_bounds,
+from lipkernels.triton import (_common, bjorck, cayley, cayley_conv2d, conv_spectral_bounds,
                                frequency_power_iteration, householder, max_min, power_iteration,
                                soc_exp)
 
@@ -277,6 +277,30 @@ def _pair_cases():
                    (t, t, t, t, partials, *grid.sizes), constants)
 
 
+# bjorck's stacks (count, m, n), tall, one per distinct compilation: BCOP's 2k - 1 matrices of a
+# 3x3 layer of 32 channels (32-wide tiles) and of 64 (64-wide tiles, as every larger stack of the
+# suite `bjorck` gets), BjorckLinear's 4096 -> 512 weight (a single matrix: a count the JIT
+# makes a constexpr), a 512 -> 10 weight (rows not 16-byte aligned) and a single column; in
+# float64 the 64-channel stack (32-wide tiles) and the column.
+BJORCK_STACKS = {torch.float32: ((5, 32, 32), (5, 64, 64), (1, 4096, 512), (1, 512, 10),
+                                 (2, 9, 1)),
+                 torch.float64: ((5, 64, 64), (2, 9, 1))}
+
+
+def _bjorck_cases():
+    """bjorck and its backward on BJORCK_STACKS, 20 iterations."""
+    for dtype, stacks in BJORCK_STACKS.items():
+        t = torch.empty(0, dtype=dtype, device="meta")
+        name = str(dtype).removeprefix("torch.")
+        for count, m, n in stacks:
+            config = bjorck.launch_config(n, dtype)
+            launch = {"programs": count}
+            yield (f"bjorck-{name}-B{count}-{m}x{n}", bjorck._bjorck_kernel,
+                   (t,) * 5 + (20, count, m, n), dict(config), launch)
+            yield (f"bjorck_backward-{name}-B{count}-{m}x{n}", bjorck._bjorck_backward_kernel,
+                   (t,) * 8 + (20, count, m, n), dict(config), launch)
+
+
 def _resource_usage(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -322,7 +346,7 @@ def _cases():
     """Every case: (name, kernel, args, constants), with facts of its launch after them (a dict)
     where the case states them."""
     return [*_soc_exp_cases(), *_cayley_cases(), *_spectral_cases(), *_frequency_cases(),
-            *_pair_cases()]
+            *_pair_cases(), *_bjorck_cases()]
 
 
 _CASES = []

@@ -478,27 +478,21 @@ inline void check_bjorck_args(const char* op, const at::Tensor& W, int64_t iters
 }
 
 // bjorck_backward(grad_Q, W, iterates, grams, ...): bjorck's arguments, grad_Q of W's shape,
-// dtype and device, and what the forward kept: iters - 1 iterates like W, iters Gram matrices
-// (..., n, n).
+// dtype and device, and what the forward kept: the iters - 1 iterates like W stacked
+// (iters - 1, ..., m, n) and the iters Gram matrices stacked (iters, ..., n, n).
 inline void check_bjorck_backward_args(const at::Tensor& grad_Q, const at::Tensor& W,
-                                       at::TensorList iterates, at::TensorList grams,
+                                       const at::Tensor& iterates, const at::Tensor& grams,
                                        int64_t iters, double beta, int64_t order) {
   constexpr const char* op = "bjorck_backward";
   check_bjorck_args(op, W, iters, beta, order);
   check_like(op, "grad_Q", grad_Q, "W", W, W.sizes());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(iterates.size()) == iters - 1 &&
-                        static_cast<int64_t>(grams.size()) == iters,
-                    op, ": iterates and grams must hold the forward's iters - 1 = ", iters - 1,
-                    " iterates and ", iters, " Gram matrices; got ", iterates.size(), " and ",
-                    grams.size());
-  std::vector<int64_t> gram_shape = W.sizes().vec();
-  gram_shape[gram_shape.size() - 2] = W.size(-1);
-  for (const at::Tensor& iterate : iterates) {
-    check_like(op, "iterates", iterate, "W", W, W.sizes());
-  }
-  for (const at::Tensor& gram : grams) {
-    check_like(op, "grams", gram, "W", W, gram_shape);
-  }
+  std::vector<int64_t> iterates_shape = W.sizes().vec();
+  iterates_shape.insert(iterates_shape.begin(), iters - 1);
+  check_like(op, "iterates", iterates, "W", W, iterates_shape);
+  std::vector<int64_t> grams_shape = W.sizes().vec();
+  grams_shape[grams_shape.size() - 2] = W.size(-1);
+  grams_shape.insert(grams_shape.begin(), iters);
+  check_like(op, "grams", grams, "W", W, grams_shape);
 }
 
 }  // namespace lipkernels

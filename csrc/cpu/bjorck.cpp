@@ -13,8 +13,9 @@
 // count of autograd through the reference; recomputing A_t would add one, and the memory-free
 // tangent form (lipkernels/reference/bjorck.py) three.
 //
-// Every product is one batched BLAS call on the (batch, m, n) view; order 1 fuses the update's
-// scaling and sum into the product (baddbmm), which is all the seed's four tensor ops do.
+// Every product is one batched BLAS call on the (batch, m, n) view, written into its slot of
+// the stacks the forward returns; order 1 fuses the update's scaling and sum into the product
+// (baddbmm), which is all the seed's four tensor ops do.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -53,12 +54,14 @@ std::vector<at::Tensor> horner(const at::Tensor& A, const std::vector<double>& c
   return R;
 }
 
-// W p(A).
-at::Tensor step(const at::Tensor& W, const at::Tensor& A, const std::vector<double>& c) {
+// out = W p(A).
+void step(at::Tensor& out, const at::Tensor& W, const at::Tensor& A,
+          const std::vector<double>& c) {
   if (c.size() == 2) {
-    return at::baddbmm(W, W, A, 1.0 + c[1], -c[1]);
+    at::baddbmm_out(out, W, W, A, 1.0 + c[1], -c[1]);
+  } else {
+    at::bmm_out(out, W, horner(A, c)[0]);
   }
-  return at::bmm(W, horner(A, c)[0]);
 }
 
 // dL/dW_t from G = dL/dW_(t+1), W = W_t, A = A_t.
@@ -80,33 +83,45 @@ at::Tensor reverse_step(const at::Tensor& G, const at::Tensor& W, const at::Tens
   return at::bmm(G, R[0]).baddbmm_(W, e_bar + e_bar.transpose(1, 2), 1.0, -1.0);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> bjorck_cpu(
-    const at::Tensor& W, int64_t iters, double beta, int64_t order) {
+// The forward writes every iterate and Gram matrix into its slot of the stacks it returns:
+// (batch, rows, cols) views of stack entry t.
+at::Tensor entry(const at::Tensor& stack, int64_t t) {
+  return stack.select(0, t).view({-1, stack.size(-2), stack.size(-1)});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bjorck_cpu(const at::Tensor& W, int64_t iters,
+                                                          double beta, int64_t order) {
   check_bjorck_args("bjorck", W, iters, beta, order);
   const std::vector<double> c = coefficients(beta, order);
-  std::vector<int64_t> gram_shape = W.sizes().vec();
-  gram_shape[gram_shape.size() - 2] = W.size(-1);
-  std::vector<at::Tensor> iterates, grams;
+  std::vector<int64_t> iterates_shape = W.sizes().vec();
+  iterates_shape.insert(iterates_shape.begin(), iters - 1);
+  std::vector<int64_t> grams_shape = W.sizes().vec();
+  grams_shape[grams_shape.size() - 2] = W.size(-1);
+  grams_shape.insert(grams_shape.begin(), iters);
+  at::Tensor iterates = at::empty(iterates_shape, W.options());
+  at::Tensor grams = at::empty(grams_shape, W.options());
+  at::Tensor Q = at::empty_like(W, at::MemoryFormat::Contiguous);
   at::Tensor X = batched(W);
   for (int64_t t = 0; t < iters; ++t) {
-    if (t > 0) {
-      iterates.push_back(X.view(W.sizes()));
-    }
-    const at::Tensor A = at::bmm(X.transpose(1, 2), X);
-    grams.push_back(A.view(gram_shape));
-    X = step(X, A, c);
+    at::Tensor A = entry(grams, t);
+    at::bmm_out(A, X.transpose(1, 2), X);
+    at::Tensor next = t + 1 < iters ? entry(iterates, t) : Q.view(X.sizes());
+    step(next, X, A, c);
+    X = next;
   }
-  return {X.view(W.sizes()), iterates, grams};
+  return {Q, iterates, grams};
 }
 
 at::Tensor bjorck_backward_cpu(const at::Tensor& grad_Q, const at::Tensor& W,
-                               at::TensorList iterates, at::TensorList grams, int64_t iters,
-                               double beta, int64_t order) {
+                               const at::Tensor& iterates, const at::Tensor& grams,
+                               int64_t iters, double beta, int64_t order) {
   check_bjorck_backward_args(grad_Q, W, iterates, grams, iters, beta, order);
   const std::vector<double> c = coefficients(beta, order);
+  const at::Tensor kept_iterates = iterates.contiguous(), kept_grams = grams.contiguous();
   at::Tensor G = batched(grad_Q);
   for (int64_t t = iters - 1; t >= 0; --t) {
-    G = reverse_step(G, batched(t == 0 ? W : iterates[t - 1]), batched(grams[t]), c);
+    G = reverse_step(G, t == 0 ? batched(W) : entry(kept_iterates, t - 1),
+                     entry(kept_grams, t), c);
   }
   return G.view(W.sizes());
 }
@@ -117,6 +132,16 @@ TORCH_LIBRARY_IMPL(lipkernels, CPU, m) {
   m.impl("bjorck", &bjorck_cpu);
   m.impl("bjorck_backward", &bjorck_backward_cpu);
 }
+
+#ifdef LIPKERNELS_WITH_CUDA
+// The same ATen code on CUDA tensors, the design for stacks of large matrices
+// (docs/performance.md): two batched cuBLAS products an iteration, where the Triton kernel's
+// program per matrix would leave most SMs idle.
+TORCH_LIBRARY_IMPL(lipkernels, CUDA, m) {
+  m.impl("bjorck", &bjorck_cpu);
+  m.impl("bjorck_backward", &bjorck_backward_cpu);
+}
+#endif
 
 }  // namespace cpu
 }  // namespace lipkernels

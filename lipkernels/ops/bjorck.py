@@ -2,11 +2,11 @@
 
 Forward: (Q, iterates, grams) = bjorck(W, iters, beta, order) on a tall W already scaled
 (`lipkernels._conventions.bjorck_input`, which the entry applies, with the transpose of a wide
-input); `iterates` (W_1..W_(iters-1)) and `grams` (A_t = W_t^T W_t) are what the backward reads,
-kept by the C++ CPU kernel: with them the backward costs three products an iteration, as
-autograd through the reference does. Backward: grad_W = bjorck_backward(grad_Q, W, iterates,
-grams, ...). Where a graph of the gradient is needed (double backward), the reference iteration
-is recomputed from W and differentiated. Kernels: C++ (csrc/cpu).
+input); `iterates` (W_1..W_(iters-1), stacked) and `grams` (A_t = W_t^T W_t, stacked) are what
+the backward reads: with them it costs three products an iteration, as autograd through the
+reference does. Backward: grad_W = bjorck_backward(grad_Q, W, iterates, grams, ...). Where a graph of the gradient is needed (double backward), the reference iteration
+is recomputed from W and differentiated. Kernels: C++ (csrc/cpu, the same ATen code on the
+CUDA key) and Triton (lipkernels/triton/bjorck.py, order 1).
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ def _check_tall(op: str, W):
                          f"first); got shape {tuple(W.shape)}")
 
 
-def _gram_shape(W) -> tuple[int, ...]:
-    return (*W.shape[:-2], W.shape[-1], W.shape[-1])
+def _iterates_shape(W, iters) -> tuple[int, ...]:
+    return (iters - 1, *W.shape)
+
+
+def _grams_shape(W, iters) -> tuple[int, ...]:
+    return (iters, *W.shape[:-2], W.shape[-1], W.shape[-1])
 
 
 def check_inputs(W, iters, beta, order):
@@ -55,24 +59,19 @@ def check_inputs(W, iters, beta, order):
 
 def check_backward_inputs(grad_Q, W, iterates, grams, iters, beta, order):
     """The arguments of bjorck_backward: those of bjorck, grad_Q like W, and what the forward
-    kept: iters - 1 iterates like W and iters Gram matrices (..., n, n)."""
+    kept: the iters - 1 iterates stacked (iters - 1, ..., m, n) and the iters Gram matrices
+    stacked (iters, ..., n, n)."""
     op = "bjorck_backward"
     _check_tall(op, W)
     check_options(op, iters, beta, order)
     check_like(op, "grad_Q", grad_Q, "W", W, W.shape)
-    if len(iterates) != iters - 1 or len(grams) != iters:
-        raise ValueError(f"{op}: iterates and grams must hold the forward's iters - 1 = "
-                         f"{iters - 1} iterates and {iters} Gram matrices; got {len(iterates)} "
-                         f"and {len(grams)}")
-    for tensor in iterates:
-        check_like(op, "iterates", tensor, "W", W, W.shape)
-    for tensor in grams:
-        check_like(op, "grams", tensor, "W", W, _gram_shape(W))
+    check_like(op, "iterates", iterates, "W", W, _iterates_shape(W, iters))
+    check_like(op, "grams", grams, "W", W, _grams_shape(W, iters))
 
 
 def _forward_fake(W, iters, beta, order):
-    return (W.new_empty(W.shape), [W.new_empty(W.shape) for _ in range(iters - 1)],
-            [W.new_empty(_gram_shape(W)) for _ in range(iters)])
+    return (W.new_empty(W.shape), W.new_empty(_iterates_shape(W, iters)),
+            W.new_empty(_grams_shape(W, iters)))
 
 
 def _backward_fake(grad_Q, W, iterates, grams, iters, beta, order):
@@ -82,14 +81,13 @@ def _backward_fake(grad_Q, W, iterates, grams, iters, beta, order):
 def _setup_context(ctx, inputs, output):
     W, ctx.iters, ctx.beta, ctx.order = inputs
     _, iterates, grams = output
-    ctx.save_for_backward(W, *iterates, *grams)
-    ctx.mark_non_differentiable(*iterates, *grams)
+    ctx.save_for_backward(W, iterates, grams)
+    ctx.mark_non_differentiable(iterates, grams)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_Q, grad_iterates, grad_grams):
-        W, *kept = ctx.saved_tensors
-        iterates, grams = kept[:ctx.iters - 1], kept[ctx.iters - 1:]
+        W, iterates, grams = ctx.saved_tensors
         grad_W = backward_op(grad_Q.contiguous(), W, iterates, grams, ctx.iters, ctx.beta,
                              ctx.order)
         return grad_W, None, None, None
@@ -103,6 +101,12 @@ def _differentiable_backward(ctx, grad_Q, grad_iterates, grad_grams):
     (grad_W,) = recomputed_vjp(lambda X: iterate(X, ctx.iters, coefficients), (W,),
                                ctx.needs_input_grad, grad_Q)
     return grad_W, None, None, None
+
+
+def _triton_launchers():
+    from ..triton import bjorck as kernels
+
+    return kernels.bjorck, kernels.bjorck_backward
 
 
 def _entry(op):
