@@ -115,6 +115,23 @@ TORCH_LIBRARY(lipkernels, m) {
   m.def(
       "bjorck_backward(Tensor grad_Q, Tensor W, Tensor iterates, Tensor grams, int iters,"
       " float beta, int order) -> Tensor");
+
+  // The BCOP filter (Li et al., NeurIPS 2019; lipkernels/reference/bcop_filter.py) from
+  // matrices (2k - 1, C, C), C = max(in_channels, out_channels), float32/float64: the head
+  // H = M_0[:in, :out] times the k - 1 convolved block_orth kernels of the projectors
+  // P_j = U_j U_j^T (U_j the first C/2 columns of M_(j+1)), as (out, in, k, k). Returns
+  // (weight, projectors, iterates): what the backward reads where the kernel keeps it (the CPU
+  // kernel), the projectors (2k - 2, C, C) and the tap stacks after each growth step but the
+  // last (2k - 3 of them; csrc/cpu/bcop_filter.cpp).
+  m.def(
+      "bcop_filter(Tensor matrices, int in_channels, int out_channels)"
+      " -> (Tensor, Tensor, Tensor[])");
+  // grad_matrices for the filter gradient grad_weight, back through the growth steps:
+  // dL/dP_j = Y_j^T D and dL/dY_j = G[i + 1] + D P_j^T with D = G[i] - G[i + 1], then
+  // dL/dU_j = (dL/dP_j + dL/dP_j^T) U_j and the head's gradient from dL/dY_0.
+  m.def(
+      "bcop_filter_backward(Tensor grad_weight, Tensor matrices, Tensor projectors,"
+      " Tensor[] iterates, int in_channels, int out_channels) -> Tensor");
 }
 
 namespace {

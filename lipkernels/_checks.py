@@ -8,6 +8,7 @@ NaN outputs, never a finite wrong number (docs/design.md §4).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -128,6 +129,16 @@ def autocast_enabled(device_type: str) -> bool:
     """torch.is_autocast_enabled for any device type; False where autocast does not exist (meta,
     used for deferred initialisation), where torch's own query raises."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def autocast_off(device_type: str):
+    """A context without autocast, for what a layer derives from its parameters (a spectral
+    normalisation, an orthogonalised filter): it stays in the parameters' precision (float32)
+    even when the layer's convolution runs in bfloat16 or float16. Devices without autocast
+    (meta, for deferred initialisation) have nothing to disable."""
+    if autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def check_layer_input(layer: str, x, rank: int, layout: str, size_name: str, size: int,

@@ -1,4 +1,6 @@
-"""Provable upper bounds on the operator norm of convolutions with skew filters (SOC's S_n).
+"""Provable upper bounds on operator norms: of convolutions with skew filters (SOC's S_n, most
+of this module), of nearly orthonormal matrices (`near_isometry_norm_bound`) and of circular
+convolutions with BCOP filters (`bcop_conv_norm_bound`, from the structure of their symbol).
 
 `skew_conv_norm_bound(S, input_size)` bounds the norm of the zero-padded "same" convolution with a
 skew filter S (flipT(S) = -S), on every image of at most `input_size`, or on every image at all,
@@ -73,6 +75,7 @@ from . import _backend
 from ._checks import check_nonnegative, check_tensor
 from ._conventions import input_size_pair, working_dtype
 from .functional import _check_conv_spectrum_input
+from .reference.bcop_filter import filter_from_taps, head as bcop_head
 
 # Grid points per unit of degree and axis for the size-independent bound: tau = pi / 16, so the
 # grid maximum is divided by 1 - (pi / 16)^2 / 2 = 0.98072 (1.97% of slack).
@@ -645,3 +648,88 @@ def near_isometry_norm_bound(Q: torch.Tensor) -> float:
     far = rounded_up_sum([gram_norm * slack, rounding])
     root = math.sqrt(min(near, far))
     return root if root == 0 else _round_up(root)  # the square root of 0 is exact
+
+
+def _frobenius(x: torch.Tensor, slack: float) -> float:
+    """||x||_F of a float64 tensor, rounded up by `slack` (a relative bound of its rounding);
+    exactly 0 for a zero tensor."""
+    if not bool(x.any()):
+        return 0.0
+    return _round_up(float(torch.linalg.vector_norm(x)) * slack)
+
+
+def _grown_bcop_taps(Q: torch.Tensor, in_channels: int, out_channels: int,
+                     norms: list[float]) -> tuple[torch.Tensor, float]:
+    """(taps, error): the taps H_t K[i][j] (k, k, r, C) of the BCOP filter of the float64
+    matrices Q (2k - 1, C, C), grown one factor P_j + (I - P_j) z at a time (along the first tap
+    axis for even j, the second for odd j), and a bound on the Frobenius norm of their distance
+    to the exact taps of Q's values.
+
+    A step maps Y to Y' = shift(Y (I - P)) + Y P, a map of norm at most ||I - P|| + ||P|| <=
+    max(1, b^2) + b^2 (b >= ||Q_(j+1)||, the eigenvalues of P = U U^T in [0, b^2]). The computed
+    step differs from the exact one by the propagated error, by 2 ||Y||_F ||P^ - P||_F from the
+    computed projector (||fl(U U^T) - U U^T||_F <= gamma_(C/2) ||U||_F^2: Higham, "Accuracy and
+    Stability of Numerical Algorithms", 2002, §3.5) and by the step's own rounding, at most
+    (gamma_C + 4 u)(1 + gamma_C)(1 + ||P^||_F) ||Y||_F (the product, a subtraction and an
+    addition)."""
+    unit = 2.0 ** -53
+    gamma = lambda k: k * unit / (1 - k * unit)  # noqa: E731
+    channels = Q.shape[-1]
+    slack = 1 + gamma(Q[0].numel() * (Q.shape[0] + 1) ** 2 + 2)
+    taps = bcop_head(Q, in_channels, out_channels)[None, None]
+    error = 0.0
+    for j in range(Q.shape[0] - 1):
+        U = Q[j + 1, :, :channels // 2]
+        P = U @ U.mT
+        size = _frobenius(taps, slack)
+        projector_error = rounded_up_product([gamma(channels // 2), _frobenius(U, slack),
+                                              _frobenius(U, slack)])
+        step_rounding = rounded_up_product([gamma(channels) + 4 * unit, 1 + gamma(channels),
+                                            1 + _frobenius(P, slack), size])
+        step_norm = _round_up(max(1.0, norms[j + 1] ** 2) + norms[j + 1] ** 2)
+        error = rounded_up_sum([rounded_up_product([step_norm, error]),
+                                rounded_up_product([2.0, size, projector_error]),
+                                step_rounding])
+        product = taps @ P
+        axis = j % 2
+        grown = list(taps.shape)
+        grown[axis] += 1
+        next_taps = taps.new_zeros(grown)
+        next_taps.narrow(axis, 0, taps.shape[axis]).copy_(product)
+        next_taps.narrow(axis, 1, taps.shape[axis]).add_(taps - product)
+        taps = next_taps
+    return taps, error
+
+
+def bcop_conv_norm_bound(matrices: torch.Tensor, weight: torch.Tensor) -> float:
+    """A provable upper bound on the norm of the circular convolution with `weight` (out, in,
+    k, k), at every input size, where weight is the BCOP filter of `matrices` (2k - 1, C, C)
+    (`lipkernels.bcop_filter(matrices, in, out)`, computed on any backend and in any dtype:
+    the bound covers its rounding), in exact arithmetic on the values of both.
+
+    As a polynomial on the unit torus the filter of exact arithmetic on the matrices' values is
+    H_t prod_j (P_j + (I - P_j) z_(j mod 2)) (lipkernels/reference/bcop_filter.py), and the
+    circular convolution's norm at any size is at most the largest norm of that symbol. Each
+    factor is normal, with eigenvalues lambda + (1 - lambda) z for the eigenvalues lambda of
+    P_j = U_j U_j^T, which lie in [0, ||U_j||^2]; so its norm is at most max(1, 2 ||U_j||^2 - 1),
+    and ||H_t|| <= ||M_0||, ||U_j|| <= ||M_(j+1)||, each bounded by `near_isometry_norm_bound`:
+        ||conv|| <= b_0 prod_(j>=1) max(1, 2 b_j^2 - 1) + sum_taps ||weight_t - exact_t||_2,
+    the last term (the rounding of the weight's construction, triangle inequality on the
+    symbol) bounded by its distance to float64 taps grown here plus their own distance to the
+    exact ones (`_grown_bcop_taps`). About 1 + ||M^T M - I||_F-sized terms once Björck has
+    converged; nan for non-finite values."""
+    out_channels, in_channels, size, _ = weight.shape
+    Q = matrices.detach().to(torch.float64)
+    norms = [near_isometry_norm_bound(q) for q in Q]
+    if not all(math.isfinite(b) for b in norms) or not torch.isfinite(weight).all():
+        return math.nan
+    factors = [max(1.0, _round_up(2 * b * b) - 1) for b in norms[1:]]
+    symbol = rounded_up_product([norms[0], *factors])
+    taps, error = _grown_bcop_taps(Q, in_channels, out_channels, norms)
+    exact = filter_from_taps(taps, in_channels, out_channels)
+    difference = (weight.detach().to(torch.float64) - exact).permute(2, 3, 0, 1)
+    unit = 2.0 ** -53
+    slack = (1 + unit) * (1 + (in_channels * out_channels + 2) * unit / (1 - unit))
+    deviation = rounded_up_sum(_frobenius(tap, slack)
+                               for tap in difference.reshape(-1, out_channels, in_channels))
+    return rounded_up_sum([symbol, deviation, rounded_up_product([float(size), error])])

@@ -17,6 +17,7 @@ from ._conventions import (CAYLEY_DTYPES, PADDINGS, circular_size, fixed_start, 
                            working_dtype)
 from ._spectral import power_iteration_norm
 from .ops import KERNELS
+from .ops import bcop_filter as bcop_filter_ops
 from .ops import bjorck as bjorck_ops
 from .ops import conv_spectral_bounds as conv_spectral_bounds_ops
 from .ops import householder as householder_ops
@@ -436,6 +437,45 @@ def bjorck(W: torch.Tensor, iters: int = 20, beta: float = 0.5, order: int = 1,
     return _dispatch(op, W.device.type, tensors, W, iters, beta, order, scale)
 
 
+def bcop_filter(matrices: torch.Tensor, in_channels: int, out_channels: int) -> torch.Tensor:
+    """The filter of a block convolution orthogonal parametrisation (BCOP), from its matrices.
+
+    Li, Haque, Anil, Lucas, Grosse & Jacobsen, "Preventing Gradient Attenuation in Lipschitz
+    Constrained Convolutional Networks", NeurIPS 2019, with the conventions of its code
+    (ColinQiyangLi/LConvNet). From matrices M_0..M_(2k-2), C x C with C = max(in, out):
+        H = M_0[:in, :out],  H_t = H (in <= out) or H^T (in > out),
+        P_j = U_j U_j^T,  U_j = M_(j+1)[:, :C/2]   (rank-C/2 symmetric projectors),
+        block_orth(P, Q) = [[P Q, P (I - Q)], [(I - P) Q, (I - P)(I - Q)]],
+        K = block_orth(P_0, P_1) * block_orth(P_2, P_3) * ... * block_orth(P_(2k-4), P_(2k-3)),
+    * the full 2-D convolution of matrix-valued kernels ((A * B)[i][j] = sum A[a][b]
+    B[i - a][j - b], no flip), and the filter's tap at row j, column i is (H_t K[i][j])^T for
+    in <= out, H_t K[i][j] for in > out. k = 1 gives the head alone: H for in = out (as the seed
+    returns it), H^T otherwise. As a polynomial, K(z) = prod (P_(2t) + (I - P_(2t)) z_1)
+    (P_(2t+1) + (I - P_(2t+1)) z_2), unitary on the unit torus: for orthogonal matrices (the
+    layer passes `bjorck`'s output; this op does not orthogonalise) the convolution with
+    circular padding of k - 1 pixels per axis, however split (the seed's k // 2 before and
+    k - 1 - k // 2 after, asymmetric for even k), is orthogonal (in = out) or has orthonormal
+    columns (in < out) or rows (in > out): every `conv_singular_values` is 1. Zero padding is
+    not orthogonal. `lipkernels.reference.bcop_filter` is the seed's construction, a Python
+    loop of block_orth and matrix convolutions; the kernels multiply the head by one factor of
+    K(z) at a time, one product over all taps per factor.
+
+    Args:
+        matrices: (2k - 1, C, C), an odd count of square matrices, C = max(in_channels,
+            out_channels), C even for k >= 2 (the projectors take C / 2 columns); float32/64,
+            or float16/bfloat16 computed in float32 and returned in that dtype.
+        in_channels, out_channels: ints >= 1.
+
+    Returns:
+        The filter (out_channels, in_channels, k, k) in matrices' dtype, differentiable w.r.t.
+        matrices (the columns C/2.. of M_1.. get zero gradient: the projectors do not read
+        them); the backward runs the growth steps in reverse, two products each.
+    """
+    bcop_filter_ops.check_arguments("bcop_filter", matrices, in_channels, out_channels)
+    return _dispatch("bcop_filter", matrices.device.type, (matrices,), matrices, in_channels,
+                     out_channels)
+
+
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
            "conv_singular_values", "conv_spectral_norm", "skew", "soc_exp",
-           "max_min", "householder", "cayley", "cayley_conv2d", "bjorck"]
+           "max_min", "householder", "cayley", "cayley_conv2d", "bjorck", "bcop_filter"]

@@ -16,10 +16,10 @@ import torch
 
 import lipkernels
 from lipkernels import functional
-from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, GroupSort, HouseHolder,
-                           LipConvNet, MaxMin, SOCConv2d, SOCLinear)
-from lipkernels.ops import (bjorck, cayley, cayley_conv2d, householder, max_min, power_iteration,
-                            soc_exp)
+from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, GroupSort,
+                           HouseHolder, LipConvNet, MaxMin, SOCConv2d, SOCLinear)
+from lipkernels.ops import (bcop_filter, bjorck, cayley, cayley_conv2d, householder, max_min,
+                            power_iteration, soc_exp)
 from lipkernels.ops import conv_spectral_bounds, frequency_power_iteration
 from lipkernels.nn._unshuffle import unshuffle
 from lipkernels._conventions import bound_matrix_shapes
@@ -121,6 +121,9 @@ def _layers():
                                  (0, 4, 3, 3)),
         "CayleyLinear": (lambda: CayleyLinear(5, 3), (0, 5), (0, 3)),
         "BjorckLinear": (lambda: BjorckLinear(5, 3), (0, 5), (0, 3)),
+        "BCOPConv2d": (lambda: BCOPConv2d(4, 6, 3), (0, 4, 6, 6), (0, 6, 6, 6)),
+        "BCOPConv2d-stride2": (lambda: BCOPConv2d(2, 8, 4, stride=2), (0, 2, 6, 6),
+                               (0, 8, 3, 3)),
         "MaxMin": (MaxMin, (0, 4, 3, 3), (0, 4, 3, 3)),
         "GroupSort": (lambda: GroupSort(3), (0, 6, 3, 3), (0, 6, 3, 3)),
         "HouseHolder": (lambda: HouseHolder(4), (0, 4, 3, 3), (0, 4, 3, 3)),
@@ -231,6 +234,12 @@ def test_half_precision_parameters(name, dtype):
     torch.testing.assert_close(y.float(), expected, rtol=tolerance, atol=tolerance)
 
 
+def _orthogonal_matrices(count, channels):
+    """`count` orthogonal channels x channels matrices, row-major (NaN is written in place)."""
+    random = torch.randn(count, channels, channels, dtype=torch.float64)
+    return torch.linalg.qr(random)[0].contiguous()
+
+
 # NaN in gives NaN out, never an exception or a finite number (LIPKERNELS_CHECK=1 raises instead).
 # name: (kernels or None for ops without a kernel of their own, call on float64 inputs, inputs)
 def _nan_cases():
@@ -264,6 +273,10 @@ def _nan_cases():
         "bjorck-scale": (bjorck.KERNELS, lambda W, scale: functional.bjorck(W, scale=scale),
                          [torch.randn(2, 5, 3, dtype=torch.float64),
                           torch.full((2,), 4.0, dtype=torch.float64)]),
+        "bcop_filter": (bcop_filter.KERNELS, lambda M: functional.bcop_filter(M, 4, 2),
+                        [_orthogonal_matrices(5, 4)]),
+        "bcop_filter-head": (bcop_filter.KERNELS, lambda M: functional.bcop_filter(M, 4, 4),
+                             [_orthogonal_matrices(1, 4)]),
     }
 
 
@@ -330,6 +343,13 @@ def _zero_weight_cases():
         "bjorck": (bjorck.KERNELS,
                    lambda: functional.bjorck(torch.zeros(5, 3, dtype=torch.float64)),
                    torch.zeros(5, 3, dtype=torch.float64)),
+        # A zero head makes every tap zero, whatever the projectors (I - 0 = I for zero ones).
+        "bcop_filter-head": (bcop_filter.KERNELS, lambda: functional.bcop_filter(
+            torch.zeros(1, 4, 4, dtype=torch.float64), 4, 3), torch.zeros(3, 4, 1, 1,
+                                                                          dtype=torch.float64)),
+        "bcop_filter": (bcop_filter.KERNELS, lambda: functional.bcop_filter(
+            torch.zeros(5, 4, 4, dtype=torch.float64), 2, 4), torch.zeros(4, 2, 3, 3,
+                                                                          dtype=torch.float64)),
     }
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 import lipkernels
 from helpers import require_backend
-from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet, MaxMin, SOCConv2d,
-                           SOCLinear)
+from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet,
+                           MaxMin, SOCConv2d, SOCLinear)
 
 
 def _models():
@@ -96,10 +96,12 @@ def _vanilla_layers():
             (SOCConv2d(4, 4, 3, eval_terms=1), (4, 5, 5)),
             (SOCLinear(6, 9), (6,)), (SOCLinear(9, 6, bias=False), (9,)),
             (CayleyLinear(6, 9), (6,)), (CayleyLinear(9, 6), (9,)),
-            (BjorckLinear(6, 9), (6,)), (BjorckLinear(9, 6, bias=False), (9,))]
+            (BjorckLinear(6, 9), (6,)), (BjorckLinear(9, 6, bias=False), (9,)),
+            (BCOPConv2d(4, 6, 3), (4, 6, 5)), (BCOPConv2d(2, 8, 4, stride=2, bias=False),
+                                               (2, 6, 4))]
 
 
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(13))
 def test_vanilla_export_is_plain_torch_with_the_eval_outputs_at_any_size(index):
     """deel-torchlip's convention: SOC layers as plain convolutions in Horner's form (linear
     layers as one nn.Linear), Cayley linear layers as nn.Linear, in training mode too."""

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import lipkernels
-from lipkernels.nn import (BjorckLinear, CayleyConv2d, CayleyLinear, SOCConv2d, SOCLinear,
-                           cached)
+from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, SOCConv2d,
+                           SOCLinear, cached)
 
 LAYERS = {
     "SOCConv2d": (lambda: SOCConv2d(4, 4, 3), (2, 4, 6, 6)),
@@ -23,6 +23,8 @@ LAYERS = {
     "CayleyConv2d-stride2": (lambda: CayleyConv2d(2, 4, 3, stride=2), (2, 2, 6, 6)),
     "CayleyLinear": (lambda: CayleyLinear(5, 3), (4, 5)),
     "BjorckLinear": (lambda: BjorckLinear(5, 3), (4, 5)),
+    "BCOPConv2d": (lambda: BCOPConv2d(4, 6, 3), (2, 4, 6, 6)),
+    "BCOPConv2d-stride2": (lambda: BCOPConv2d(2, 8, 4, stride=2), (2, 2, 6, 6)),
 }
 
 

@@ -90,6 +90,19 @@ def _bad_bjorck():
     }
 
 
+def _bad_bcop_filter():
+    M = _randn(3, 4, 4)
+    return {
+        "matrices rank": ("matrices", (M[0], 4, 4)),
+        "matrices even count": ("matrices", (M[:2], 4, 4)),
+        "matrices not square": ("matrices", (M[:, :, :3], 4, 3)),
+        "matrices channels": ("matrices", (M, 4, 6)),
+        "matrices odd channels": ("matrices", (M[:, :3, :3], 3, 2)),
+        "in_channels": ("in_channels", (M, 0, 4)),
+        "out_channels": ("out_channels", (M, 4, -2)),
+    }
+
+
 def _bad_power_iteration_backward():
     grad, u, v = _randn(2), _randn(2, 4), _randn(2, 3)
     return {
@@ -194,6 +207,20 @@ def _bad_cayley_frequency_product_backward():
     }
 
 
+def _bad_bcop_filter_backward():
+    M, grad, projectors = _randn(5, 4, 4), _randn(2, 4, 3, 3), _randn(4, 4, 4)
+    iterates = [_randn(2, 1, 2, 4), _randn(2, 2, 2, 4), _randn(3, 2, 2, 4)]
+    return {
+        "grad_weight shape": ("grad_weight", (grad[:, :, :2], M, projectors, iterates, 4, 2)),
+        "matrices even count": ("matrices", (grad, M[:4], projectors, iterates, 4, 2)),
+        "projectors count": ("projectors", (grad, M, projectors[:3], iterates, 4, 2)),
+        "projectors dtype": ("projectors", (grad, M, projectors.double(), iterates, 4, 2)),
+        "iterates count": ("iterates", (grad, M, projectors, iterates[:2], 4, 2)),
+        "iterates shape": ("iterates", (grad, M, projectors, [iterates[1], *iterates[1:]], 4,
+                                        2)),
+    }
+
+
 # The ops with no functional entry of their own, {op: bad inputs}: the backward ops and the
 # frequency-domain core of cayley_conv2d.
 KERNEL_ONLY_OPS = {
@@ -206,6 +233,7 @@ KERNEL_ONLY_OPS = {
     "cayley_frequency_product": _bad_cayley_frequency_product,
     "cayley_frequency_product_backward": _bad_cayley_frequency_product_backward,
     "bjorck_backward": _bad_bjorck_backward,
+    "bcop_filter_backward": _bad_bcop_filter_backward,
 }
 
 # op: (bad inputs {case: (argument named, args)}, the functional call on those args)
@@ -219,6 +247,7 @@ OPS = {
     "householder": (_bad_householder, lipkernels.householder),
     "cayley": (_bad_cayley, lipkernels.cayley),
     "bjorck": (_bad_bjorck, lambda W, iters, beta, order: lipkernels.bjorck(W, iters, beta, order)),
+    "bcop_filter": (_bad_bcop_filter, lipkernels.bcop_filter),
 }
 
 CASES = [(op, case) for op, (bad, _) in OPS.items() for case in bad()]

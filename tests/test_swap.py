@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lipkernels.nn import (CayleyConv2d, CayleyLinear, HouseHolder, SOCConv2d, SOCLinear,
-                           swap)
+from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, HouseHolder,
+                           SOCConv2d, SOCLinear, swap)
 
 
 def small_cnn():
@@ -19,7 +19,8 @@ def small_cnn():
 
 
 @pytest.mark.parametrize("family,conv,linear", [("soc", SOCConv2d, SOCLinear),
-                                                ("cayley", CayleyConv2d, CayleyLinear)])
+                                                ("cayley", CayleyConv2d, CayleyLinear),
+                                                ("bcop", BCOPConv2d, BjorckLinear)])
 def test_swap_replaces_what_keeps_its_shape_and_reports_the_rest(family, conv, linear):
     model = small_cnn()
     swapped, report = swap(model, family)
@@ -30,7 +31,7 @@ def test_swap_replaces_what_keeps_its_shape_and_reports_the_rest(family, conv, l
     assert isinstance(swapped[5], nn.Conv2d)  # padding 0 shrinks the image: kept
     assert [name for name, *_ in report.replaced] == ["0", "2", "8"]
     notes = {name: note for name, _, _, note in report.replaced}
-    assert notes["0"] == ("zeros padding becomes circular" if family == "cayley" else "")
+    assert notes["0"] == ("" if family == "soc" else "zeros padding becomes circular")
     kept = {name: (kind, why) for name, kind, why in report.kept}
     assert set(kept) == {"3", "4", "5", "6"}
     assert kept["3"][0] == "BatchNorm2d" and "not 1-Lipschitz" in kept["3"][1]
@@ -66,7 +67,14 @@ def test_soc_keeps_circular_convolutions():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="swap: family must be one of soc, cayley; got 'bcop'"):
-        swap(nn.Linear(2, 2), "bcop")
+    with pytest.raises(ValueError, match="swap: family must be one of soc, cayley, bcop; got "
+                                         "'cpl'"):
+        swap(nn.Linear(2, 2), "cpl")
     with pytest.raises(TypeError, match="swap: model must be a torch.nn.Module; got int"):
         swap(3)
+
+
+def test_bcop_keeps_convolutions_of_odd_channel_counts():
+    _, report = swap(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)), "bcop")
+    (kept,) = report.kept
+    assert "must be even for a filter of 3 taps" in kept[2]

@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lipkernels
 from helpers import ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend
+from lipkernels.ops.bcop_filter import KERNELS as BCOP_FILTER_KERNELS
 from lipkernels.ops.bjorck import KERNELS as BJORCK_KERNELS
 from lipkernels.ops.cayley import KERNELS as CAYLEY_KERNELS
 from lipkernels.ops.cayley_conv2d import KERNELS as CAYLEY_CONV2D_KERNELS
@@ -134,6 +135,15 @@ def _bjorck(shape, with_scale, order=1):
     return build
 
 
+def _bcop_filter(size, in_channels, out_channels):
+    """Random (not orthogonal) matrices: the construction is a polynomial in any matrices."""
+    def build(device, iters):
+        channels = max(in_channels, out_channels)
+        M = _randn(2 * size - 1, channels, channels, device=device)
+        return (lambda M: lipkernels.bcop_filter(M, in_channels, out_channels)), (M,)
+    return build
+
+
 CASES = {
     "power_iteration": Case("power_iteration", _power_iteration, POWER_ITERATION_KERNELS,
                             constant_vectors=True),
@@ -172,6 +182,8 @@ CASES = {
     "bjorck_order_2": Case("bjorck", _bjorck((4, 3), False, order=2),
                            {name: entry for name, entry in BJORCK_KERNELS.items()
                             if name != "triton"}),
+    "bcop_filter_4_to_2_k2": Case("bcop_filter", _bcop_filter(2, 4, 2), BCOP_FILTER_KERNELS),
+    "bcop_filter_2_to_4_k3": Case("bcop_filter", _bcop_filter(3, 2, 4), BCOP_FILTER_KERNELS),
 }
 
 cases = pytest.mark.parametrize("name", list(CASES))
@@ -464,6 +476,8 @@ def _layers():
         "CayleyConv2d": (lambda: nn.CayleyConv2d(2, 3, 3, **factory), (2, 2, 4, 4)),
         "CayleyLinear": (lambda: nn.CayleyLinear(4, 3, **factory), (2, 4)),
         "BjorckLinear": (lambda: nn.BjorckLinear(4, 3, **factory), (2, 4)),
+        "BCOPConv2d": (lambda: nn.BCOPConv2d(2, 8, 4, stride=2, bjorck_iters=5, **factory),
+                       (2, 2, 4, 4)),
         "MaxMin": (lambda: nn.MaxMin(), (2, 4, 3)),
         "GroupSort": (lambda: nn.GroupSort(3), (2, 6, 3)),
         "HouseHolder": (lambda: nn.HouseHolder(4, **factory), (2, 4, 3)),

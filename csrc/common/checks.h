@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -493,6 +494,72 @@ inline void check_bjorck_backward_args(const at::Tensor& grad_Q, const at::Tenso
   grams_shape[grams_shape.size() - 2] = W.size(-1);
   grams_shape.insert(grams_shape.begin(), iters);
   check_like(op, "grams", grams, "W", W, grams_shape);
+}
+
+// The geometry of a BCOP filter (lipkernels/reference/bcop_filter.py): kernel size k, C =
+// max(in, out) channels, r = min(in, out) rows of the head, whether the head is transposed
+// (in > out) and whether the filter holds the taps transposed (weight[o, c] = Y[c, o]: in < out,
+// and in = out for k >= 2; the seed's 1 x 1 filter of in = out channels is its head untouched).
+struct BcopGeometry {
+  int64_t size, channels, rows;
+  bool head_transposed, taps_transposed;
+
+  // The tap stack after growth step t: (t / 2 + 2, (t + 1) / 2 + 1, r, C).
+  std::vector<int64_t> iterate_shape(int64_t t) const {
+    return {t / 2 + 2, (t + 1) / 2 + 1, rows, channels};
+  }
+};
+
+// bcop_filter(matrices (2k - 1, C, C), in_channels, out_channels) as
+// lipkernels.ops.bcop_filter.check_arguments checks it (`op` names the op called), for the
+// float32/float64 matrices the kernels take.
+inline BcopGeometry check_bcop_filter_args(const char* op, const at::Tensor& matrices,
+                                           int64_t in_channels, int64_t out_channels) {
+  check_tensor(op, "matrices", matrices, TensorRule::of_rank(3).of({at::kFloat, at::kDouble}));
+  constexpr int64_t unbounded = std::numeric_limits<int64_t>::max();
+  check_count(op, "in_channels", in_channels, unbounded);
+  check_count(op, "out_channels", out_channels, unbounded);
+  const int64_t count = matrices.size(0), channels = std::max(in_channels, out_channels);
+  const std::string shape = shape_string(matrices.sizes());
+  TORCH_CHECK_VALUE(count % 2 == 1, op,
+                    ": matrices must hold an odd number 2k - 1 of matrices (k the kernel size); "
+                    "got shape ", shape);
+  TORCH_CHECK_VALUE(matrices.size(1) == matrices.size(2), op,
+                    ": matrices must be square, (2k - 1, C, C); got shape ", shape);
+  TORCH_CHECK_VALUE(matrices.size(1) == channels, op,
+                    ": matrices must have C = max(in_channels, out_channels) = ", channels,
+                    "; got shape ", shape);
+  TORCH_CHECK_VALUE(count == 1 || channels % 2 == 0, op,
+                    ": matrices must have an even C for a kernel size k >= 2 (the projectors "
+                    "take C / 2 columns); got shape ", shape);
+  const int64_t size = (count + 1) / 2;
+  return {size, channels, std::min(in_channels, out_channels), in_channels > out_channels,
+          in_channels < out_channels || (in_channels == out_channels && size > 1)};
+}
+
+// bcop_filter_backward(grad_weight, matrices, projectors, iterates, in_channels, out_channels):
+// bcop_filter's arguments, grad_weight (out, in, k, k) and what the forward kept, the 2k - 2
+// projectors (C, C) and the 2k - 3 tap stacks after each growth step but the last, all of the
+// matrices' dtype and device.
+inline BcopGeometry check_bcop_filter_backward_args(const at::Tensor& grad_weight,
+                                                    const at::Tensor& matrices,
+                                                    const at::Tensor& projectors,
+                                                    at::TensorList iterates, int64_t in_channels,
+                                                    int64_t out_channels) {
+  constexpr const char* op = "bcop_filter_backward";
+  const BcopGeometry geometry = check_bcop_filter_args(op, matrices, in_channels, out_channels);
+  const int64_t k = geometry.size, C = geometry.channels, kept = std::max<int64_t>(2 * k - 3, 0);
+  check_like(op, "grad_weight", grad_weight, "matrices", matrices,
+             {out_channels, in_channels, k, k});
+  check_like(op, "projectors", projectors, "matrices", matrices, {2 * k - 2, C, C});
+  TORCH_CHECK_VALUE(static_cast<int64_t>(iterates.size()) == kept, op,
+                    ": iterates must hold the forward's 2k - 3 = ", kept, " tap stacks; got ",
+                    iterates.size());
+  for (size_t t = 0; t < iterates.size(); ++t) {
+    check_like(op, "iterates[" + std::to_string(t) + "]", iterates[t], "matrices", matrices,
+               geometry.iterate_shape(static_cast<int64_t>(t)));
+  }
+  return geometry;
 }
 
 }  // namespace lipkernels

@@ -1,6 +1,7 @@
 """nn.Module layers over the lipkernels ops (docs/design.md §1: lipkernels/nn/<layer>.py)."""
 
 from ._eval_cache import cached
+from .bcop import BCOPConv2d
 from .bjorck import BjorckLinear
 from .cayley import CayleyConv2d, CayleyLinear
 from .householder import HouseHolder
@@ -11,4 +12,5 @@ from .soc import SOCConv2d, SOCLinear
 from .swap import SwapReport, swap
 
 __all__ = ["SOCConv2d", "SOCLinear", "CayleyConv2d", "CayleyLinear", "MaxMin", "GroupSort",
-           "HouseHolder", "BjorckLinear", "LipConvNet", "Residual", "cached", "swap", "SwapReport"]
+           "HouseHolder", "BjorckLinear", "BCOPConv2d", "LipConvNet", "Residual", "cached", "swap",
+           "SwapReport"]

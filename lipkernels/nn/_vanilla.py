@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._distributed import full_parameters
+
 
 def plain_module(module_type, weight: torch.Tensor, bias, *args, **kwargs) -> nn.Module:
     """A torch `module_type`(*args, **kwargs) holding copies of `weight` and `bias` (None: no
@@ -17,3 +19,15 @@ def plain_module(module_type, weight: torch.Tensor, bias, *args, **kwargs) -> nn
         if bias is not None:
             module.bias.copy_(bias)
     return module
+
+
+def in_eval(layer: nn.Module, compute):
+    """compute() with `layer` in eval mode and its full parameters (sharded ones gathered), its
+    training flag restored after: the eval weight an export holds."""
+    training = layer.training
+    try:
+        layer.train(False)
+        with full_parameters(layer):
+            return compute()
+    finally:
+        layer.train(training)

@@ -32,8 +32,39 @@ from .._conventions import working_dtype
 from ..bounds import near_isometry_norm_bound
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached
-from ._vanilla import plain_module
+from ._vanilla import in_eval, plain_module
 from .soc import INIT_ITERS
+
+
+def _power_sigma(weight: torch.Tensor, u: torch.Tensor, training: bool,
+                 store_vector: bool) -> torch.Tensor:
+    """sigma (...) of each matrix of weight (..., m, n) from its persistent unit vector in u
+    (..., n; taken in weight's dtype): in training one power iteration (the new vector stored
+    where `store_vector`), in eval ||W u|| from the stored vector; differentiable w.r.t.
+    weight, u held constant."""
+    vector = u.to(weight.dtype)
+    if training:
+        sigma, new_u, _ = functional.power_iteration(weight, vector, 1)
+        if store_vector:
+            with torch.no_grad():
+                u.copy_(new_u)
+        return sigma
+    return torch.linalg.vector_norm((weight @ vector.unsqueeze(-1)).squeeze(-1), dim=-1)
+
+
+def orthonormalised(weight: torch.Tensor, u: torch.Tensor, iters: int, training: bool,
+                    store_vector: bool) -> torch.Tensor:
+    """bjorck(W / scale, iters) for each matrix W of weight (..., m, n), the scale
+    max(sigma, sqrt(||G||_F / 2)) (the module docstring says why; sigma from `_power_sigma`),
+    differentiable. A zero matrix (scale 0) gives 0; a NaN stays NaN."""
+    work = weight.to(working_dtype(weight.dtype))
+    gram = work.mT @ work if work.shape[-2] >= work.shape[-1] else work @ work.mT
+    floor = torch.sqrt(torch.linalg.matrix_norm(gram) / 2)
+    sigma = _power_sigma(weight, u, training, store_vector)
+    scale = torch.maximum(sigma.to(floor.dtype), floor)
+    # The scale is 0 only for W = 0, whose Q is 0 at any scale.
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return functional.bjorck(weight, iters, scale=safe)
 
 
 class BjorckLinear(EvalCached):
@@ -88,27 +119,9 @@ class BjorckLinear(EvalCached):
         """Run `iters` power iterations on W from u and store the new u."""
         self.u.copy_(functional.power_iteration(self.weight, self.u, iters)[1])
 
-    def _sigma(self, store_vector: bool) -> torch.Tensor:
-        if self.training:
-            sigma, u, _ = functional.power_iteration(self.weight, self.u, 1)
-            if store_vector:
-                with torch.no_grad():
-                    self.u.copy_(u)
-            return sigma
-        return torch.linalg.vector_norm(self.weight @ self.u)
-
-    def _scale(self, store_vector: bool) -> torch.Tensor:
-        """max(sigma, sqrt(||G||_F / 2)) (see the module docstring), differentiable."""
-        weight = self.weight.to(working_dtype(self.weight.dtype))
-        gram = weight.T @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.T
-        floor = torch.sqrt(torch.linalg.matrix_norm(gram) / 2)
-        return torch.maximum(self._sigma(store_vector).to(floor.dtype), floor)
-
     def _orthogonal_weight(self, store_vector: bool) -> torch.Tensor:
-        scale = self._scale(store_vector)
-        # The scale is 0 only for W = 0, whose Q is 0 at any scale; a NaN stays NaN.
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        return functional.bjorck(self.weight, self.bjorck_iters, scale=safe)
+        return orthonormalised(self.weight, self.u, self.bjorck_iters, self.training,
+                               store_vector)
 
     def orthogonal_weight(self) -> torch.Tensor:
         """Q (out_features, in_features) as this mode's forward computes it (in training after
@@ -140,13 +153,7 @@ class BjorckLinear(EvalCached):
     def vanilla_export(self) -> nn.Linear:
         """The layer as a plain nn.Linear holding the eval Q: the same eval outputs, loading
         with torch only."""
-        training = self.training
-        try:
-            self.train(False)
-            with full_parameters(self):
-                weight = self._orthogonal_weight(store_vector=False)
-        finally:
-            self.train(training)
+        weight = in_eval(self, lambda: self._orthogonal_weight(store_vector=False))
         bias = None if self.bias is None else self.bias.detach()
         return plain_module(nn.Linear, weight, bias, self.in_features, self.out_features)
 

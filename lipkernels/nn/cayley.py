@@ -27,7 +27,7 @@ from .._conventions import working_dtype
 from .._spectral import frequency_conv2d, frequency_responses
 from ._distributed import full_parameters
 from ._eval_cache import EvalCached
-from ._unshuffle import unshuffle
+from ._unshuffle import filter_input
 from ._vanilla import plain_module
 
 
@@ -156,15 +156,8 @@ class CayleyConv2d(_ScaledCayley):
         self._reset_alpha()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = type(self).__name__
-        check_layer_input(name, x, 4, "(B, C, H, W)", "in_channels", self.in_channels,
-                          self.weight)
-        if self.stride == 2:
-            x = unshuffle(name, x)
-        if self.filter_size > min(x.shape[-2:]):
-            raise ValueError(f"{name}: the {self.filter_size}x{self.filter_size} filter must fit "
-                             f"in the {tuple(x.shape[-2:])} image it sees (after the stride-2 "
-                             f"unshuffle, if any)")
+        x = filter_input(type(self).__name__, x, self.in_channels, self.weight, self.stride,
+                         self.filter_size)
         if self._uses_cache(self.weight):
             y = frequency_conv2d(x, self._transforms(x))
         else:

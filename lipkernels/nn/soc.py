@@ -19,7 +19,6 @@ is skew-symmetric, so exp(A) is orthogonal and the truncated series is close to 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from fractions import Fraction
@@ -29,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional
-from .._checks import (autocast_enabled, check_conv_arguments, check_count, check_layer_input,
-                       check_nonnegative, check_stride, check_terms)
+from .._checks import (autocast_enabled, autocast_off, check_conv_arguments, check_count,
+                       check_layer_input, check_nonnegative, check_stride, check_terms)
 from .._conventions import GRAD_MODES, bound_matrix_shapes, initial_vectors, input_size_pair
 from ..bounds import _skew_conv_norm_bound
 from ..functional import _check_conv_spectrum_input
@@ -213,15 +212,6 @@ def _reshape_products_norms(S: torch.Tensor, vectors) -> torch.Tensor:
                         torch.linalg.vector_norm(fourth.diagonal(dim1=1, dim2=2).sum(1))])
 
 
-def _autocast_off(device_type: str):
-    """Disable autocast for the spectral normalisation: its power iteration and division stay in
-    the parameters' precision (float32) even when the series runs in bfloat16 or float16. Devices
-    without autocast (meta, for deferred initialisation) have nothing to disable."""
-    if autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 class _SkewOrthogonal(EvalCached):
     """The machinery shared by SOCConv2d and SOCLinear (SOCLinear is the k = 1, stride 1 case).
 
@@ -291,7 +281,7 @@ class _SkewOrthogonal(EvalCached):
         Runs at construction; the NeurIPS 2022 recipe also calls this (50 iterations) once per
         epoch to keep sigma close to the Fantastic Four value after large weight updates.
         """
-        with _autocast_off(self.weight.device.type):
+        with autocast_off(self.weight.device.type):
             _, vectors = functional.fantastic_four(functional.skew(self.weight), iters,
                                                    self._vectors())
         self._store_vectors(vectors)
@@ -346,7 +336,7 @@ class _SkewOrthogonal(EvalCached):
 
     def _series(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on a validated (B, in_channels, H, W) input."""
-        with _autocast_off(self.weight.device.type):
+        with autocast_off(self.weight.device.type):
             S = self._forward_filter()
         if self.stride == 2:
             x = unshuffle(type(self).__name__, x)
@@ -406,7 +396,7 @@ class _SkewOrthogonal(EvalCached):
         tolerance = check_nonnegative(type(self).__name__, "tolerance", tolerance)
         if input_size is not None:
             input_size = self._series_input_size(input_size)
-        with _autocast_off(self.weight.device.type), full_parameters(self):
+        with autocast_off(self.weight.device.type), full_parameters(self):
             S = self._normalized_filter(store_vectors=False)
         terms = self.terms
         accept = bound_accepts(terms, tolerance) if tolerance > 0 else None
@@ -418,7 +408,7 @@ class _SkewOrthogonal(EvalCached):
         whatever the current mode."""
         training = self.training
         try:
-            with _autocast_off(self.weight.device.type), full_parameters(self):
+            with autocast_off(self.weight.device.type), full_parameters(self):
                 self.train(False)
                 return self._normalized_filter(store_vectors=False)
         finally:

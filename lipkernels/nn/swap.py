@@ -10,12 +10,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._conventions import pooling_windows_per_pixel
+from .bcop import BCOPConv2d
+from .bjorck import BjorckLinear
 from .cayley import CayleyConv2d, CayleyLinear
 from .soc import SOCConv2d, SOCLinear
 
 # family: (conv layer, linear layer, the padding mode of its convolutions)
 FAMILIES = {"soc": (SOCConv2d, SOCLinear, "zeros"),
-            "cayley": (CayleyConv2d, CayleyLinear, "circular")}
+            "cayley": (CayleyConv2d, CayleyLinear, "circular"),
+            "bcop": (BCOPConv2d, BjorckLinear, "circular")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +140,13 @@ def _kept_reason(module: nn.Module) -> str | None:
 
 def swap(model: nn.Module, family: str = "soc", *, inplace: bool = False):
     """(model, SwapReport): every nn.Conv2d and nn.Linear of `model` replaced by the `family`'s
-    orthogonal layers ("soc": SOCConv2d / SOCLinear, "cayley": CayleyConv2d / CayleyLinear), on
-    a deep copy unless `inplace`.
+    orthogonal layers ("soc": SOCConv2d / SOCLinear, "cayley": CayleyConv2d / CayleyLinear,
+    "bcop": BCOPConv2d / BjorckLinear), on a deep copy unless `inplace`.
 
     A convolution is replaced where the lipkernels layer computes a map of the same shape (same
     padding, dilation 1, groups 1, stride 1 or 2, square kernel; SOC needs zero padding, Cayley's
-    is circular, so zero-padded convolutions become circular ones there, as the report notes);
+    and BCOP's are circular, so zero-padded convolutions become circular ones there, as the
+    report notes; BCOP needs an even channel count for filters of 2 taps or more);
     otherwise it is kept, with the layer's reason. The new layers are freshly initialised: an
     orthogonal parametrisation cannot take an unconstrained weight. Kept too, with the reason:
     batch normalisation, pooling with overlapping windows, and any other module with parameters.

@@ -6,7 +6,8 @@ result of the op's reference in lipkernels.reference. Adding an op adds its modu
 below.
 """
 
-from . import bjorck, cayley, cayley_conv2d, conv_spectral_bounds, frequency_power_iteration
+from . import bcop_filter, bjorck, cayley, cayley_conv2d, conv_spectral_bounds
+from . import frequency_power_iteration
 from . import householder, max_min, power_iteration, soc_exp
 
 KERNELS = {
@@ -19,4 +20,5 @@ KERNELS = {
     "cayley": cayley.KERNELS,
     "cayley_conv2d": cayley_conv2d.KERNELS,
     "bjorck": bjorck.KERNELS,
+    "bcop_filter": bcop_filter.KERNELS,
 }

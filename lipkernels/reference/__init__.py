@@ -3,6 +3,7 @@
 Each function has the signature of its namesake in ``lipkernels.functional``.
 """
 
+from .bcop_filter import bcop_filter
 from .bjorck import bjorck
 from .cayley import cayley
 from .cayley_conv2d import cayley_conv2d
@@ -16,4 +17,5 @@ from .soc_exp import flip_transpose, skew, soc_exp
 
 __all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
            "frequency_power_iteration", "conv_singular_values", "conv_spectral_norm", "flip_transpose", "skew",
-           "soc_exp", "max_min", "householder", "cayley", "cayley_conv2d", "bjorck"]
+           "soc_exp", "max_min", "householder", "cayley", "cayley_conv2d", "bjorck",
+           "bcop_filter"]
