@@ -613,6 +613,75 @@ def bjorck_table() -> str:
     return "\n".join(lines)
 
 
+# bcop_filter: LConvNet Large's layers (k, in, out after the stride-2 unshuffle) and
+# LipConvNet's 3x3 layers, fp32. The reference is the seed's loop: the projectors' product, per
+# block_orth an identity, two subtractions and four products, per matrix convolution of an
+# a x a kernel with a 2 x 2 one a zero tap and 4 a^2 products each added in, k^2 head products
+# and the stacking: its products at the SIMT rate (fp32 matmuls leave TF32 off). The backward
+# (autograd) is taken as twice the forward's launches and products.
+BCOP_FILTERS = ((3, 3, 32), (2, 128, 32), (3, 32, 64), (2, 256, 64), (3, 64, 64),
+                (3, 128, 128), (3, 256, 256), (3, 512, 512))
+
+
+def _bcop_reference(size: int, channels: int) -> float:
+    """Seconds of the seed's forward construction of a k x k filter on C channels."""
+    blocks = size - 1
+    convolutions = sum(4 * a * a for a in range(2, size))
+    launches = 1 + 7 * blocks + sum(1 + 2 * 4 * a * a for a in range(2, size)) + size * size \
+        + size + 2
+    products = 1 + 4 * blocks + convolutions + size * size
+    return launches * LAUNCH_S + products * 2.0 * channels ** 3 / SIMT_FP32_FLOPS
+
+
+def _bcop_design(size: int, in_channels: int, out_channels: int, backward: bool) -> float:
+    """Seconds of lipkernels/triton/bcop_filter.py's launch: per phase a grid barrier and its
+    output tiles in waves over the programs, each tile an L2 round trip (BJORCK_TILE_LATENCY_S)
+    and its tf32x3 products at one SM's rate. Forward: the projectors, then 2k - 2 growth steps
+    over the growing taps; backward: 2k - 3 growth steps again, then 2k - 2 reverse steps (the
+    taps' gradient and the projector's, each a product of the forward's size)."""
+    import torch
+
+    from lipkernels.triton.bcop_filter import _Geometry
+    channels, rows = max(in_channels, out_channels), min(in_channels, out_channels)
+    geometry = _Geometry(torch.empty(2 * size - 1, channels, channels, device="meta"),
+                         in_channels, out_channels)
+    block = geometry.config["BLOCK"]
+    rate = TENSOR_FLOPS["fp32/TF32"] / H100_SMS / SPLIT_TF32_PASSES
+    tiles = math.ceil(rows / block) * math.ceil(channels / block)
+
+    def phase(items: int, length: int) -> float:
+        tile = BJORCK_TILE_LATENCY_S + 2.0 * block * block * length / rate
+        return GRID_BARRIER_S + math.ceil(items / geometry.programs) * tile
+
+    def taps(t: int) -> int:
+        return (1 + (t + 1) // 2) * (1 + t // 2)
+
+    steps = 2 * size - 2
+    if not backward:
+        squares = math.ceil(channels / block) ** 2
+        return LAUNCH_S + phase(steps * squares, channels // 2) + sum(
+            phase(taps(t + 1) * tiles, channels) for t in range(steps))
+    regrowth = sum(phase(taps(t + 1) * tiles, channels) for t in range(steps - 1))
+    reverse = sum(2 * phase(taps(t) * tiles, channels) for t in range(steps))
+    return LAUNCH_S + regrowth + reverse
+
+
+def bcop_filter_table() -> str:
+    """bcop_filter forward and forward + backward, fp32: the seed's loop against the Triton
+    kernels' one launch each direction."""
+    lines = ["| filter | reference fwd us | design fwd us | fwd ratio | reference fwd+bwd us | "
+             "design fwd+bwd us | fwd+bwd ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for size, in_channels, out_channels in BCOP_FILTERS:
+        channels = max(in_channels, out_channels)
+        reference = _bcop_reference(size, channels)
+        forward = _bcop_design(size, in_channels, out_channels, backward=False)
+        training = forward + _bcop_design(size, in_channels, out_channels, backward=True)
+        lines.append(f"| k{size} {in_channels} -> {out_channels} | {_us(reference)} | "
+                     f"{_us(forward)} | {_ratio(reference / forward)} | {_us(3 * reference)} | "
+                     f"{_us(training)} | {_ratio(3 * reference / training)} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
     "soc_exp forward, 15 terms, one persistent launch of Horner steps": soc_exp_horner_table,
@@ -625,6 +694,7 @@ TABLES = {
     "conv_spectral_norm, 50 iterations, from the filter's taps (implemented)":
         conv_spectral_norm_taps_table,
     "bjorck, 20 iterations": bjorck_table,
+    "bcop_filter": bcop_filter_table,
 }
 
 if __name__ == "__main__":

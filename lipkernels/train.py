@@ -3,7 +3,8 @@
 Data: scikit-learn's digits (shipped with the package, so it works offline: 1797 8 x 8 images,
 upsampled 4x by pixel replication to 32 x 32) or CIFAR-10 from its python-pickle batches
 (``--cifar-dir`` holding data_batch_1..5 and test_batch). Networks: LipConvNet with SOC layers
-(``--layers soc``) or the same plan with Cayley layers (``--layers cayley``). The loss is the
+(``--layers soc``) or the same plan with Cayley layers (``--layers cayley``) or BCOP
+convolutions and a BjorckLinear head (``--layers bcop``). The loss is the
 multi-class hinge whose zero certifies the training radius (``certified_margin``). Each epoch
 prints a progress bar (tqdm) and records the loss, clean accuracy and certified accuracy at the
 radii ``--eps`` measured in the original image space: the network's provable bound
@@ -28,7 +29,7 @@ from torch import nn
 
 from .certification import certified_margin, certify
 from .model_bound import lipschitz_bound
-from .nn import CayleyConv2d, CayleyLinear, LipConvNet, MaxMin
+from .nn import BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet, MaxMin
 
 EPS = (0.0, 36 / 255, 72 / 255, 108 / 255)
 # The digits' 8 x 8 images are replicated 4 x 4 to the networks' 32 x 32 input: a linear map of
@@ -84,24 +85,30 @@ def cifar10(directory) -> Data:
     return Data(train, _cifar_batch(directory / "test_batch"), 1.0, 10)
 
 
-def cayley_convnet(in_channels: int, classes: int, width: int) -> nn.Sequential:
-    """LipConvNet's plan with Cayley layers: five blocks of a stride-1 CayleyConv2d and a
-    stride-2 one (doubling the channels), 3 x 3 but in the last block (1 x 1: its input is 2 x 2),
-    MaxMin after each, and a CayleyLinear head on the 1 x 1 output of a 32 x 32 input."""
-    layers, channels = [], in_channels
+# The orthogonal layer pairs of the plan's other networks: (conv, linear).
+PLAN_LAYERS = {"cayley": (CayleyConv2d, CayleyLinear), "bcop": (BCOPConv2d, BjorckLinear)}
+
+
+def plan_convnet(layers: str, in_channels: int, classes: int, width: int) -> nn.Sequential:
+    """LipConvNet's plan with the `layers` family's conv and linear layers (PLAN_LAYERS): five
+    blocks of a stride-1 conv and a stride-2 one (doubling the channels), 3 x 3 but in the last
+    block (1 x 1: its input is 2 x 2), MaxMin after each, and a linear head on the 1 x 1 output
+    of a 32 x 32 input."""
+    conv, linear = PLAN_LAYERS[layers]
+    modules, channels = [], in_channels
     for block in range(5):
         out, kernel = width * 2 ** block, 1 if block == 4 else 3
-        layers += [CayleyConv2d(channels, out, kernel), MaxMin(),
-                   CayleyConv2d(out, 2 * out, kernel, stride=2), MaxMin()]
+        modules += [conv(channels, out, kernel), MaxMin(), conv(out, 2 * out, kernel, stride=2),
+                    MaxMin()]
         channels = 2 * out
-    return nn.Sequential(*layers, nn.Flatten(), CayleyLinear(channels, classes))
+    return nn.Sequential(*modules, nn.Flatten(), linear(channels, classes))
 
 
 def build_model(layers: str, in_channels: int, classes: int, width: int) -> nn.Module:
     if layers == "soc":
         return LipConvNet(depth=5, init_channels=width, num_classes=classes,
                           in_channels=in_channels)
-    return cayley_convnet(in_channels, classes, width)
+    return plan_convnet(layers, in_channels, classes, width)
 
 
 def _progress(iterable, **kwargs):
@@ -198,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("digits", "cifar10"), default="digits")
     parser.add_argument("--cifar-dir", help="the CIFAR-10 python-pickle batches (--data cifar10)")
-    parser.add_argument("--layers", choices=("soc", "cayley"), default="soc")
+    parser.add_argument("--layers", choices=("soc", *PLAN_LAYERS), default="soc")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -21,9 +21,17 @@ CHANNELS = [(4, 4), (2, 4), (4, 2), (3, 6), (6, 3)]
 SIZES = [1, 2, 3, 4, 5]
 
 
-def require(device, backend):
+# The Triton kernels under the interpreter (every program of every phase run one after
+# another) on the (k, in, out) that cover each growth axis, every orientation and k up to 4;
+# on a GPU on every case.
+INTERPRETED_CASES = {(2, 4, 4), (3, 2, 4), (3, 4, 2), (3, 3, 6), (4, 6, 3), (2, 2, 2), (3, 2, 1)}
+
+
+def require(device, backend, case=None):
     if backend != "reference":
         require_kernel(device, backend, KERNELS)
+    if backend == "triton" and device == "cpu" and case and case not in INTERPRETED_CASES:
+        pytest.skip("the interpreter runs the Triton kernels on INTERPRETED_CASES")
 
 
 def orthogonal_matrices(size, in_channels, out_channels, device="cpu", dtype=torch.float64):
@@ -169,7 +177,7 @@ def test_kernel_forward_and_backward_match_reference(device, backend, size, in_c
                                                      out_channels):
     """On orthogonal matrices (the layer's input) and on plain random ones (the op's math holds
     for any matrices; gradcheck's perturbations are such)."""
-    require(device, backend)
+    require(device, backend, (size, in_channels, out_channels))
 
     def kernel(M, in_channels, out_channels):
         return run(backend, lipkernels.bcop_filter, M, in_channels, out_channels)
@@ -214,7 +222,7 @@ def test_gradcheck(device, backend, size, in_channels, out_channels):
 @pytest.mark.parametrize("size,in_channels,out_channels", [(2, 2, 2), (3, 2, 1)])
 def test_gradgradcheck(device, backend, size, in_channels, out_channels):
     """Double backward (gradient penalties): the kernel backward recomputes the reference."""
-    require(device, backend)
+    require(device, backend, (size, in_channels, out_channels))
     M = orthogonal_matrices(size, in_channels, out_channels, device).requires_grad_()
     with lipkernels.use_backend(backend):
         assert torch.autograd.gradgradcheck(
@@ -230,7 +238,7 @@ def test_kernel_opcheck(device, backend, size, in_channels, out_channels):
     torch.library.opcheck(forward, (M.requires_grad_(), in_channels, out_channels))
     weight, projectors, iterates = forward(M.detach(), in_channels, out_channels)
     assert projectors.shape == (2 * size - 2, M.shape[-1], M.shape[-1])
-    assert len(iterates) == max(2 * size - 3, 0)
+    assert len(iterates) == (0 if backend == "triton" else max(2 * size - 3, 0))
     torch.library.opcheck(backward, (torch.randn_like(weight), M.detach(), projectors, iterates,
                                      in_channels, out_channels))
 

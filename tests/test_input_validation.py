@@ -285,15 +285,22 @@ def test_every_entry_refuses_bad_input_naming_op_and_argument(op, case, entry):
         assert _refusal(_kernel_op(op, entry), op, argument, args) == expected
 
 
+# Cases on what the C++ forward keeps and the Triton one does not (bcop_filter's tap stacks:
+# its Triton backward takes none), where the two ops refuse in words of their own.
+KEPT_BY_CPP_ONLY = {("bcop_filter_backward", "iterates count"),
+                    ("bcop_filter_backward", "iterates shape")}
+
+
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("op,case", KERNEL_ONLY_CASES,
                          ids=[f"{op}-{case}" for op, case in KERNEL_ONLY_CASES])
 def test_every_kernel_only_op_refuses_bad_input_naming_op_and_argument(op, case, backend):
     """The C++ and Triton kernel ops refuse alike: the same exception type and message (the
-    Triton ones run the Python checks of lipkernels/ops/<op>.py)."""
+    Triton ones run the Python checks of lipkernels/ops/<op>.py), but for what only the C++
+    forward keeps."""
     argument, args = KERNEL_ONLY_OPS[op]()[case]
     refusal = _refusal(_kernel_op(op, backend), op, argument, args)
-    if backend == "triton":
+    if backend == "triton" and (op, case) not in KEPT_BY_CPP_ONLY:
         assert refusal == _refusal(_kernel_op(op, "cpp"), op, argument, args)
 
 

@@ -52,9 +52,12 @@ def test_digits_are_replicated_to_32x32_with_input_scale_4():
     assert torch.allclose(images[:5].flatten(1).norm(dim=1), 4 * small.flatten(1).norm(dim=1))
 
 
-def test_cayley_network_is_one_lipschitz():
-    model = train.cayley_convnet(1, 10, 2).double()
-    assert lipkernels.lipschitz_bound(model) == 1.0
+@pytest.mark.parametrize("layers", ["cayley", "bcop"])
+def test_plan_networks_are_one_lipschitz(layers):
+    """Cayley's bound is 1 by construction, BCOP's and Björck's certified within 1e-9 of it in
+    float64."""
+    model = train.plan_convnet(layers, 1, 10, 2).double()
+    assert 1.0 <= lipkernels.lipschitz_bound(model) <= 1 + 1e-9
     x, y = torch.randn(4, 1, 32, 32, dtype=torch.float64), torch.randn(4, 1, 32, 32,
                                                                       dtype=torch.float64)
     with torch.no_grad():
@@ -62,7 +65,7 @@ def test_cayley_network_is_one_lipschitz():
     assert (ratios <= 1 + 1e-9).all() and model(x).shape == (4, 10)
 
 
-@pytest.mark.parametrize("layers", ["soc", "cayley"])
+@pytest.mark.parametrize("layers", ["soc", "cayley", "bcop"])
 def test_a_short_run_writes_results_and_plots(tmp_path, capsys, layers):
     assert train.main(["--layers", layers, "--epochs", "2", "--limit", "48", "--width", "2",
                        "--batch-size", "16", "--out", str(tmp_path)]) == 0

@@ -55,6 +55,7 @@ def test_every_case_compiles_for_both_architectures(compiled):
             "frequency_power_iteration-float32-C512-H56-k3",
             "conv_spectral_bounds_backward-bfloat16-C512-k3", "max_min-pairs-float32-B1-C32-H32",
             "householder_backward-bfloat16-B128-C1024-H1", "bjorck-float32-B5-64x64",
+            "bcop_filter_backward-float32-k3-512x512",
             "bjorck_backward-float64-B2-9x1"} <= cases
     assert len(compiled) == 2 * len(cases)
     assert {row["capability"] for row in compiled} == {80, 90}
@@ -250,3 +251,20 @@ def test_bjorck_iterates_on_tensor_cores_in_a_program_per_matrix(compiled):
             assert row["wgmma"] > 0, where
         if columns % 16 == 0:
             assert row["wide_loads"] > row["narrow_loads"], where
+
+
+def test_bcop_filter_is_one_persistent_launch_of_tensor_core_steps(compiled):
+    """bcop_filter and its backward: every phase (projectors, growth steps, reverse steps) in one
+    launch with its grid barriers, the products on tensor cores, a program per output tile up
+    to one per SM (132 at 512 channels, 9 taps x 4 tiles of 32 x 32 at 64)."""
+    rows = [row for row in compiled if row["case"].startswith("bcop_filter")]
+    filters = _compile_check().BCOP_FILTERS
+    assert len(rows) == 2 * sum(map(len, filters.values())) * 2  # kernels x filters x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["mma"] + row["wgmma"] > 0, where
+        assert row["release_increments"] > 0 and row["acquire_reads"] > 0, where
+        if "-512x512" in row["case"]:
+            assert row["programs"] == 132, where
+        if "-32x64" in row["case"]:
+            assert row["programs"] == 18, where

@@ -29,7 +29,8 @@ from triton.compiler import ASTSource
 
 from lipkernels.benchmarking.suites import soc_exp as soc_suite
 from lipkernels.benchmarking.suites import conv_singular_values as norm_suite
-from lipkernels.triton import (_common, bjorck, cayley, cayley_conv2d, conv_spectral_bounds,
+from lipkernels.triton import (_common, bcop_filter, bjorck, cayley, cayley_conv2d,
+                               conv_spectral_bounds,
                                frequency_power_iteration, householder, max_min, power_iteration,
                                soc_exp)
 
@@ -301,6 +302,34 @@ def _bjorck_cases():
                    (t,) * 8 + (20, count, m, n), dict(config), launch)
 
 
+# bcop_filter's filters (k, in, out): LConvNet Large's 32 -> 64 k3 layer and its 32 -> 32 k4
+# stride-2 layer (a 2x2 filter on 128 inputs), LipConvNet's 512-channel layer, and a single
+# output channel (r = 1, a size the JIT makes a constexpr); float32, and float64 at 64.
+BCOP_FILTERS = {torch.float32: ((3, 32, 64), (2, 128, 32), (3, 512, 512), (3, 2, 1)),
+                torch.float64: ((3, 64, 64),)}
+
+
+def _bcop_filter_cases():
+    """bcop_filter and its backward on BCOP_FILTERS, every phase in the launch."""
+    for dtype, filters in BCOP_FILTERS.items():
+        t = torch.empty(0, dtype=dtype, device="meta")
+        name = str(dtype).removeprefix("torch.")
+        for size, in_channels, out_channels in filters:
+            matrices = torch.empty(2 * size - 1, max(in_channels, out_channels),
+                                   max(in_channels, out_channels), dtype=dtype,
+                                   device="meta")
+            geometry = bcop_filter._Geometry(matrices, in_channels, out_channels)
+            sizes = geometry.arguments()
+            phases = 2 * size - 1
+            label = f"k{size}-{in_channels}x{out_channels}"
+            launch = {"programs": geometry.programs}
+            yield (f"bcop_filter-{name}-{label}", bcop_filter._bcop_filter_kernel,
+                   (t,) * 5 + (0, phases, *sizes), dict(geometry.config), launch)
+            yield (f"bcop_filter_backward-{name}-{label}",
+                   bcop_filter._bcop_filter_backward_kernel,
+                   (t,) * 8 + (0, 2 * phases - 2, *sizes), dict(geometry.config), launch)
+
+
 def _resource_usage(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
@@ -346,7 +375,7 @@ def _cases():
     """Every case: (name, kernel, args, constants), with facts of its launch after them (a dict)
     where the case states them."""
     return [*_soc_exp_cases(), *_cayley_cases(), *_spectral_cases(), *_frequency_cases(),
-            *_pair_cases(), *_bjorck_cases()]
+            *_pair_cases(), *_bjorck_cases(), *_bcop_filter_cases()]
 
 
 _CASES = []

@@ -6,16 +6,18 @@ the backward reads, kept by the C++ CPU kernel (csrc/cpu/bcop_filter.cpp says wh
 projectors P_j and the tap stacks Y_1..Y_(2k-3) between the growth steps. Backward:
 grad_matrices = bcop_filter_backward(grad_weight, matrices, projectors, iterates, in_channels,
 out_channels). Where a graph of the gradient is needed (double backward), the reference is
-recomputed from the matrices and differentiated. Kernels: C++ (csrc/cpu); no Triton kernels, so
-the arguments are checked by the functional API (`check_arguments`) and by the C++ ops
-themselves, in the same words.
+recomputed from the matrices and differentiated. Kernels: C++ (csrc/cpu) and Triton
+(lipkernels/triton/bcop_filter.py), whose forward keeps no iterates (an empty list: its backward
+grows the taps again).
 """
 
 from __future__ import annotations
 
 import sys
 
-from .._checks import SUPPORTED_DTYPES, check_count, check_tensor
+import torch
+
+from .._checks import SUPPORTED_DTYPES, check_count, check_like, check_tensor
 from .._conventions import working_dtype
 from ..reference.bcop_filter import bcop_filter as reference_bcop_filter
 from ._registration import kernel_ops, recomputed_vjp
@@ -43,6 +45,41 @@ def check_arguments(op: str, matrices, in_channels, out_channels, dtypes=SUPPORT
     if count > 1 and rows % 2:
         raise ValueError(f"{op}: matrices must have an even C for a kernel size k >= 2 (the "
                          f"projectors take C / 2 columns); got shape {shape}")
+
+
+def check_inputs(matrices, in_channels, out_channels):
+    """The arguments of the op bcop_filter (float32 or float64 matrices; the functional API
+    takes half precision too)."""
+    check_arguments("bcop_filter", matrices, in_channels, out_channels,
+                    dtypes=(torch.float32, torch.float64))
+
+
+def check_backward_inputs(grad_weight, matrices, projectors, iterates, in_channels,
+                          out_channels):
+    """The arguments of the Triton bcop_filter_backward: those of bcop_filter, grad_weight of
+    the filter's shape and the projectors (2k - 2, C, C), like the matrices, and no iterates
+    (the Triton forward keeps none)."""
+    op = "bcop_filter_backward"
+    check_arguments(op, matrices, in_channels, out_channels, dtypes=(torch.float32,
+                                                                     torch.float64))
+    size, channels = (matrices.shape[0] + 1) // 2, matrices.shape[-1]
+    check_like(op, "grad_weight", grad_weight, "matrices", matrices,
+               (out_channels, in_channels, size, size))
+    check_like(op, "projectors", projectors, "matrices", matrices,
+               (matrices.shape[0] - 1, channels, channels))
+    if len(iterates):
+        raise ValueError(f"{op}: the Triton kernels keep no iterates; got {len(iterates)}")
+
+
+def _triton_launchers():
+    from ..triton import bcop_filter as kernels
+
+    return kernels.bcop_filter, kernels.bcop_filter_backward
+
+
+def _triton_forward_fake(matrices, in_channels, out_channels):
+    weight, projectors, _ = _forward_fake(matrices, in_channels, out_channels)
+    return weight, projectors, []
 
 
 def _iterate_shapes(matrices, in_channels, out_channels) -> list[tuple[int, ...]]:
