@@ -542,7 +542,8 @@ BJORCK_ITERS = 20
 BJORCK_REFERENCE_LAUNCHES = {"fwd": 4, "bwd": 8}
 BJORCK_ATEN_LAUNCHES = {"fwd": 2, "bwd": 3}
 # FLOPs per iteration in units of m n^2: forward W^T W and W E (2 + 2), backward W^T G, G E
-# and W S (2 + 2 + 2) in the kernels; the reference's autograd takes four products backward.
+# and W S (2 + 2 + 2) in the cuda backend's ATen code, which reads the iterates it kept; the
+# reference's autograd takes four products backward.
 BJORCK_PRODUCTS = {"fwd": 4, "bwd": 8}
 BJORCK_KERNEL_PRODUCTS = {"fwd": 4, "bwd": 6}
 # The Triton kernels' program per matrix: each output tile's reduction starts with an L2 round
@@ -560,9 +561,10 @@ def _bjorck_stacks():
 
 def _bjorck_triton(count: int, m: int, n: int, mode: str) -> tuple[float, str]:
     """(seconds, bound) of lipkernels/triton/bjorck.py's kernels for `mode` ("fwd", or "bwd"
-    alone): per iteration the Gram (or symmetrised) phase over tiles i <= j, each reading two
-    m-row panels, then the correction phase over the m x n tiles, each reading a row panel and
-    a column panel of n; the matrices in waves of 132 programs."""
+    alone): per iteration the Gram phase over tiles i <= j, each reading two m-row panels, then
+    the correction phase over the m x n tiles, each reading a row panel and a column panel of n;
+    the backward's tangent iteration runs both on W and on the tangent (three products a tile
+    in each phase); the matrices in waves of 132 programs."""
     import torch
 
     from lipkernels.triton.bjorck import launch_config
@@ -571,7 +573,7 @@ def _bjorck_triton(count: int, m: int, n: int, mode: str) -> tuple[float, str]:
     pairs = column_tiles * (column_tiles + 1) // 2
     # (tiles, reductions of `length` per tile) of each phase.
     phases = {"fwd": ((pairs, 1, m), (row_tiles * column_tiles, 1, n)),
-              "bwd": ((pairs, 2, m), (row_tiles * column_tiles, 2, n))}[mode]
+              "bwd": ((pairs, 3, m), (row_tiles * column_tiles, 3, n))}[mode]
     flops_per_s = TENSOR_FLOPS["fp32/TF32"] / H100_SMS / SPLIT_TF32_PASSES
     bytes_per_s = min(SM_L2_BYTES_PER_S, L2_BYTES_PER_S / min(count, H100_SMS))
     iteration, bounds = 0.0, {"compute": 0.0, "L2": 0.0, "latency": 0.0}

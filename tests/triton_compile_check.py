@@ -297,7 +297,7 @@ def _bjorck_cases():
             config = bjorck.launch_config(n, dtype)
             launch = {"programs": count}
             yield (f"bjorck-{name}-B{count}-{m}x{n}", bjorck._bjorck_kernel,
-                   (t,) * 5 + (20, count, m, n), dict(config), launch)
+                   (t,) * 5 + (20, m, n), dict(config), launch)
             yield (f"bjorck_backward-{name}-B{count}-{m}x{n}", bjorck._bjorck_backward_kernel,
                    (t,) * 8 + (20, count, m, n), dict(config), launch)
 

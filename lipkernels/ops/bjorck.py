@@ -4,8 +4,10 @@ Forward: (Q, iterates, grams) = bjorck(W, iters, beta, order) on a tall W alread
 (`lipkernels._conventions.bjorck_input`, which the entry applies, with the transpose of a wide
 input); `iterates` (W_1..W_(iters-1), stacked) and `grams` (A_t = W_t^T W_t, stacked) are what
 the backward reads: with them it costs three products an iteration, as autograd through the
-reference does. Backward: grad_W = bjorck_backward(grad_Q, W, iterates, grams, ...). Where a graph of the gradient is needed (double backward), the reference iteration
-is recomputed from W and differentiated. Kernels: C++ (csrc/cpu, the same ATen code on the
+reference does (the Triton kernels keep neither: empty tensors, their backward runs the tangent
+iteration). Backward: grad_W = bjorck_backward(grad_Q, W, iterates, grams, ...). Where a graph
+of the gradient is needed (double backward), the reference iteration is recomputed from W and
+differentiated. Kernels: C++ (csrc/cpu, the same ATen code on the
 CUDA key) and Triton (lipkernels/triton/bjorck.py, order 1).
 """
 
@@ -58,15 +60,21 @@ def check_inputs(W, iters, beta, order):
 
 
 def check_backward_inputs(grad_Q, W, iterates, grams, iters, beta, order):
-    """The arguments of bjorck_backward: those of bjorck, grad_Q like W, and what the forward
-    kept: the iters - 1 iterates stacked (iters - 1, ..., m, n) and the iters Gram matrices
-    stacked (iters, ..., n, n)."""
+    """The arguments of the Triton bjorck_backward: those of bjorck, grad_Q like W, and what its
+    forward kept: nothing (iterates and grams empty; its backward runs the tangent iteration).
+    The C++ op checks its stacked iterates and Gram matrices itself."""
     op = "bjorck_backward"
     _check_tall(op, W)
     check_options(op, iters, beta, order)
     check_like(op, "grad_Q", grad_Q, "W", W, W.shape)
-    check_like(op, "iterates", iterates, "W", W, _iterates_shape(W, iters))
-    check_like(op, "grams", grams, "W", W, _grams_shape(W, iters))
+    for name, kept in (("iterates", iterates), ("grams", grams)):
+        if kept.numel():
+            raise ValueError(f"{op}: {name} must be empty (the Triton forward keeps none); got "
+                             f"shape {tuple(kept.shape)}")
+
+
+def _triton_forward_fake(W, iters, beta, order):
+    return W.new_empty(W.shape), W.new_empty(0), W.new_empty(0)
 
 
 def _forward_fake(W, iters, beta, order):

@@ -7,10 +7,14 @@ Anil et al., ICML 2019; BCOP, Li et al., NeurIPS 2019). For a tall, scaled W_0 (
     forward    A_t = W_t^T W_t,   E_t = I - A_t,   W_(t+1) = W_t + beta W_t E_t
                (= (1 + beta) W_t - beta W_t A_t, the seeds' update, in correction form: the
                product W_t E_t vanishes as W_t converges, and its rounding with it)
-    backward   from G = dL/dW_(t+1), with the W_t and A_t the forward kept:
-               S = W_t^T G + G^T W_t,   dL/dW_t = G + beta G E_t - beta W_t S
-(lipkernels/reference/bjorck.py derives it; csrc/cpu/bjorck.cpp has every order). The forward
-stores W_1 .. W_(iters-1) and A_0 .. A_(iters-1), what the op returns for its backward.
+    backward   the tangent iteration alongside W_t, from T_0 = G = dL/dQ:
+               S_t = W_t^T T_t + T_t^T W_t,   T_(t+1) = T_t + beta T_t E_t - beta W_t S_t,
+               and dL/dW_0 = T_iters
+(lipkernels/reference/bjorck.py: W_0 -> W_iters is the gradient of a potential, so its Jacobian
+is symmetric and the vector-Jacobian product with G is the derivative along G). So nothing is
+kept between the directions: the backward recomputes W_t as it goes, five products an
+iteration where the C++ kernel's three read the iterates and Gram matrices it stores
+(csrc/cpu/bjorck.cpp has every order).
 
 Why one program per matrix: an iteration is two dependent products over the whole matrix, and a
 program can order them with CTA barriers alone (tl.debug_barrier, which also orders the
@@ -73,14 +77,15 @@ def _product(acc, a_ptr, a_rs, a_cs, b_ptr, b_rs, b_cs, shift, scale, rows, cols
 
 
 @triton.jit
-def _iterate(ptr, base, t, offset, stride):
-    """The t-th matrix of a sequence whose first is `base` and whose later ones are the stack at
-    `ptr` (iterates[t - 1]), each matrix at `offset` within its stack entry of `stride`."""
-    if t == 0:
-        matrix = base + offset
+def _alternate(t, iters, final_ptr, scratch_ptr, offset):
+    """Where step t of `iters` writes: the final buffer for t = iters - 1, t - 2, ..., the
+    scratch for the others, so that consecutive steps never share a buffer and the last ends in
+    the final one."""
+    if (iters - 1 - t) % 2 == 0:
+        out = final_ptr + offset
     else:
-        matrix = ptr + tl.cast(t - 1, tl.int64) * stride + offset
-    return matrix
+        out = scratch_ptr + offset
+    return out
 
 
 @triton.jit
@@ -140,58 +145,56 @@ def _correction_phase(x, a, w, s, out, beta, m, n, BACKWARD: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _bjorck_kernel(w_ptr, q_ptr, iterates_ptr, grams_ptr, beta_ptr, iters, count, m, n,
+def _bjorck_kernel(w_ptr, q_ptr, scratch_ptr, gram_ptr, beta_ptr, iters, m, n,
                    PRECISION: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Björck's iteration (the module docstring) on matrix program_id(0) of `count`: per
-    iteration the Gram phase, then the correction phase, a CTA barrier after each. beta is read
-    from beta_ptr, in the accumulation dtype (a float argument would be rounded to float32)."""
-    acc_ty: tl.constexpr = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
-    beta = tl.load(beta_ptr)
-    b = tl.cast(tl.program_id(0), tl.int64)
-    matrix, gram = b * m * n, b * n * n
-    stride = tl.cast(count, tl.int64) * m * n
-    for t in range(iters):
-        w = _iterate(iterates_ptr, w_ptr, t, matrix, stride)
-        a = grams_ptr + tl.cast(t, tl.int64) * count * n * n + gram
-        _gram_phase(w, a, m, n, acc_ty, PRECISION, BLOCK, BLOCK_K)
-        tl.debug_barrier()
-        if t == iters - 1:
-            out = q_ptr + matrix
-        else:
-            out = iterates_ptr + tl.cast(t, tl.int64) * stride + matrix
-        _correction_phase(w, a, w, a, out, beta, m, n, False, acc_ty, PRECISION, BLOCK,
-                          BLOCK_K)
-        tl.debug_barrier()
-
-
-@triton.jit
-def _bjorck_backward_kernel(grad_q_ptr, w_ptr, iterates_ptr, grams_ptr, grad_w_ptr, g_ptr,
-                            s_ptr, beta_ptr, iters, count, m, n, PRECISION: tl.constexpr,
-                            BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The backward of _bjorck_kernel (the module docstring) on matrix program_id(0): from
-    t = iters - 1 down to 0 the symmetrised phase, then the correction phase, a CTA barrier
-    after each. The gradient alternates between grad_w (even t, so t = 0 ends there) and the
-    scratch g; s holds S."""
+    """Björck's iteration (the module docstring) on matrix program_id(0): per iteration the
+    Gram phase, then the correction phase, a CTA barrier after each; the iterates alternate
+    between q and the scratch. beta is read from beta_ptr, in the accumulation dtype (a float
+    argument would be rounded to float32)."""
     acc_ty: tl.constexpr = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
     beta = tl.load(beta_ptr)
     b = tl.cast(tl.program_id(0), tl.int64)
     matrix = b * m * n
-    stride = tl.cast(count, tl.int64) * m * n
-    s = s_ptr + b * n * n
-    g = grad_q_ptr + matrix
-    for step in range(iters):
-        t = iters - 1 - step
-        w = _iterate(iterates_ptr, w_ptr, t, matrix, stride)
-        a = grams_ptr + tl.cast(t, tl.int64) * count * n * n + b * n * n
-        _symmetrised_phase(w, g, s, m, n, acc_ty, PRECISION, BLOCK, BLOCK_K)
+    a = gram_ptr + b * n * n
+    w = w_ptr + matrix
+    for t in range(iters):
+        _gram_phase(w, a, m, n, acc_ty, PRECISION, BLOCK, BLOCK_K)
         tl.debug_barrier()
-        if t % 2 == 0:
-            out = grad_w_ptr + matrix
-        else:
-            out = g_ptr + matrix
-        _correction_phase(g, a, w, s, out, beta, m, n, True, acc_ty, PRECISION, BLOCK, BLOCK_K)
+        out = _alternate(t, iters, q_ptr, scratch_ptr, matrix)
+        _correction_phase(w, a, w, a, out, beta, m, n, False, acc_ty, PRECISION, BLOCK,
+                          BLOCK_K)
         tl.debug_barrier()
-        g = out
+        w = out
+
+
+@triton.jit
+def _bjorck_backward_kernel(grad_q_ptr, w_ptr, w_scratch_ptr, tangent_scratch_ptr, grad_w_ptr,
+                            gram_ptr, s_ptr, beta_ptr, iters, count, m, n,
+                            PRECISION: tl.constexpr, BLOCK: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    """The backward of _bjorck_kernel in tangent form (the module docstring) on matrix
+    program_id(0): per iteration A_t and S_t, then W_(t+1) (but at the last) and E_(t+1), a CTA
+    barrier after each; W alternates between the two halves of w_scratch, E between grad_w and
+    tangent_scratch so that E_iters ends in grad_w."""
+    acc_ty: tl.constexpr = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
+    beta = tl.load(beta_ptr)
+    b = tl.cast(tl.program_id(0), tl.int64)
+    matrix = b * m * n
+    a, s = gram_ptr + b * n * n, s_ptr + b * n * n
+    w, tangent = w_ptr + matrix, grad_q_ptr + matrix
+    for t in range(iters):
+        _gram_phase(w, a, m, n, acc_ty, PRECISION, BLOCK, BLOCK_K)
+        _symmetrised_phase(w, tangent, s, m, n, acc_ty, PRECISION, BLOCK, BLOCK_K)
+        tl.debug_barrier()
+        w_next = w_scratch_ptr + tl.cast(t % 2, tl.int64) * count * m * n + matrix
+        if t < iters - 1:
+            _correction_phase(w, a, w, a, w_next, beta, m, n, False, acc_ty, PRECISION, BLOCK,
+                              BLOCK_K)
+        tangent_next = _alternate(t, iters, grad_w_ptr, tangent_scratch_ptr, matrix)
+        _correction_phase(tangent, a, w, s, tangent_next, beta, m, n, True, acc_ty, PRECISION,
+                          BLOCK, BLOCK_K)
+        tl.debug_barrier()
+        w, tangent = w_next, tangent_next
 
 
 def launch_config(n: int, dtype: torch.dtype) -> dict:
@@ -214,32 +217,34 @@ def _beta(beta: float, W: torch.Tensor) -> torch.Tensor:
 
 
 def bjorck(W: torch.Tensor, iters: int, beta: float, order: int):
-    """(Q, the iterates W_1..W_(iters-1) stacked, the grams A_0..A_(iters-1) stacked) for a
-    tall, scaled, contiguous W (..., m, n) of float32 or float64 (the op checks it:
-    lipkernels.ops.bjorck)."""
+    """(Q, empty, empty) for a tall, scaled, contiguous W (..., m, n) of float32 or float64 (the
+    op checks it: lipkernels.ops.bjorck): the backward runs the tangent iteration from W, so no
+    iterate or Gram matrix is kept."""
     _check_order(order)
-    *batch, m, n = W.shape
+    m, n = W.shape[-2:]
     count = W.numel() // (m * n)
     Q = torch.empty_like(W)
-    iterates = W.new_empty((iters - 1, *W.shape))
-    grams = W.new_empty((iters, *batch, n, n))
     if count:
-        launchable(_bjorck_kernel)[(count,)](W, Q, iterates, grams, _beta(beta, W), iters,
-                                             count, m, n, **launch_config(n, W.dtype))
-    return Q, iterates, grams
+        scratch = torch.empty_like(W) if iters > 1 else W.new_empty(0)
+        gram = W.new_empty((count, n, n))
+        launchable(_bjorck_kernel)[(count,)](W, Q, scratch, gram, _beta(beta, W), iters, m, n,
+                                             **launch_config(n, W.dtype))
+    return Q, W.new_empty(0), W.new_empty(0)
 
 
 def bjorck_backward(grad_Q: torch.Tensor, W: torch.Tensor, iterates: torch.Tensor,
                     grams: torch.Tensor, iters: int, beta: float, order: int):
-    """grad_W (..., m, n) of Q = bjorck(W) against grad_Q, from what the forward kept."""
+    """grad_W (..., m, n) of Q = bjorck(W) against grad_Q, by the tangent iteration from W
+    (iterates and grams are the forward's empty tensors)."""
     _check_order(order)
-    *batch, m, n = W.shape
+    m, n = W.shape[-2:]
     count = W.numel() // (m * n)
     grad_W = torch.empty_like(W)
     if count:
-        g = torch.empty_like(W) if iters > 1 else W.new_empty(0)
-        s = torch.empty((count, n, n), dtype=W.dtype, device=W.device)
+        w_scratch = W.new_empty((2, *W.shape)) if iters > 1 else W.new_empty(0)
+        tangent_scratch = torch.empty_like(W) if iters > 1 else W.new_empty(0)
+        gram, s = W.new_empty((count, n, n)), W.new_empty((count, n, n))
         launchable(_bjorck_backward_kernel)[(count,)](
-            grad_Q, W, iterates, grams, grad_W, g, s, _beta(beta, W), iters, count, m, n,
-            **launch_config(n, W.dtype))
+            grad_Q, W, w_scratch, tangent_scratch, grad_W, gram, s, _beta(beta, W), iters, count, m,
+            n, **launch_config(n, W.dtype))
     return grad_W
