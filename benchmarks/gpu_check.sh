@@ -172,8 +172,8 @@ bench_cap=$((BUDGET_S - SECONDS - reserve))
 bench_limit=$((bench_cap > 80 ? bench_cap - 75 : 1))
 [[ $DRY_RUN == 1 ]] && bench_limit=20
 run_step bench "$bench_cap" "$PY" -m lipkernels.bench --device "$DEVICE" "${FULL[@]}" --out "$OUT" \
-  --suite soc_exp lipconvnet cayley_conv2d conv_spectral_bounds power_iteration conv_singular_values \
-  --time-limit "$bench_limit"
+  --suite soc_exp lipconvnet cayley_conv2d conv_spectral_bounds power_iteration \
+  conv_singular_values bcop --time-limit "$bench_limit"
 grep -hs "time-limit reached" "$OUT/gpu_check-bench.log" | sed 's/^/bench         /' >>"$SUMMARY"
 REST=()
 [[ $DRY_RUN == 1 ]] && REST=(--collect-only)

@@ -39,40 +39,48 @@ class Provider:
         return False
 
 
+def _reference_of(op: Op) -> Callable:
+    """What the reference row of `op` runs: its own reference row, its workload (on the reference
+    backend) or the op of `lipkernels.reference`."""
+    if op.reference_row:
+        return op.reference_row()
+    return op.workload() if op.workload else getattr(reference, op.name)
+
+
 class Reference(Provider):
     name = "reference"
 
     def implementation(self, op):
-        if op.reference_row:
-            return op.reference_row()
-        return op.workload() if op.workload else getattr(reference, op.name)
+        return _reference_of(op)
 
     def context(self):
         # Model workloads call the public layers, which dispatch: pin them to the reference.
         return lipkernels.use_backend("reference")
 
 
-class CompiledReference(Provider):
+class CompiledReference(Reference):
     """torch.compile of the reference, on the cases each op chooses (`Op.compiled_on`: inductor
     unrolls the reference's Python loops, and compiles slowly). dynamic=True, so that one compiled
     graph serves a whole column of shapes (one compile per op, iteration count, mode and kernel
-    size) instead of one per shape; its compile time falls in the untimed first call."""
+    size) instead of one per shape; its compile time falls in the untimed first call. An op whose
+    reference is a workload (a stateless function of the public ops, where `Op.compiled_on` picks
+    cases) is compiled and run on the reference backend, as its reference row runs."""
 
     name = "reference-compile"
 
     def implementation(self, op):
-        return _compiled_reference(op.name)
+        return _compiled_reference(op)
 
     def covers(self, case, full):
         return case.op.compiled_on is not None and case.op.compiled_on(case, full)
 
 
 @functools.cache
-def _compiled_reference(op: str):
+def _compiled_reference(op: Op):
     # One compiled function per op sees every shape, iteration count, kernel size and grad mode;
     # dynamo's default of 8 graphs per function would silently fall back to eager past that.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(getattr(reference, op), dynamic=True)
+    return torch.compile(_reference_of(op), dynamic=True)
 
 
 class AutotunedReference(CompiledReference):
@@ -85,13 +93,13 @@ class AutotunedReference(CompiledReference):
     name = "reference-autotune"
 
     def implementation(self, op):
-        return _autotuned_reference(op.name)
+        return _autotuned_reference(op)
 
 
 @functools.cache
-def _autotuned_reference(op: str):
+def _autotuned_reference(op: Op):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(getattr(reference, op), mode="max-autotune", dynamic=False)
+    return torch.compile(_reference_of(op), mode="max-autotune", dynamic=False)
 
 
 class GraphedReference(Reference):

@@ -35,15 +35,20 @@ class Stack:
     def label(self) -> str:
         return f"B{self.batch}-M{self.rows}-N{self.cols}"
 
-    def inputs(self):
-        """(W (B, m, n), dQ (B, m, n)), float32 on the CPU."""
+    def matrices(self) -> torch.Tensor:
+        """W (B, m, n), float32 on the CPU."""
         shape = (self.batch, self.rows, self.cols)
         tall = (self.batch, max(self.rows, self.cols), min(self.rows, self.cols))
         orthogonal = torch.linalg.qr(seeded_normal(f"{self.label}/Q", tall))[0]
         if self.rows < self.cols:
             orthogonal = orthogonal.mT
         noise = seeded_normal(self.label, shape) / max(self.rows, self.cols) ** 0.5
-        return orthogonal + 0.3 * noise, seeded_normal(f"{self.label}/dQ", shape)
+        return orthogonal + 0.3 * noise
+
+    def inputs(self):
+        """(W (B, m, n), dQ (B, m, n)), float32 on the CPU."""
+        return self.matrices(), seeded_normal(f"{self.label}/dQ",
+                                              (self.batch, self.rows, self.cols))
 
 
 def orthogonality_error(Q: torch.Tensor, data: Stack) -> float:
