@@ -23,10 +23,13 @@ def _models():
         "Cayley+SOC": (nn.Sequential(CayleyConv2d(3, 4, stride=2), MaxMin(),
                                      SOCConv2d(4, 4, eval_terms=8), nn.Flatten(),
                                      CayleyLinear(4 * 4 * 4, 5)), (3, 8, 8)),
+        "BCOP+Bjorck": (nn.Sequential(BCOPConv2d(3, 4, 4, stride=2), MaxMin(),
+                                      BCOPConv2d(4, 4, 3), nn.Flatten(),
+                                      BjorckLinear(4 * 4 * 4, 5)), (3, 8, 8)),
     }
 
 
-@pytest.mark.parametrize("name", ["LipConvNet", "Cayley+SOC"])
+@pytest.mark.parametrize("name", ["LipConvNet", "Cayley+SOC", "BCOP+Bjorck"])
 def test_program_computes_the_eval_model_at_any_batch(name):
     model, shape = _models()[name]
     program = lipkernels.export(model, (torch.randn(2, *shape),))
