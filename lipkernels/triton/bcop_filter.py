@@ -21,7 +21,8 @@ output tiles spread over one launch's programs, the phases separated by grid bar
 per launch under the interpreter: `_common.phase_spans`): a step's GEMM is (taps x r) x C by
 C x C, so at 512 channels its tiles fill the SMs, where a program per filter would use one.
 Products are float32-accurate (tf32x3) for float32 and IEEE for float64. Tap stacks live on a
-fixed k x k grid of r x C taps; Y_0 is read in place from M_0 through strides.
+fixed k x k grid of r x C taps; Y_0 is read in place from M_0 through strides; a tap outside a
+stack is loaded with R = 0 rows (every entry zero).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import triton.language as tl
 
 from ._common import float32_accurate_precision, launchable, persistent_programs, phase_spans
 from ._grid_barrier import grid_barrier
+from .bjorck import load_tile, store_tile
 
 # Output tiles BLOCK x BLOCK, reductions BLOCK_K at a time, on 4 warps.
 _MAX_BLOCK = 32
@@ -41,22 +43,6 @@ _NUM_WARPS = 4
 # Programs without a GPU: the interpreter runs them one after another, and two exercise the
 # split of a phase's tiles over programs as well as a program per tile would.
 _INTERPRETED_PROGRAMS = 2
-
-
-@triton.jit
-def _load(ptr, rows, cols, row_stride, col_stride, R, C):
-    """ptr[rows, cols] of an R x C matrix given by strides, zero outside it (R = 0 for a tap
-    outside a stack: every entry zero)."""
-    mask = (rows < R)[:, None] & (cols < C)[None, :]
-    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride, mask=mask,
-                   other=0.0)
-
-
-@triton.jit
-def _store(ptr, rows, cols, row_stride, col_stride, R, C, value):
-    mask = (rows < R)[:, None] & (cols < C)[None, :]
-    tl.store(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride,
-             value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -100,10 +86,11 @@ def _projector_phase(m_ptr, p_ptr, C, STEPS, ACC: tl.constexpr, PRECISION: tl.co
         acc = tl.zeros([BLOCK, BLOCK], ACC)
         for k0 in range(0, C // 2, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            a = _load(u, rows, ks, C, 1, C, C // 2).to(ACC)
-            b = _load(u, ks, cols, 1, C, C // 2, C).to(ACC)
+            a = load_tile(u, rows, ks, C, 1, C, C // 2).to(ACC)
+            b = load_tile(u, ks, cols, 1, C, C // 2, C).to(ACC)
             acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
-        _store(p_ptr + tl.cast(j, tl.int64) * C * C, rows, cols, C, 1, C, C, acc)
+        store_tile(p_ptr + tl.cast(j, tl.int64) * C * C, rows, cols, C, 1, C, C, acc,
+                   True)
 
 
 @triton.jit
@@ -126,14 +113,15 @@ def _growth_phase(t, m_ptr, scratch_ptr, p_ptr, out_ptr, out_rs, out_cs, out_ta,
         previous_ok = (pa >= 0) & (pb >= 0)
         current = src + a * s_ta + b * s_tb
         previous = src + pa * s_ta + pb * s_tb
-        acc = _load(previous, rows, cols, s_rs, s_cs, R * previous_ok, C).to(ACC)
+        acc = load_tile(previous, rows, cols, s_rs, s_cs, R * previous_ok, C).to(ACC)
         for k0 in range(0, C, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            d = (_load(current, rows, ks, s_rs, s_cs, R * current_ok, C).to(ACC)
-                 - _load(previous, rows, ks, s_rs, s_cs, R * previous_ok, C).to(ACC))
-            q = _load(p, ks, cols, C, 1, C, C).to(ACC)
+            d = (load_tile(current, rows, ks, s_rs, s_cs, R * current_ok, C).to(ACC)
+                 - load_tile(previous, rows, ks, s_rs, s_cs, R * previous_ok, C).to(ACC))
+            q = load_tile(p, ks, cols, C, 1, C, C).to(ACC)
             acc = tl.dot(d, q, acc, input_precision=PRECISION, out_dtype=ACC)
-        _store(out_ptr + a * out_ta + b * out_tb, rows, cols, out_rs, out_cs, R, C, acc)
+        store_tile(out_ptr + a * out_ta + b * out_tb, rows, cols, out_rs, out_cs, R, C, acc,
+                   True)
 
 
 @triton.jit
@@ -180,14 +168,14 @@ def _reverse_phase(t, m_ptr, scratch_ptr, p_ptr, g_ptr, g_rs, g_cs, g_ta, g_tb, 
             a, b = tap // n2, tap % n2
             here = g_ptr + a * g_ta + b * g_tb
             ahead = g_ptr + (a + ea) * g_ta + (b + eb) * g_tb
-            acc = _load(ahead, rows, cols, g_rs, g_cs, R, C).to(ACC)
+            acc = load_tile(ahead, rows, cols, g_rs, g_cs, R, C).to(ACC)
             for k0 in range(0, C, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                d = (_load(here, rows, ks, g_rs, g_cs, R, C).to(ACC)
-                     - _load(ahead, rows, ks, g_rs, g_cs, R, C).to(ACC))
-                q = _load(p, ks, cols, C, 1, C, C).to(ACC)
+                d = (load_tile(here, rows, ks, g_rs, g_cs, R, C).to(ACC)
+                     - load_tile(ahead, rows, ks, g_rs, g_cs, R, C).to(ACC))
+                q = load_tile(p, ks, cols, C, 1, C, C).to(ACC)
                 acc = tl.dot(d, q, acc, input_precision=PRECISION, out_dtype=ACC)
-            _store(out_ptr + (a * K + b) * R * C, rows, cols, C, 1, R, C, acc)
+            store_tile(out_ptr + (a * K + b) * R * C, rows, cols, C, 1, R, C, acc, True)
         else:
             _, rows, cols = _tile_of(item - gradient_items, C, C, BLOCK)
             acc = tl.zeros([BLOCK, BLOCK], ACC)
@@ -197,11 +185,12 @@ def _reverse_phase(t, m_ptr, scratch_ptr, p_ptr, g_ptr, g_rs, g_cs, g_ta, g_tb, 
                 ahead = g_ptr + (a + ea) * g_ta + (b + eb) * g_tb
                 for k0 in range(0, R, BLOCK_K):
                     ks = k0 + tl.arange(0, BLOCK_K)
-                    yt = _load(y + a * y_ta + b * y_tb, rows, ks, y_cs, y_rs, C, R).to(ACC)
-                    d = (_load(here, ks, cols, g_rs, g_cs, R, C).to(ACC)
-                         - _load(ahead, ks, cols, g_rs, g_cs, R, C).to(ACC))
+                    yt = load_tile(y + a * y_ta + b * y_tb, rows, ks, y_cs, y_rs, C, R).to(ACC)
+                    d = (load_tile(here, ks, cols, g_rs, g_cs, R, C).to(ACC)
+                         - load_tile(ahead, ks, cols, g_rs, g_cs, R, C).to(ACC))
                     acc = tl.dot(yt, d, acc, input_precision=PRECISION, out_dtype=ACC)
-            _store(dp_ptr + tl.cast(t, tl.int64) * C * C, rows, cols, C, 1, C, C, acc)
+            store_tile(dp_ptr + tl.cast(t, tl.int64) * C * C, rows, cols, C, 1, C, C, acc,
+                       True)
 
 
 @triton.jit
@@ -217,8 +206,8 @@ def _matrices_gradient_phase(m_ptr, dp_ptr, g0_ptr, grad_ptr, R, C, K, head_rs, 
     for item in range(tl.program_id(0), items, tl.num_programs(0)):
         if item < head_items:
             _, rows, cols = _tile_of(item, R, C, BLOCK)
-            g = _load(g0_ptr, rows, cols, C, 1, R, C)
-            _store(grad_ptr, rows, cols, head_rs, head_cs, R, C, g)
+            g = load_tile(g0_ptr, rows, cols, C, 1, R, C)
+            store_tile(grad_ptr, rows, cols, head_rs, head_cs, R, C, g, True)
         else:
             j, rows, cols = _tile_of(item - head_items, C, half, BLOCK)
             dp = dp_ptr + tl.cast(j, tl.int64) * C * C
@@ -226,11 +215,12 @@ def _matrices_gradient_phase(m_ptr, dp_ptr, g0_ptr, grad_ptr, R, C, K, head_rs, 
             acc = tl.zeros([BLOCK, BLOCK], ACC)
             for k0 in range(0, C, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                s = (_load(dp, rows, ks, C, 1, C, C).to(ACC)
-                     + _load(dp, rows, ks, 1, C, C, C).to(ACC))
-                acc = tl.dot(s, _load(u, ks, cols, C, 1, C, half).to(ACC), acc,
+                s = (load_tile(dp, rows, ks, C, 1, C, C).to(ACC)
+                     + load_tile(dp, rows, ks, 1, C, C, C).to(ACC))
+                acc = tl.dot(s, load_tile(u, ks, cols, C, 1, C, half).to(ACC), acc,
                              input_precision=PRECISION, out_dtype=ACC)
-            _store(grad_ptr + tl.cast(j + 1, tl.int64) * C * C, rows, cols, C, 1, C, half, acc)
+            store_tile(grad_ptr + tl.cast(j + 1, tl.int64) * C * C, rows, cols, C, 1, C, half,
+                       acc, True)
 
 
 @triton.jit

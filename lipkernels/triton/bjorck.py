@@ -46,7 +46,7 @@ _NUM_STAGES = 2
 
 
 @triton.jit
-def _load(ptr, rows, cols, row_stride, col_stride, R, C):
+def load_tile(ptr, rows, cols, row_stride, col_stride, R, C):
     """ptr[rows, cols] of an R x C matrix given by its strides, zero outside it."""
     mask = (rows < R)[:, None] & (cols < C)[None, :]
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride, mask=mask,
@@ -54,10 +54,11 @@ def _load(ptr, rows, cols, row_stride, col_stride, R, C):
 
 
 @triton.jit
-def _store(ptr, rows, cols, row_stride, R, C, value, keep):
-    """ptr[rows, cols] = value inside the row-major R x C matrix, where `keep` holds."""
+def store_tile(ptr, rows, cols, row_stride, col_stride, R, C, value, keep):
+    """ptr[rows, cols] = value inside the R x C matrix given by its strides, where `keep`
+    holds."""
     mask = (rows < R)[:, None] & (cols < C)[None, :] & keep
-    tl.store(ptr + rows[:, None] * row_stride + cols[None, :],
+    tl.store(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride,
              value.to(ptr.dtype.element_ty), mask=mask)
 
 
@@ -69,8 +70,8 @@ def _product(acc, a_ptr, a_rs, a_cs, b_ptr, b_rs, b_cs, shift, scale, rows, cols
     their own)."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        a = _load(a_ptr, rows, ks, a_rs, a_cs, R, K).to(acc.dtype)
-        b = _load(b_ptr, ks, cols, b_rs, b_cs, K, C).to(acc.dtype)
+        a = load_tile(a_ptr, rows, ks, a_rs, a_cs, R, K).to(acc.dtype)
+        b = load_tile(b_ptr, ks, cols, b_rs, b_cs, K, C).to(acc.dtype)
         b = scale * b + shift * (ks[:, None] == cols[None, :]).to(acc.dtype)
         acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
     return acc
@@ -101,8 +102,8 @@ def _gram_phase(w, a, m, n, ACC: tl.constexpr, PRECISION: tl.constexpr,
             acc = tl.zeros([BLOCK, BLOCK], ACC)
             acc = _product(acc, w, 1, n, w, n, 1, 0.0, 1.0, rows, cols, n, n, m, PRECISION,
                            BLOCK_K)
-            _store(a, rows, cols, n, n, n, acc, True)
-            _store(a, cols, rows, n, n, n, tl.trans(acc), bi < bj)
+            store_tile(a, rows, cols, n, 1, n, n, acc, True)
+            store_tile(a, cols, rows, n, 1, n, n, tl.trans(acc), bi < bj)
 
 
 @triton.jit
@@ -123,8 +124,8 @@ def _symmetrised_phase(w, g, s, m, n, ACC: tl.constexpr, PRECISION: tl.constexpr
                 q = _product(tl.zeros([BLOCK, BLOCK], ACC), w, 1, n, g, n, 1, 0.0, 1.0, cols,
                              rows, n, n, m, PRECISION, BLOCK_K)
             acc = p + tl.trans(q)
-            _store(s, rows, cols, n, n, n, acc, True)
-            _store(s, cols, rows, n, n, n, tl.trans(acc), bi < bj)
+            store_tile(s, rows, cols, n, 1, n, n, acc, True)
+            store_tile(s, cols, rows, n, 1, n, n, tl.trans(acc), bi < bj)
 
 
 @triton.jit
@@ -135,13 +136,13 @@ def _correction_phase(x, a, w, s, out, beta, m, n, BACKWARD: tl.constexpr, ACC: 
         for bj in range(tl.cdiv(n, BLOCK)):
             rows = br * BLOCK + tl.arange(0, BLOCK)
             cols = bj * BLOCK + tl.arange(0, BLOCK)
-            acc = _load(x, rows, cols, n, 1, m, n).to(ACC)
+            acc = load_tile(x, rows, cols, n, 1, m, n).to(ACC)
             acc = _product(acc, x, n, 1, a, n, 1, beta, -beta, rows, cols, m, n, n, PRECISION,
                            BLOCK_K)
             if BACKWARD:
                 acc = _product(acc, w, n, 1, s, n, 1, 0.0, -beta, rows, cols, m, n, n,
                                PRECISION, BLOCK_K)
-            _store(out, rows, cols, n, m, n, acc, True)
+            store_tile(out, rows, cols, n, 1, m, n, acc, True)
 
 
 @triton.jit
