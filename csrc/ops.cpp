@@ -42,6 +42,19 @@ TORCH_LIBRARY(lipkernels, m) {
       "frequency_power_iteration_backward(Tensor grad_sigma, Tensor u, Tensor v,"
       " int[] weight_shape, int height, int width) -> Tensor");
 
+  // Power iteration on the convolution map A x = conv2d(x, weight, stride, padding) (zero padding)
+  // from the persistent input-shaped vector u (1, C_in, H, W), A^T its adjoint (conv_transpose2d
+  // giving back u's shape): `iters` times v = normalize(A u); u = normalize(A^T v); then
+  // sigma = <v, A u>. Returns (sigma (), u, v (1, C_out, H', W')); v is kept for the backward.
+  m.def(
+      "conv_power_iteration(Tensor weight, Tensor u, int iters, int[2] stride, int[2] padding)"
+      " -> (Tensor, Tensor, Tensor)");
+  // grad_weight (C_out, C_in, k_h, k_w) = grad_sigma * the weight gradient of conv2d(u, .) for
+  // the output gradient v; C_out and C_in are v's and u's channels.
+  m.def(
+      "conv_power_iteration_backward(Tensor grad_sigma, Tensor u, Tensor v, int[2] kernel_size,"
+      " int[2] stride, int[2] padding) -> Tensor");
+
   // The SOC series y = sum_{i=0}^{terms-1} S^{*i}(x) / i! (docs/design.md §3.2), all terms in one call,
   // grad_mode "exact" or "fast". Returns (y, saved): what the backward needs beyond x and S, by
   // mode and kernel. Fast mode: [z_2], the second Horner iterate (empty when terms == 1). Exact
@@ -132,6 +145,35 @@ TORCH_LIBRARY(lipkernels, m) {
   m.def(
       "bcop_filter_backward(Tensor grad_weight, Tensor matrices, Tensor projectors,"
       " Tensor[] iterates, int in_channels, int out_channels) -> Tensor");
+
+  // The convex potential step (CPL, Meunier et al., ICML 2022; SLL, Araujo et al., ICLR 2023;
+  // lipkernels/reference/convex_potential.py) z = x - W^T (scale * relu(W x + b)), W a "same"
+  // zero-padded convolution with a filter (C_inner, C, k1, k2), odd k, on x (B, C, H, W), or a
+  // matrix (C_inner, C) on x (B, C); scale () or (C_inner,). Returns (z, activation), the
+  // activation r = relu(W x + b) (B, C_inner, ...) being what the backward reads.
+  m.def(
+      "convex_potential(Tensor x, Tensor weight, Tensor? bias, Tensor scale)"
+      " -> (Tensor, Tensor)");
+  // With q = W grad_z and m = [r > 0]: grad_scale = -sum r q (per channel, or in all for a 0-dim
+  // scale), e = -scale m q, grad_bias = sum e, grad_x = grad_z + W^T e,
+  // grad_weight = (e correlated with x) - scale (r correlated with grad_z).
+  m.def(
+      "convex_potential_backward(Tensor grad_z, Tensor x, Tensor weight, Tensor scale,"
+      " Tensor activation) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // The AOL rescaling (Prach & Lampert, ECCV 2022) with SLL's weights q = exp(log_q) (Araujo et
+  // al., ICLR 2023; lipkernels/reference/aol_rescaling.py) of a matrix (C_out, C_in) or a filter
+  // (C_out, C_in, k_1, k_2), float32/float64: d_i = (S_i + 1e-6)^(-1/2),
+  // S_i = sum_j A_ij q_j / q_i, A_ij = sum_delta |G[i, j, delta]|, G = W^T W or the filter's
+  // (C_in, C_in, 2 k_1 - 1, 2 k_2 - 1) self-correlation; log_q None means q = 1. Returns
+  // (d (C_in,), A (C_in, C_in), signs): sign(G) as int8, what the backward reads.
+  m.def("aol_rescaling(Tensor weight, Tensor? log_q) -> (Tensor, Tensor, Tensor)");
+  // Returns (grad_weight, grad_log_q) from dL/dS = -grad_d d^3 / 2: grad_log_q = P^T 1 - P 1
+  // with P_ij = dL/dS_i A_ij q_j / q_i (the gradient at log_q = 0 when log_q is None), and
+  // grad_weight through G with dL/dG = dL/dS_i q_j / q_i sign(G[i, j, delta]).
+  m.def(
+      "aol_rescaling_backward(Tensor grad_d, Tensor weight, Tensor? log_q, Tensor d,"
+      " Tensor absolute_gram, Tensor signs) -> (Tensor, Tensor)");
 }
 
 namespace {

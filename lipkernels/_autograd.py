@@ -25,18 +25,29 @@ def has_tangent(tensors) -> bool:
                for t in tensors)
 
 
+_LIFTING_TRANSFORMS = frozenset({torch._C._functorch.TransformType.Grad,
+                                  torch._C._functorch.TransformType.Jvp})
+
+
 def transforms(tensors) -> list:
     """The torch.func transforms (functorch interpreter types, outermost first) that the call on
-    `tensors` runs under: all active ones when one of the tensors is functorch-wrapped, none
-    otherwise (inputs captured from outside a transform are plain tensors). While torch.compile
+    `tensors` runs under: all active ones when one of the tensors is functorch-wrapped or a grad
+    or jvp transform is active, none otherwise (under vmap alone, inputs captured from outside
+    it are plain tensors). While torch.compile
     traces, neither the interpreter stack nor a tensor's wrapping can be traced, only whether
     any transform is active: then [None] stands for "some transform"."""
     if torch.compiler.is_compiling():
         return [None] if torch._C._are_functorch_transforms_active() else []
     stack = torch._C._functorch.get_interpreter_stack()
+    if not stack:
+        return []
+    kinds = [interpreter.key() for interpreter in stack]
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    if stack and any(isinstance(t, torch.Tensor) and wrapped(t) for t in tensors):
-        return [interpreter.key() for interpreter in stack]
+    # A grad or jvp level lifts every tensor an op receives, captured ones included, so under
+    # one no call escapes the transform; vmap batches only the tensors it wrapped.
+    if (_LIFTING_TRANSFORMS.intersection(kinds)
+            or any(isinstance(t, torch.Tensor) and wrapped(t) for t in tensors)):
+        return kinds
     return []
 
 

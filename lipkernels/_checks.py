@@ -96,6 +96,18 @@ def check_count(op: str, name: str, value, maximum: int | None = None) -> int:
     return value
 
 
+def check_int_pair(op: str, name: str, value, minimum: int) -> tuple[int, int]:
+    """`value` (a convolution's stride, padding or kernel size) is an int or a pair of ints, each
+    >= `minimum`: returned as a pair."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or any(isinstance(n, bool) or not isinstance(n, int) for n in pair)):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints; got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}; got {tuple(pair)}")
+    return tuple(pair)
+
+
 def check_nonnegative(op: str, name: str, value) -> float:
     """`value` (a tolerance, a sufficient bound) is a real number >= 0, inf allowed: a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -165,7 +177,7 @@ def check_stride(layer: str, stride):
                          f"got {stride!r}")
 
 
-def _square(layer: str, name: str, value) -> int:
+def check_square_size(layer: str, name: str, value) -> int:
     """An int, or a pair of equal ints (nn.Conv2d's tuple form), as one int."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2 or value[0] != value[1]:
@@ -183,8 +195,8 @@ def check_conv_arguments(layer: str, kernel_size, stride, padding, dilation, gro
     groups 1; bias True or False (also catching nn.Conv2d's positional padding, which these
     layers take by keyword); padding_mode the layer's one mode (padding_mode_only: the mode,
     why the layer has no other). Anything else is an error naming the argument and why."""
-    kernel_size = _square(layer, "kernel_size", kernel_size)
-    stride = _square(layer, "stride", stride)
+    kernel_size = check_square_size(layer, "kernel_size", kernel_size)
+    stride = check_square_size(layer, "stride", stride)
     check_stride(layer, stride)
     if isinstance(padding, (tuple, list)) and len(padding) == 2 and padding[0] == padding[1]:
         padding = padding[0]
@@ -195,7 +207,7 @@ def check_conv_arguments(layer: str, kernel_size, stride, padding, dilation, gro
             if kernel_size % 2 else ""
         raise ValueError(f"{layer}: padding must be 'same'{ints}: the layer is orthogonal as a "
                          f"size-preserving convolution only; got {padding!r}")
-    if _square(layer, "dilation", dilation) != 1:
+    if check_square_size(layer, "dilation", dilation) != 1:
         raise ValueError(f"{layer}: dilation must be 1 (dilated filters are not implemented); "
                          f"got {dilation!r}")
     if check_count(layer, "groups", groups) != 1:

@@ -43,6 +43,29 @@ def input_size_pair(input_size) -> tuple[int, int]:
     return tuple(input_size)
 
 
+def conv_stride_padding(kernel_size, stride, padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(stride, padding) of a convolution as pairs, from ints or pairs; padding None is k // 2
+    per axis, the "same" padding of an odd filter."""
+    if padding is None:
+        padding = tuple(k // 2 for k in kernel_size)
+    return input_size_pair(stride), input_size_pair(padding)
+
+
+def conv_output_size(image_size, kernel_size, stride, padding) -> tuple[int, int]:
+    """(H', W') of F.conv2d on an image_size (H, W) input: floor((n + 2 p - k) / s) + 1 per
+    axis (all arguments pairs)."""
+    return tuple((n + 2 * p - k) // s + 1
+                 for n, k, s, p in zip(image_size, kernel_size, stride, padding))
+
+
+def adjoint_output_padding(image_size, kernel_size, stride, padding) -> tuple[int, int]:
+    """The output_padding that makes conv_transpose2d return image_size, so that it is the
+    exact adjoint of F.conv2d on that input: the rows and columns a stride skips at the end,
+    (n + 2 p - k) mod s per axis."""
+    return tuple((n + 2 * p - k) % s
+                 for n, k, s, p in zip(image_size, kernel_size, stride, padding))
+
+
 def circular_size(weight: torch.Tensor, input_size, padding: str) -> tuple[int, int]:
     """The image size of the circular conv whose norm `conv_spectral_norm` returns: input_size for
     padding="circular", grown by k - 1 per axis for "zeros"."""

@@ -17,9 +17,12 @@ from ._conventions import (CAYLEY_DTYPES, PADDINGS, circular_size, fixed_start, 
                            working_dtype)
 from ._spectral import power_iteration_norm
 from .ops import KERNELS
+from .ops import aol_rescaling as aol_rescaling_ops
 from .ops import bcop_filter as bcop_filter_ops
 from .ops import bjorck as bjorck_ops
+from .ops import conv_power_iteration as conv_power_iteration_ops
 from .ops import conv_spectral_bounds as conv_spectral_bounds_ops
+from .ops import convex_potential as convex_potential_ops
 from .ops import householder as householder_ops
 from .ops import max_min as max_min_ops
 from .ops import power_iteration as power_iteration_ops
@@ -105,6 +108,50 @@ def fantastic_four(weight: torch.Tensor, iters: int = 1, vectors=None):
     """min of `conv_spectral_bounds` (a 0-d tensor) and the updated vectors."""
     bounds, vectors = conv_spectral_bounds(weight, iters, vectors)
     return bounds.min(), vectors
+
+
+def conv_power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1, stride=1,
+                         padding=None):
+    """Operator norm of a zero-padded convolution, by power iteration on the convolution itself.
+
+    Meunier, Delattre, Araujo & Allauzen, "A Dynamical System Perspective for Lipschitz Neural
+    Networks", ICML 2022 (CPL: h = 2 / sigma^2 from this iteration) and Srinivas, Matoba,
+    Lakkaraju & Fleuret, "Efficient Training of Low-Curvature Neural Networks", NeurIPS 2022
+    (LCNN: conv spectral normalisation). The map is A: R^(C_in x H x W) -> R^(C_out x H' x W'),
+    A x = conv2d(x, weight, stride=stride, padding=padding), H' = (H + 2 p_h - k_h) // s_h + 1
+    (W' alike); A^T is conv_transpose2d with the same stride and padding and output_padding
+    (n + 2 p - k) mod s per axis, so that it returns u's shape: the exact adjoint. Repeats
+    `iters` times
+        v = normalize(A u);  u = normalize(A^T v);
+    then sigma = <v, A u>, normalize(x) = x / max(||x||, 1e-12) over the whole tensor, so a zero
+    filter gives sigma 0. sigma never exceeds ||A|| (but for rounding) and converges to it with
+    a spectral gap; it is the norm on H x W images only (the norm grows with the image). An
+    all-zero u (which would give sigma 0 for any filter) is replaced by a fixed unit vector, as
+    in `power_iteration`.
+
+    Args:
+        weight: (C_out, C_in, k_h, k_w) filter, any kernel size (odd or even, k_h != k_w) and
+            channel counts; float32/64, float16, bfloat16 (the cpp kernel iterates half
+            precision in float32).
+        u: (1, C_in, H, W) persistent input-shaped vector, the dtype and device of `weight`;
+            H + 2 p_h >= k_h and W + 2 p_w >= k_w (a non-empty conv output).
+        iters: number of iterations (>= 1), all in one kernel call.
+        stride: int or pair, >= 1.
+        padding: int or pair, >= 0 (zero padding); None (default) is (k_h // 2, k_w // 2), the
+            "same" padding of an odd filter.
+
+    Returns:
+        (sigma (), u (1, C_in, H, W)) in `weight`'s dtype. sigma is differentiable w.r.t.
+        `weight` with u and v held constant (spectral normalisation): d sigma / d W is the
+        weight gradient of conv2d(u, W) for the output gradient v, the correlation of u with v
+        (the CPL code also differentiates its last v; at the fixed point both agree). u is not
+        differentiable; store it to continue the iteration next call (two calls of one
+        iteration give one call of two). NaN or inf in `weight` or `u` gives NaN.
+    """
+    stride, padding = conv_power_iteration_ops.check_inputs(weight, u, iters, stride, padding)
+    u = _nonzero_start(u.reshape(1, -1)).reshape(u.shape)
+    return _dispatch("conv_power_iteration", weight.device.type, (weight, u), weight, u, iters,
+                     stride, padding)
 
 
 def _check_conv_spectrum_input(op: str, weight, input_size, kernel_must_fit: bool):
@@ -476,6 +523,76 @@ def bcop_filter(matrices: torch.Tensor, in_channels: int, out_channels: int) -> 
                      out_channels)
 
 
-__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four",
+def convex_potential(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     scale: torch.Tensor) -> torch.Tensor:
+    """The residual step of the convex potential layers: z = x - W^T (scale * relu(W x + b)).
+
+    CPL: Meunier, Delattre, Araujo & Allauzen, "A Dynamical System Perspective for Lipschitz
+    Neural Networks", ICML 2022 (one scale h = 2 / (||W||^2 + eps)); SLL: Araujo, Havens,
+    Delattre, Allauzen & Hu, "A Unified Algebraic Perspective on Lipschitz Neural Networks",
+    ICLR 2023 (a scale per inner channel). W is the "same" zero-padded convolution (stride 1,
+    padding k // 2) with the filter `weight`, or the matrix `weight`; W^T its adjoint. z is the
+    gradient step x - grad f(x) on f(x) = sum_c scale_c psi(w_c x + b_c) with psi' = relu, whose
+    Jacobian I - W^T diag(scale [W x + b > 0]) W has its eigenvalues in
+    [1 - max(scale) ||W||^2, 1]: 1-Lipschitz whenever 0 <= scale <= 2 / ||W||^2 (the layers'
+    `lipschitz_bound` states what their scale gives).
+
+    Args:
+        x: (B, C, H, W) with a filter, (B, C) with a matrix; float32/64, float16, bfloat16.
+        weight: a filter (C_inner, C, k1, k2), k1 and k2 odd, or a matrix (C_inner, C).
+        bias: (C_inner,) or None.
+        scale: () (CPL: applied after W^T, as the CPL code does) or (C_inner,) (SLL: applied to
+            the activation). weight, bias and scale have x's dtype and device.
+
+    Returns:
+        z, x's shape and dtype. Differentiable w.r.t. x, weight, bias and scale; the kernels
+        keep the activation relu(W x + b) (C_inner channels) for the backward, which computes
+        W grad_z once and reuses it for the input, weight, bias and scale gradients. NaN or inf
+        in gives NaN out.
+    """
+    convex_potential_ops.check_inputs(x, weight, bias, scale)
+    tensors = (x, weight, scale) if bias is None else (x, weight, bias, scale)
+    return _dispatch("convex_potential", x.device.type, tensors, x, weight, bias, scale)
+
+
+def aol_rescaling(weight: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The AOL rescaling d of a matrix or a conv filter, with SLL's weights: W diag(d) is
+    1-Lipschitz.
+
+    Prach & Lampert, "Almost-Orthogonal Layers for Efficient General-Purpose Lipschitz
+    Networks", ECCV 2022 (q = 1); Araujo et al., "A Unified Algebraic Perspective on Lipschitz
+    Neural Networks", ICLR 2023 (T = diag(S) >= W^T W with weights q; its layer divides by
+    T + eps, which is d^2). With G = W^T W for a matrix and, for a filter, its self-correlation
+    G[i, j, delta] = sum_(o, x) W[o, i, x] W[o, j, x + delta] at the (2 k_1 - 1) x (2 k_2 - 1)
+    offsets at which two taps overlap (F.conv2d(W^T, W^T, padding=(k_1 - 1, k_2 - 1)), W^T =
+    W.transpose(0, 1)), and q = exp(log_q):
+        A_ij = sum_delta |G[i, j, delta]|,   S_i = sum_j A_ij exp(log_q_j - log_q_i),
+        d_i = (S_i + 1e-6)^(-1/2).
+    Guarantee (the Schur test with weights q, d_i^2 S_i < 1): ||W diag(d)||_2 < 1 for a
+    matrix, and the convolution with the filter W * d[None, :, None, None] has operator norm
+    < 1 with zero padding of any width and any stride, on any image size, and with circular
+    padding. A column of zeros gets d_i = 1000 (eps^(-1/2)), a zero weight d = 1000 everywhere;
+    NaN or inf in weight or log_q, or an S that overflows, gives NaN (so does a log_q
+    difference beyond about 88 in float32, whose ratio overflows).
+
+    Args:
+        weight: (C_out, C_in) matrix or (C_out, C_in, k_1, k_2) filter, any sizes (k_1 != k_2
+            and even k allowed); float32/64, or float16/bfloat16 computed in float32.
+        log_q: None (q = 1, AOL) or (C_in,) real log-weights of weight's dtype and device; any
+            values are valid (q > 0 always).
+
+    Returns:
+        d (C_in,) in weight's dtype (half precision rounded down from float32, so the guarantee
+        survives the cast), differentiable w.r.t. weight and log_q (torch's subgradient of
+        |G|, zero where G = 0) by a closed-form backward that keeps sign(G) as int8 and A;
+        double backward recomputes the reference.
+    """
+    aol_rescaling_ops.check_inputs(weight, log_q)
+    tensors = (weight,) if log_q is None else (weight, log_q)
+    return _dispatch("aol_rescaling", weight.device.type, tensors, weight, log_q)
+
+
+__all__ = ["power_iteration", "conv_spectral_bounds", "fantastic_four", "conv_power_iteration",
            "conv_singular_values", "conv_spectral_norm", "skew", "soc_exp",
-           "max_min", "householder", "cayley", "cayley_conv2d", "bjorck", "bcop_filter"]
+           "max_min", "householder", "cayley", "cayley_conv2d", "bjorck", "bcop_filter",
+           "aol_rescaling", "convex_potential"]

@@ -16,12 +16,16 @@ import torch
 
 import lipkernels
 from lipkernels import functional
-from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, GroupSort,
-                           HouseHolder, LipConvNet, MaxMin, SOCConv2d, SOCLinear)
+from lipkernels.nn import (AOLConv2d, AOLLinear, BCOPConv2d, BjorckLinear, CayleyConv2d,
+                           CayleyLinear, CPLConv2d, CPLLinear, GroupSort, HouseHolder, LipConvNet,
+                           MaxMin, SLLConv2d, SLLLinear, SOCConv2d, SOCLinear)
 from lipkernels.ops import (bcop_filter, bjorck, cayley, cayley_conv2d, householder, max_min,
                             power_iteration, soc_exp)
-from lipkernels.ops import conv_spectral_bounds, frequency_power_iteration
+from lipkernels.ops import conv_spectral_bounds, convex_potential, frequency_power_iteration
+from lipkernels.ops import aol_rescaling
+from lipkernels.ops import conv_power_iteration
 from lipkernels.nn._unshuffle import unshuffle
+from lipkernels.reference.aol_rescaling import EPS as AOL_EPS
 from lipkernels._conventions import bound_matrix_shapes
 from lipkernels._spectral import bound_matrices
 from helpers import (ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend,
@@ -62,6 +66,11 @@ def _empty_cases():
                    [torch.randn(0, 5, 3, dtype=torch.float64)]),
         "bjorck-wide": (bjorck.KERNELS, functional.bjorck, (2, 0, 3, 5),
                         [torch.randn(2, 0, 3, 5, dtype=torch.float64)]),
+        "convex_potential": (convex_potential.KERNELS, functional.convex_potential,
+                             (0, 4, 5, 5), [torch.randn(0, 4, 5, 5, dtype=torch.float64),
+                                            torch.randn(3, 4, 3, 3, dtype=torch.float64),
+                                            torch.randn(3, dtype=torch.float64),
+                                            torch.rand(3, dtype=torch.float64)]),
     }
 
 
@@ -92,6 +101,10 @@ def test_empty_batch_gives_empty_output_and_zero_gradients(case, device, backend
 @pytest.mark.parametrize("call, message", [
     (lambda: functional.power_iteration(torch.randn(2, 0, 3), torch.randn(2, 3), 1),
      "power_iteration: weight must not be empty outside its first 1 (batch) dims"),
+    (lambda: functional.conv_power_iteration(torch.randn(2, 0, 3, 3), torch.randn(1, 0, 4, 4)),
+     "conv_power_iteration: weight must not be empty"),
+    (lambda: functional.conv_power_iteration(torch.randn(2, 3, 3, 3), torch.randn(1, 3, 0, 4)),
+     "conv_power_iteration: u must not be empty"),
     (lambda: functional.soc_exp(torch.randn(2, 4, 0, 3), _skew_filter(4).float(), 3),
      "soc_exp: x must not be empty outside its first 1 (batch) dims"),
     (lambda: functional.max_min(torch.randn(2, 0, 3)),
@@ -101,6 +114,8 @@ def test_empty_batch_gives_empty_output_and_zero_gradients(case, device, backend
      "conv_spectral_bounds: weight must not be empty"),
     (lambda: functional.householder(torch.randn(2, 4, 3), torch.randn(0)),
      "householder: theta must not be empty"),
+    (lambda: functional.aol_rescaling(torch.randn(3, 0, 3, 3)),
+     "aol_rescaling: weight must not be empty"),
 ])
 def test_zero_size_outside_the_batch_is_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -128,6 +143,12 @@ def _layers():
         "GroupSort": (lambda: GroupSort(3), (0, 6, 3, 3), (0, 6, 3, 3)),
         "HouseHolder": (lambda: HouseHolder(4), (0, 4, 3, 3), (0, 4, 3, 3)),
         "LipConvNet": (lambda: LipConvNet(5, init_channels=4), (0, 3, 32, 32), (0, 10)),
+        "CPLConv2d": (lambda: CPLConv2d(4, 3, input_size=6), (0, 4, 6, 6), (0, 4, 6, 6)),
+        "CPLLinear": (lambda: CPLLinear(5, 3), (0, 5), (0, 5)),
+        "SLLConv2d": (lambda: SLLConv2d(4, 3), (0, 4, 6, 6), (0, 4, 6, 6)),
+        "SLLLinear": (lambda: SLLLinear(5, 3), (0, 5), (0, 5)),
+        "AOLConv2d": (lambda: AOLConv2d(4, 3, stride=2), (0, 4, 6, 6), (0, 3, 3, 3)),
+        "AOLLinear": (lambda: AOLLinear(5, 3), (0, 5), (0, 3)),
     }
 
 
@@ -172,6 +193,19 @@ def test_zero_fantastic_four_vectors_are_replaced(device, backend):
     assert all(torch.linalg.vector_norm(u) > 0.5 for u in vectors)
 
 
+@pytest.mark.parametrize("device, backend", ALL_TARGETS)
+def test_zero_conv_power_iteration_start_is_replaced(device, backend):
+    """conv_power_iteration's all-zero u likewise: the fixed start converges to the norm."""
+    _require(device, backend, conv_power_iteration.KERNELS)
+    # A 1 x 1 filter: the conv map is the channel matrix at every pixel, and has its norm.
+    channels = matrix_with_spectrum([3.0, 1.0, 0.5], 4, 3, device=device)
+    u = torch.zeros(1, 3, 4, 5, dtype=torch.float64, device=device)
+    with lipkernels.use_backend(backend):
+        sigma, u = functional.conv_power_iteration(channels[:, :, None, None], u, 40)
+    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(channels, 2), rtol=1e-9, atol=0)
+    assert torch.linalg.vector_norm(u) > 0.5
+
+
 def test_zero_start_keeps_nan():
     weight = torch.randn(4, 3, dtype=torch.float64)
     u = torch.tensor([0.0, float("nan"), 0.0], dtype=torch.float64)
@@ -182,6 +216,8 @@ def test_zero_start_keeps_nan():
     (lambda: functional.soc_exp(torch.randn(1, 2, 3, 3), _skew_filter(2).float(), 2 ** 32 + 2),
      "terms"),
     (lambda: functional.power_iteration(torch.randn(3, 2), torch.randn(2), 2 ** 63), "iters"),
+    (lambda: functional.conv_power_iteration(torch.randn(2, 2, 3, 3), torch.randn(1, 2, 4, 4),
+                                             2 ** 63), "iters"),
     (lambda: functional.conv_spectral_bounds(torch.randn(2, 2, 3, 3), 2 ** 40), "iters"),
     (lambda: functional.conv_spectral_norm(torch.randn(2, 2, 3, 3), 8, iters=10 ** 7), "iters"),
     (lambda: SOCConv2d(2, 2, train_terms=10 ** 4), "train_terms"),
@@ -251,6 +287,9 @@ def _nan_cases():
                             lambda W: functional.power_iteration(W, torch.ones(4, dtype=W.dtype),
                                                                  3)[0],
                             [torch.randn(3, 4, dtype=torch.float64)]),
+        "conv_power_iteration": (conv_power_iteration.KERNELS,
+                                 lambda W, u: functional.conv_power_iteration(W, u, 2, 2)[0],
+                                 [filter_, torch.randn(1, 4, 5, 5, dtype=torch.float64)]),
         "conv_spectral_bounds": (conv_spectral_bounds.KERNELS,
                                  lambda W: functional.conv_spectral_bounds(W, 2)[0], [filter_]),
         "conv_singular_values": (None, lambda W: functional.conv_singular_values(W, 6),
@@ -277,6 +316,17 @@ def _nan_cases():
                         [_orthogonal_matrices(5, 4)]),
         "bcop_filter-head": (bcop_filter.KERNELS, lambda M: functional.bcop_filter(M, 4, 4),
                              [_orthogonal_matrices(1, 4)]),
+        "aol_rescaling": (aol_rescaling.KERNELS, functional.aol_rescaling,
+                          [torch.randn(5, 4, dtype=torch.float64)]),
+        "aol_rescaling-log_q": (aol_rescaling.KERNELS, functional.aol_rescaling,
+                                [filter_, torch.randn(4, dtype=torch.float64)]),
+        "convex_potential": (convex_potential.KERNELS, functional.convex_potential,
+                             [x, filter_[:, :4], torch.randn(3, dtype=torch.float64),
+                              torch.rand((), dtype=torch.float64)]),
+        "convex_potential-linear": (convex_potential.KERNELS, functional.convex_potential,
+                                    [x[:, :, 0, 0], filter_[:, :4, 0, 0],
+                                     torch.randn(3, dtype=torch.float64),
+                                     torch.rand(3, dtype=torch.float64)]),
     }
 
 
@@ -318,6 +368,10 @@ def _zero_weight_cases():
                                 torch.zeros(3, 4, dtype=torch.float64),
                                 torch.ones(4, dtype=torch.float64), 3)[0],
                             torch.zeros((), dtype=torch.float64)),
+        "conv_power_iteration": (conv_power_iteration.KERNELS,
+                                 lambda: functional.conv_power_iteration(
+                                     torch.zeros(3, 4, 3, 3, dtype=torch.float64), x[:1], 3)[0],
+                                 torch.zeros((), dtype=torch.float64)),
         "conv_spectral_bounds": (conv_spectral_bounds.KERNELS,
                                  lambda: functional.conv_spectral_bounds(
                                      torch.zeros(3, 4, 3, 3, dtype=torch.float64), 2)[0],
@@ -350,6 +404,14 @@ def _zero_weight_cases():
         "bcop_filter": (bcop_filter.KERNELS, lambda: functional.bcop_filter(
             torch.zeros(5, 4, 4, dtype=torch.float64), 2, 4), torch.zeros(4, 2, 3, 3,
                                                                           dtype=torch.float64)),
+        # G = 0: d = eps^(-1/2), whatever the weights q.
+        "aol_rescaling": (aol_rescaling.KERNELS, lambda: functional.aol_rescaling(
+            torch.zeros(3, 4, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)),
+            torch.full((4,), AOL_EPS ** -0.5, dtype=torch.float64)),
+        # W = 0: the potential is constant in x, the step the identity (whatever bias, scale).
+        "convex_potential": (convex_potential.KERNELS, lambda: functional.convex_potential(
+            x, torch.zeros(3, 4, 3, 3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),
+            torch.ones((), dtype=torch.float64)), x),
     }
 
 

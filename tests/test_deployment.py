@@ -12,8 +12,9 @@ from torch import nn
 
 import lipkernels
 from helpers import require_backend
-from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet,
-                           MaxMin, SOCConv2d, SOCLinear)
+from lipkernels.nn import (AOLConv2d, AOLLinear, BCOPConv2d, BjorckLinear, CayleyConv2d,
+                           CayleyLinear, CPLConv2d, CPLLinear, LipConvNet, MaxMin, SLLConv2d,
+                           SLLLinear, SOCConv2d, SOCLinear)
 
 
 def _models():
@@ -26,10 +27,14 @@ def _models():
         "BCOP+Bjorck": (nn.Sequential(BCOPConv2d(3, 4, 4, stride=2), MaxMin(),
                                       BCOPConv2d(4, 4, 3), nn.Flatten(),
                                       BjorckLinear(4 * 4 * 4, 5)), (3, 8, 8)),
+        "CPL+SLL+AOL": (nn.Sequential(AOLConv2d(3, 4), CPLConv2d(4, 3, input_size=8),
+                                      SLLConv2d(4, 5), nn.Flatten(),
+                                      CPLLinear(4 * 8 * 8, 6), SLLLinear(4 * 8 * 8, 7),
+                                      AOLLinear(4 * 8 * 8, 5)), (3, 8, 8)),
     }
 
 
-@pytest.mark.parametrize("name", ["LipConvNet", "Cayley+SOC", "BCOP+Bjorck"])
+@pytest.mark.parametrize("name", ["LipConvNet", "Cayley+SOC", "BCOP+Bjorck", "CPL+SLL+AOL"])
 def test_program_computes_the_eval_model_at_any_batch(name):
     model, shape = _models()[name]
     program = lipkernels.export(model, (torch.randn(2, *shape),))
@@ -101,10 +106,13 @@ def _vanilla_layers():
             (CayleyLinear(6, 9), (6,)), (CayleyLinear(9, 6), (9,)),
             (BjorckLinear(6, 9), (6,)), (BjorckLinear(9, 6, bias=False), (9,)),
             (BCOPConv2d(4, 6, 3), (4, 6, 5)), (BCOPConv2d(2, 8, 4, stride=2, bias=False),
-                                               (2, 6, 4))]
+                                               (2, 6, 4)),
+            (AOLConv2d(4, 6, 3, 2), (4, 7, 6)), (AOLConv2d(3, 2, 3, padding_mode="circular"),
+                                                 (3, 5, 5)),
+            (AOLLinear(6, 4, bias=False), (6,))]
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(16))
 def test_vanilla_export_is_plain_torch_with_the_eval_outputs_at_any_size(index):
     """deel-torchlip's convention: SOC layers as plain convolutions in Horner's form (linear
     layers as one nn.Linear), Cayley linear layers as nn.Linear, in training mode too."""

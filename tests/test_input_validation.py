@@ -29,6 +29,24 @@ def _bad_power_iteration():
     }
 
 
+def _bad_conv_power_iteration():
+    W, u = _randn(2, 3, 3, 3), _randn(1, 3, 5, 5)
+    return {
+        "weight rank": ("weight", (_randn(2, 3, 3), u, 1, 1, 1)),
+        "weight dtype": ("weight", (torch.ones(2, 3, 3, 3, dtype=torch.int32), u, 1, 1, 1)),
+        "u rank": ("u", (W, _randn(3, 5, 5), 1, 1, 1)),
+        "u batch": ("u", (W, _randn(2, 3, 5, 5), 1, 1, 1)),
+        "u channels": ("u", (W, _randn(1, 2, 5, 5), 1, 1, 1)),
+        "u dtype": ("u", (W, u.double(), 1, 1, 1)),
+        "iters": ("iters", (W, u, 0, 1, 1)),
+        "stride": ("stride", (W, u, 1, 0, 1)),
+        "stride pair": ("stride", (W, u, 1, (2, 0), 1)),
+        "stride length": ("stride", (W, u, 1, [1, 1, 1], 1)),
+        "padding": ("padding", (W, u, 1, 1, (0, -1))),
+        "u image too small": ("u", (W, _randn(1, 3, 2, 5), 1, 1, 0)),
+    }
+
+
 def _bad_conv_spectral_bounds():
     W = _randn(2, 3, 3, 3)
     vectors = [_randn(9), _randn(9), _randn(27), _randn(18)]
@@ -110,6 +128,23 @@ def _bad_power_iteration_backward():
         "v batch": ("v", (grad, u, _randn(3, 3))),
         "v dtype": ("v", (grad, u, v.double())),
         "grad_sigma shape": ("grad_sigma", (_randn(3), u, v)),
+    }
+
+
+def _bad_conv_power_iteration_backward():
+    grad, u, v = _randn(()), _randn(1, 3, 5, 5), _randn(1, 2, 3, 3)
+    return {
+        "u rank": ("u", (grad, _randn(3, 5, 5), v, (3, 3), 1, 0)),
+        "u batch": ("u", (grad, _randn(2, 3, 5, 5), v, (3, 3), 1, 0)),
+        "kernel_size": ("kernel_size", (grad, u, v, (3, 0), 1, 0)),
+        "stride": ("stride", (grad, u, v, (3, 3), 0, 0)),
+        "padding": ("padding", (grad, u, v, (3, 3), 1, -1)),
+        "u image too small": ("u", (grad, u, v, (6, 3), 1, 0)),
+        "v rank": ("v", (grad, u, v[0], (3, 3), 1, 0)),
+        "v shape": ("v", (grad, u, v, (3, 3), 2, 0)),
+        "v dtype": ("v", (grad, u, v.double(), (3, 3), 1, 0)),
+        "grad_sigma shape": ("grad_sigma", (_randn(1), u, v, (3, 3), 1, 0)),
+        "grad_sigma dtype": ("grad_sigma", (grad.double(), u, v, (3, 3), 1, 0)),
     }
 
 
@@ -221,10 +256,63 @@ def _bad_bcop_filter_backward():
     }
 
 
+def _bad_convex_potential():
+    x, W, b, scale = _randn(2, 4, 5, 5), _randn(3, 4, 3, 3), _randn(3), _randn(3)
+    return {
+        "weight rank": ("weight", (x, _randn(3, 4, 3), b, scale)),
+        "weight even kernel": ("weight", (x, _randn(3, 4, 2, 3), b, scale)),
+        "weight dtype": ("weight", (x, W.double(), b, scale)),
+        "x rank": ("x", (_randn(2, 4), W, b, scale)),
+        "x channels": ("x", (_randn(2, 5, 5, 5), W, b, scale)),
+        "bias shape": ("bias", (x, W, _randn(4), scale)),
+        "scale shape": ("scale", (x, W, b, _randn(2))),
+        "scale dtype": ("scale", (x, W, b, scale.double())),
+    }
+
+
+def _bad_convex_potential_backward():
+    grad, x, W = _randn(2, 4, 5, 5), _randn(2, 4, 5, 5), _randn(3, 4, 3, 3)
+    scale, r = _randn(()), _randn(2, 3, 5, 5)
+    return {
+        "grad_z channels": ("grad_z", (_randn(2, 5, 5, 5), x, W, scale, r)),
+        "x shape": ("x", (grad, _randn(2, 4, 5, 4), W, scale, r)),
+        "weight matrix with images": ("grad_z", (grad, x, W[:, :, 0, 0], scale, r)),
+        "scale shape": ("scale", (grad, x, W, _randn(4), r)),
+        "activation shape": ("activation", (grad, x, W, scale, r[:, :2])),
+        "activation dtype": ("activation", (grad, x, W, scale, r.double())),
+    }
+
+
+def _bad_aol_rescaling():
+    W, log_q = _randn(3, 4, 3, 2), _randn(4)
+    return {
+        "weight rank": ("weight", (_randn(3, 4, 3), log_q)),
+        "weight vector": ("weight", (_randn(4), None)),
+        "log_q shape": ("log_q", (W, _randn(3))),
+        "log_q rank": ("log_q", (W, _randn(4, 1))),
+        "log_q dtype": ("log_q", (W, log_q.double())),
+    }
+
+
+def _bad_aol_rescaling_backward():
+    W, grad = _randn(2, 4, 3, 3), _randn(4)
+    d, gram, signs = _randn(4), _randn(4, 4), torch.ones(4, 4, 5, 5, dtype=torch.int8)
+    return {
+        "weight rank": ("weight", (grad, W[0], None, d, gram, signs)),
+        "log_q shape": ("log_q", (grad, W, _randn(2), d, gram, signs)),
+        "grad_d shape": ("grad_d", (_randn(2), W, None, d, gram, signs)),
+        "d dtype": ("d", (grad, W, None, d.double(), gram, signs)),
+        "absolute_gram shape": ("absolute_gram", (grad, W, None, d, gram[:2], signs)),
+        "signs dtype": ("signs", (grad, W, None, d, gram, signs.float())),
+        "signs shape": ("signs", (grad, W, None, d, gram, signs[:, :, :3, :3])),
+    }
+
+
 # The ops with no functional entry of their own, {op: bad inputs}: the backward ops and the
 # frequency-domain core of cayley_conv2d.
 KERNEL_ONLY_OPS = {
     "power_iteration_backward": _bad_power_iteration_backward,
+    "conv_power_iteration_backward": _bad_conv_power_iteration_backward,
     "conv_spectral_bounds_backward": _bad_conv_spectral_bounds_backward,
     "soc_exp_backward": _bad_soc_exp_backward,
     "max_min_backward": _bad_max_min_backward,
@@ -234,11 +322,14 @@ KERNEL_ONLY_OPS = {
     "cayley_frequency_product_backward": _bad_cayley_frequency_product_backward,
     "bjorck_backward": _bad_bjorck_backward,
     "bcop_filter_backward": _bad_bcop_filter_backward,
+    "aol_rescaling_backward": _bad_aol_rescaling_backward,
+    "convex_potential_backward": _bad_convex_potential_backward,
 }
 
 # op: (bad inputs {case: (argument named, args)}, the functional call on those args)
 OPS = {
     "power_iteration": (_bad_power_iteration, lipkernels.power_iteration),
+    "conv_power_iteration": (_bad_conv_power_iteration, lipkernels.conv_power_iteration),
     "conv_spectral_bounds": (_bad_conv_spectral_bounds,
                              lambda weight, vectors, iters: lipkernels.conv_spectral_bounds(
                                  weight, iters, vectors)),
@@ -248,6 +339,8 @@ OPS = {
     "cayley": (_bad_cayley, lipkernels.cayley),
     "bjorck": (_bad_bjorck, lambda W, iters, beta, order: lipkernels.bjorck(W, iters, beta, order)),
     "bcop_filter": (_bad_bcop_filter, lipkernels.bcop_filter),
+    "aol_rescaling": (_bad_aol_rescaling, lipkernels.aol_rescaling),
+    "convex_potential": (_bad_convex_potential, lipkernels.convex_potential),
 }
 
 CASES = [(op, case) for op, (bad, _) in OPS.items() for case in bad()]

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lipkernels.nn import (BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, HouseHolder,
-                           SOCConv2d, SOCLinear, swap)
+import lipkernels
+from lipkernels.nn import (AOLConv2d, AOLLinear, BCOPConv2d, BjorckLinear, CayleyConv2d,
+                           CayleyLinear, HouseHolder, SOCConv2d, SOCLinear, swap)
 
 
 def small_cnn():
@@ -67,7 +68,7 @@ def test_soc_keeps_circular_convolutions():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="swap: family must be one of soc, cayley, bcop; got "
+    with pytest.raises(ValueError, match="swap: family must be one of soc, cayley, bcop, aol; got "
                                          "'cpl'"):
         swap(nn.Linear(2, 2), "cpl")
     with pytest.raises(TypeError, match="swap: model must be a torch.nn.Module; got int"):
@@ -78,3 +79,18 @@ def test_bcop_keeps_convolutions_of_odd_channel_counts():
     _, report = swap(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)), "bcop")
     (kept,) = report.kept
     assert "must be even for a filter of 3 taps" in kept[2]
+
+
+def test_aol_swaps_every_convolution_and_linear_layer():
+    """AOL's rescaling bounds any zero-padded convolution, so the padding-0 one is replaced too;
+    the model keeps its shapes and its bound is the product of the layers' (below 1 each)."""
+    model = small_cnn()
+    swapped, report = swap(model, "aol")
+    assert [name for name, *_ in report.replaced] == ["0", "2", "5", "8"]
+    assert all(note == "" for *_, note in report.replaced)
+    assert isinstance(swapped[5], AOLConv2d) and swapped[5].padding == 0
+    assert isinstance(swapped[8], AOLLinear) and swapped[2].stride == 2
+    x = torch.randn(2, 3, 16, 16)
+    assert swapped(x).shape == model(x).shape
+    del swapped[3]  # the batch normalisation, which no bound covers
+    assert lipkernels.lipschitz_bound(swapped) <= 1.0

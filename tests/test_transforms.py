@@ -28,11 +28,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lipkernels
 from helpers import ALL_TARGETS, filter_with_spectral_gap, matrix_with_spectrum, require_backend
+from lipkernels.ops.aol_rescaling import KERNELS as AOL_RESCALING_KERNELS
 from lipkernels.ops.bcop_filter import KERNELS as BCOP_FILTER_KERNELS
 from lipkernels.ops.bjorck import KERNELS as BJORCK_KERNELS
 from lipkernels.ops.cayley import KERNELS as CAYLEY_KERNELS
 from lipkernels.ops.cayley_conv2d import KERNELS as CAYLEY_CONV2D_KERNELS
+from lipkernels.ops.conv_power_iteration import KERNELS as CONV_POWER_ITERATION_KERNELS
 from lipkernels.ops.conv_spectral_bounds import KERNELS as BOUNDS_KERNELS
+from lipkernels.ops.convex_potential import KERNELS as CONVEX_POTENTIAL_KERNELS
 from lipkernels.ops.frequency_power_iteration import KERNELS as FREQUENCY_KERNELS
 from lipkernels.ops.householder import KERNELS as HOUSEHOLDER_KERNELS
 from lipkernels.ops.max_min import KERNELS as MAX_MIN_KERNELS
@@ -78,6 +81,14 @@ def _power_iteration(device, iters):
     W = matrix_with_spectrum([3.0, 0.3], 4, 3, batch=(2,), device=device)
     u = _randn(2, 3, device=device)
     return (lambda W: lipkernels.power_iteration(W, u, iters)[0]), (W,)
+
+
+def _conv_power_iteration(device, iters):
+    """A 2 x 2 filter at stride 2 on a 4 x 4 image: the windows do not overlap, so the conv map
+    is the filter's 2 x 8 matrix on each, whose singular values 2 and 0.2 it repeats."""
+    W = matrix_with_spectrum([2.0, 0.2], 2, 8, device=device).reshape(2, 2, 2, 2)
+    u = _randn(1, 2, 4, 4, device=device)
+    return (lambda W: lipkernels.conv_power_iteration(W, u, iters, 2, 0)[0]), (W,)
 
 
 def _bounds(device, iters, reduce=False):
@@ -135,6 +146,28 @@ def _bjorck(shape, with_scale, order=1):
     return build
 
 
+def _convex_potential(x_shape, weight_shape, per_channel):
+    """Random inputs: no pre-activation is within the differences' step of relu's kink."""
+    def build(device, iters):
+        inner = weight_shape[0]
+        scale = (torch.rand(inner, dtype=DTYPE, device=device) + 0.5 if per_channel
+                 else torch.tensor(0.7, dtype=DTYPE, device=device))
+        return lipkernels.convex_potential, (_randn(*x_shape, device=device),
+                                             _randn(*weight_shape, device=device) / 2,
+                                             _randn(inner, device=device), scale)
+    return build
+
+
+def _aol_rescaling(shape, weighted):
+    """Random weights: every G entry far from 0, where |G| has its kink."""
+    def build(device, iters):
+        weight = _randn(*shape, device=device)
+        if not weighted:
+            return lipkernels.aol_rescaling, (weight,)
+        return lipkernels.aol_rescaling, (weight, _randn(shape[1], device=device))
+    return build
+
+
 def _bcop_filter(size, in_channels, out_channels):
     """Random (not orthogonal) matrices: the construction is a polynomial in any matrices."""
     def build(device, iters):
@@ -149,6 +182,8 @@ CASES = {
                             constant_vectors=True),
     "conv_spectral_bounds": Case("conv_spectral_bounds", _bounds, BOUNDS_KERNELS,
                                  constant_vectors=True),
+    "conv_power_iteration": Case("conv_power_iteration", _conv_power_iteration,
+                                 CONV_POWER_ITERATION_KERNELS, constant_vectors=True),
     "fantastic_four": Case("conv_spectral_bounds",
                            lambda device, iters: _bounds(device, iters, reduce=True),
                            BOUNDS_KERNELS, constant_vectors=True),
@@ -184,6 +219,15 @@ CASES = {
                             if name != "triton"}),
     "bcop_filter_4_to_2_k2": Case("bcop_filter", _bcop_filter(2, 4, 2), BCOP_FILTER_KERNELS),
     "bcop_filter_2_to_4_k3": Case("bcop_filter", _bcop_filter(3, 2, 4), BCOP_FILTER_KERNELS),
+    "aol_rescaling_matrix": Case("aol_rescaling", _aol_rescaling((4, 3), False),
+                                 AOL_RESCALING_KERNELS),
+    "aol_rescaling_filter_log_q": Case("aol_rescaling", _aol_rescaling((2, 3, 2, 3), True),
+                                       AOL_RESCALING_KERNELS),
+    "convex_potential_conv": Case("convex_potential",
+                                  _convex_potential((2, 3, 4, 4), (2, 3, 3, 3), False),
+                                  CONVEX_POTENTIAL_KERNELS),
+    "convex_potential_linear": Case("convex_potential", _convex_potential((3, 4), (5, 4), True),
+                                    CONVEX_POTENTIAL_KERNELS),
 }
 
 cases = pytest.mark.parametrize("name", list(CASES))
@@ -483,6 +527,12 @@ def _layers():
         "HouseHolder": (lambda: nn.HouseHolder(4, **factory), (2, 4, 3)),
         "LipConvNet": (lambda: nn.LipConvNet(depth=5, init_channels=1, num_classes=3,
                                              in_channels=1).to(DTYPE), (2, 1, 32, 32)),
+        "CPLConv2d": (lambda: nn.CPLConv2d(2, 3, input_size=4, **factory), (2, 2, 4, 4)),
+        "CPLLinear": (lambda: nn.CPLLinear(4, 3, **factory), (2, 4)),
+        "SLLConv2d": (lambda: nn.SLLConv2d(2, 3, **factory), (2, 2, 4, 4)),
+        "SLLLinear": (lambda: nn.SLLLinear(4, 3, **factory), (2, 4)),
+        "AOLConv2d": (lambda: nn.AOLConv2d(2, 3, **factory), (2, 2, 4, 4)),
+        "AOLLinear": (lambda: nn.AOLLinear(4, 3, **factory), (2, 4)),
     }
 
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -253,6 +254,77 @@ inline MatrixBatch check_power_iteration_backward_args(const at::Tensor& grad_si
   check_like(op, "v", v, "u", u, v_shape);
   check_like(op, "grad_sigma", grad_sigma, "u", u, batch);
   return {batch.vec(), c10::multiply_integers(batch), v.size(-1), u.size(-1)};
+}
+
+// lipkernels._checks.check_int_pair: a convolution's stride, padding or kernel size, a pair of
+// ints (an int[2] schema argument takes an int as a pair), each >= minimum.
+inline void check_int_pair(const char* op, const char* name, c10::IntArrayRef value,
+                           int64_t minimum) {
+  TORCH_CHECK_TYPE(value.size() == 2, op, ": ", name, " must be an int or a pair of ints; got ",
+                   value);
+  TORCH_CHECK_VALUE(std::min(value[0], value[1]) >= minimum, op, ": ", name, " must be >= ",
+                    minimum, "; got ", shape_string(value));
+}
+
+// The convolution of a (1, C_in, H, W) vector in conv_power_iteration: its output size (H', W')
+// and the output_padding (n + 2 p - k) mod s that makes the transposed convolution return
+// (H, W), its exact adjoint (lipkernels._conventions.conv_output_size, adjoint_output_padding).
+struct ConvGeometry {
+  std::vector<int64_t> output_size, output_padding;
+};
+
+// u's image, padded, holds the filter, so that the convolution output is not empty.
+inline ConvGeometry check_conv_image(const char* op, const at::Tensor& u,
+                                     c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                     c10::IntArrayRef padding) {
+  ConvGeometry geometry;
+  bool fits = true;
+  for (int64_t axis = 0; axis < 2; ++axis) {
+    const int64_t span = u.size(2 + axis) + 2 * padding[axis] - kernel_size[axis];
+    fits = fits && span >= 0;
+    geometry.output_size.push_back(span / stride[axis] + 1);
+    geometry.output_padding.push_back(span % stride[axis]);
+  }
+  TORCH_CHECK_VALUE(fits, op, ": u's image padded by ", shape_string(padding),
+                    " must be at least the filter's size ", shape_string(kernel_size),
+                    " (H + 2 p_h >= k_h and W + 2 p_w >= k_w), else the convolution output is "
+                    "empty; got u of shape ", shape_string(u.sizes()));
+  return geometry;
+}
+
+// conv_power_iteration(weight (C_out, C_in, k_h, k_w), u (1, C_in, H, W), iters, stride, padding).
+inline ConvGeometry check_conv_power_iteration_args(const at::Tensor& weight, const at::Tensor& u,
+                                                    int64_t iters, c10::IntArrayRef stride,
+                                                    c10::IntArrayRef padding) {
+  constexpr const char* op = "conv_power_iteration";
+  check_tensor(op, "weight", weight, TensorRule::of_rank(4));
+  check_tensor(op, "u", u, TensorRule::of_rank(4));
+  check_like(op, "u", u, "weight", weight, {1, weight.size(1), u.size(2), u.size(3)});
+  check_iters(op, iters);
+  check_int_pair(op, "stride", stride, 1);
+  check_int_pair(op, "padding", padding, 0);
+  return check_conv_image(op, u, weight.sizes().slice(2), stride, padding);
+}
+
+// conv_power_iteration_backward(grad_sigma (), u (1, C_in, H, W), v (1, C_out, H', W'),
+// kernel_size, stride, padding).
+inline void check_conv_power_iteration_backward_args(const at::Tensor& grad_sigma,
+                                                     const at::Tensor& u, const at::Tensor& v,
+                                                     c10::IntArrayRef kernel_size,
+                                                     c10::IntArrayRef stride,
+                                                     c10::IntArrayRef padding) {
+  constexpr const char* op = "conv_power_iteration_backward";
+  check_tensor(op, "u", u, TensorRule::of_rank(4));
+  TORCH_CHECK_VALUE(u.size(0) == 1, op, ": u must have shape (1, C_in, H, W); got ",
+                    shape_string(u.sizes()));
+  check_int_pair(op, "kernel_size", kernel_size, 1);
+  check_int_pair(op, "stride", stride, 1);
+  check_int_pair(op, "padding", padding, 0);
+  const ConvGeometry geometry = check_conv_image(op, u, kernel_size, stride, padding);
+  check_tensor(op, "v", v, TensorRule::of_rank(4));
+  check_like(op, "v", v, "u", u,
+             {1, v.size(1), geometry.output_size[0], geometry.output_size[1]});
+  check_like(op, "grad_sigma", grad_sigma, "u", u, {});
 }
 
 // conv_spectral_bounds(weight (O, I, H, W), vectors [u_1..u_4], iters).
@@ -560,6 +632,97 @@ inline BcopGeometry check_bcop_filter_backward_args(const at::Tensor& grad_weigh
                geometry.iterate_shape(static_cast<int64_t>(t)));
   }
   return geometry;
+}
+
+// convex_potential(x, weight, bias, scale) and its backward (`op` names the one called, `x_name`
+// its image or batch argument): weight is a filter (C_inner, C, k1, k2) with odd k and x an image
+// batch (B, C, H, W), or weight a matrix (C_inner, C) and x (B, C); bias None or (C_inner,);
+// scale () or (C_inner,); all of x's dtype and device. Returns C_inner.
+inline int64_t check_convex_potential_args(const char* op, const char* x_name,
+                                           const at::Tensor& x, const at::Tensor& weight,
+                                           const std::optional<at::Tensor>& bias,
+                                           const at::Tensor& scale) {
+  check_tensor(op, "weight", weight, TensorRule::any());
+  TORCH_CHECK_VALUE(weight.dim() == 2 || weight.dim() == 4, op,
+                    ": weight must be a matrix (C_inner, C) or a filter (C_inner, C, k1, k2); "
+                    "got shape ", shape_string(weight.sizes()));
+  const bool filter = weight.dim() == 4;
+  TORCH_CHECK_VALUE(!filter || (weight.size(2) % 2 == 1 && weight.size(3) % 2 == 1), op,
+                    ": weight must have odd kernel sizes (\"same\" padding k // 2 maps an image "
+                    "to its own size); got shape ", shape_string(weight.sizes()));
+  check_tensor(op, x_name, x, TensorRule::of_rank(weight.dim(), 1));
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1), op, ": ", x_name, " must have ",
+                    weight.size(1), " channels (dim 1) to match weight ",
+                    shape_string(weight.sizes()), "; got shape ", shape_string(x.sizes()));
+  check_like(op, "weight", weight, x_name, x, weight.sizes());
+  const int64_t inner = weight.size(0);
+  if (bias.has_value()) {
+    check_like(op, "bias", *bias, x_name, x, {inner});
+  }
+  TORCH_CHECK_VALUE(scale.dim() == 0 || (scale.dim() == 1 && scale.size(0) == inner), op,
+                    ": scale must have shape () or (", inner, ",) (one factor per inner channel "
+                    "of weight ", shape_string(weight.sizes()), "); got ",
+                    shape_string(scale.sizes()));
+  check_like(op, "scale", scale, x_name, x, scale.sizes());
+  return inner;
+}
+
+// convex_potential_backward(grad_z, x, weight, scale, activation): x the forward's input shaped
+// like grad_z, activation the kept relu(W x + b) (B, C_inner, *spatial).
+inline void check_convex_potential_backward_args(const at::Tensor& grad_z, const at::Tensor& x,
+                                                 const at::Tensor& weight,
+                                                 const at::Tensor& scale,
+                                                 const at::Tensor& activation) {
+  constexpr const char* op = "convex_potential_backward";
+  const int64_t inner =
+      check_convex_potential_args(op, "grad_z", grad_z, weight, std::nullopt, scale);
+  check_like(op, "x", x, "grad_z", grad_z, grad_z.sizes());
+  std::vector<int64_t> shape = grad_z.sizes().vec();
+  shape[1] = inner;
+  check_like(op, "activation", activation, "grad_z", grad_z, shape);
+}
+
+// aol_rescaling(weight, log_q) as lipkernels.ops.aol_rescaling.check_inputs checks it (`op`
+// names the op called), for the float32/float64 weights the kernels take: a matrix
+// (C_out, C_in) or a filter (C_out, C_in, k_1, k_2), and log_q None or (C_in,) like weight.
+inline void check_aol_rescaling_args(const char* op, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& log_q) {
+  check_tensor(op, "weight", weight, TensorRule::any().of({at::kFloat, at::kDouble}));
+  TORCH_CHECK_VALUE(weight.dim() == 2 || weight.dim() == 4, op,
+                    ": weight must be 2-D (C_out, C_in) or 4-D (C_out, C_in, k_1, k_2); got "
+                    "shape ", shape_string(weight.sizes()));
+  if (log_q.has_value()) {
+    check_tensor(op, "log_q", *log_q, TensorRule::of_rank(1).of({at::kFloat, at::kDouble}));
+    check_like(op, "log_q", *log_q, "weight", weight, {weight.size(1)});
+  }
+}
+
+// aol_rescaling_backward(grad_d, weight, log_q, d, absolute_gram, signs): aol_rescaling's
+// arguments, grad_d and d (C_in,) and absolute_gram (C_in, C_in) like weight, and signs the
+// forward's int8 sign(G) of the self-correlation's shape, (C_in, C_in) for a matrix and
+// (C_in, C_in, 2 k_1 - 1, 2 k_2 - 1) for a filter, on weight's device.
+inline void check_aol_rescaling_backward_args(const at::Tensor& grad_d, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& log_q,
+                                              const at::Tensor& d,
+                                              const at::Tensor& absolute_gram,
+                                              const at::Tensor& signs) {
+  constexpr const char* op = "aol_rescaling_backward";
+  check_aol_rescaling_args(op, weight, log_q);
+  const int64_t channels = weight.size(1);
+  check_like(op, "grad_d", grad_d, "weight", weight, {channels});
+  check_like(op, "d", d, "weight", weight, {channels});
+  check_like(op, "absolute_gram", absolute_gram, "weight", weight, {channels, channels});
+  check_tensor(op, "signs", signs, TensorRule::any().of({at::kChar}));
+  std::vector<int64_t> shape = {channels, channels};
+  if (weight.dim() == 4) {
+    shape.push_back(2 * weight.size(2) - 1);
+    shape.push_back(2 * weight.size(3) - 1);
+  }
+  TORCH_CHECK_VALUE(signs.sizes() == c10::IntArrayRef(shape) && signs.device() == weight.device(),
+                    op, ": signs must have shape ", shape_string(shape),
+                    " (the self-correlation of weight ", shape_string(weight.sizes()),
+                    ") on weight's device ", weight.device(), "; got ",
+                    shape_string(signs.sizes()), " on ", signs.device());
 }
 
 }  // namespace lipkernels

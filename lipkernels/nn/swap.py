@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._conventions import pooling_windows_per_pixel
+from .aol import AOLConv2d, AOLLinear
 from .bcop import BCOPConv2d
 from .bjorck import BjorckLinear
 from .cayley import CayleyConv2d, CayleyLinear
@@ -18,7 +19,8 @@ from .soc import SOCConv2d, SOCLinear
 # family: (conv layer, linear layer, the padding mode of its convolutions)
 FAMILIES = {"soc": (SOCConv2d, SOCLinear, "zeros"),
             "cayley": (CayleyConv2d, CayleyLinear, "circular"),
-            "bcop": (BCOPConv2d, BjorckLinear, "circular")}
+            "bcop": (BCOPConv2d, BjorckLinear, "circular"),
+            "aol": (AOLConv2d, AOLLinear, "zeros")}
 
 
 @dataclasses.dataclass(frozen=True)
