@@ -42,8 +42,14 @@ def _nonzero_start(u: torch.Tensor) -> torch.Tensor:
     """u, with every all-zero vector (last dim) replaced by `fixed_start`. A zero start would make
     the power iteration return sigma = 0 for any matrix, a finite wrong answer; NaN entries are
     kept (NaN out). Elementwise on the device: no host sync."""
-    fallback = fixed_start(u.shape[-1], u.device, u.dtype)
-    return torch.where((u == 0).all(-1, keepdim=True), fallback, u)
+    zero = (u == 0).all(-1, keepdim=True)
+    # On CPU tensors outside compile and torch.func, reading the flag costs no device sync, and
+    # skipping the start vector's construction when no vector is zero halves the overhead of a
+    # one-iteration call on a small matrix or image.
+    if (u.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.get_interpreter_stack() and not bool(zero.any())):
+        return u
+    return torch.where(zero, fixed_start(u.shape[-1], u.device, u.dtype), u)
 
 
 def power_iteration(weight: torch.Tensor, u: torch.Tensor, iters: int = 1):

@@ -7,13 +7,14 @@
 //   backward: q = W g (g = grad_z),  m = [r > 0],  e = -s m q,
 //             grad_s = -sum r q,  grad_b = sum e,  grad_x = g + W^T e,
 //             grad_W = (e correlated with x) - s (r correlated with g)
-// W^T runs as the forward map of flipT(W) (the filter transposed in channels and flipped, the
-// adjoint of a stride-1 "same" convolution with odd k) with s folded into its C_inner input
-// channels: a convolution, which oneDNN runs at about twice the speed of conv_transpose2d here,
-// and a pass over the small filter instead of over the activation. The backward's elementwise
-// work (the mask, e, and the two channel sums) is one pass over q and r; relu's activation r is
-// all the forward keeps beyond the inputs: the weight and scale gradients need its values, which
-// the mask alone cannot give back without a second W x.
+// For a filter, W^T runs as the forward map of flipT(W) (the filter transposed in channels and
+// flipped, the adjoint of a stride-1 "same" convolution with odd k) with s folded into its
+// C_inner input channels: a convolution, which oneDNN runs at about twice the speed of
+// conv_transpose2d here, and a pass over the small filter instead of over the activation. For a
+// matrix, s goes on the activation's rows and each W^T product is one addmm reading W in place.
+// The backward's elementwise work (the mask, e, and the two channel sums) is one pass over q
+// and r; relu's activation r is all the forward keeps beyond the inputs: the weight and scale
+// gradients need its values, which the mask alone cannot give back without a second W x.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -54,10 +55,20 @@ at::Tensor scale_rows(const at::Tensor& weight, const at::Tensor& scale) {
   return weight * scale.view(shape);
 }
 
-// The weight whose forward map is W^T: flipT(W) (C, C_inner, k1, k2) for a filter, W^T for a
-// matrix.
-at::Tensor adjoint_weight(const at::Tensor& weight) {
-  return (weight.dim() == 4 ? weight.transpose(0, 1).flip({2, 3}) : weight.t()).contiguous();
+// base + sign * W^T (s v) for v (B, C_inner, ...): for a filter the convolution with flipT(W)
+// with s folded into its C_inner input channels (a pass over the small filter), for a matrix
+// one addmm with s on v's rows, which reads W in place (a transposed copy of a 2048 x 1920
+// matrix would cost more than the product). An undefined `scale` means 1.
+at::Tensor add_adjoint(const at::Tensor& base, const at::Tensor& v, const at::Tensor& weight,
+                       const at::Tensor& scale, double sign) {
+  if (weight.dim() == 4) {
+    const at::Tensor scaled = scale.defined() ? scale_rows(weight, scale) : weight;
+    at::Tensor out =
+        at::conv2d(v, scaled.transpose(0, 1).flip({2, 3}).contiguous(), std::nullopt,
+                   /*stride=*/1, /*padding=*/{weight.size(2) / 2, weight.size(3) / 2});
+    return sign > 0 ? out.add_(base) : at::sub_out(out, base, out);
+  }
+  return at::addmm(base, scale.defined() ? v * scale : v, weight, /*beta=*/1, /*alpha=*/sign);
 }
 
 // The weight gradient of the map W on `input` for the output gradient `grad_output`: the
@@ -131,9 +142,7 @@ std::tuple<at::Tensor, at::Tensor> convex_potential_cpu(const at::Tensor& x_inpu
   check_convex_potential_args("convex_potential", "x", x_input, weight_input, bias, scale);
   const at::Tensor x = x_input.contiguous(), weight = weight_input.contiguous();
   at::Tensor activation = apply(x, weight, bias).clamp_min_(0);
-  at::Tensor z = apply(activation, adjoint_weight(scale_rows(weight, scale)), std::nullopt);
-  at::sub_out(z, x, z);
-  return {z, activation};
+  return {add_adjoint(x, activation, weight, scale, -1.0), activation};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convex_potential_backward_cpu(
@@ -150,9 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convex_potential_back
   // A copy, not a view into `sums`: an output with a storage offset would differ from its fake.
   const at::Tensor grad_bias = sums.select(1, 1).to(x.scalar_type(), /*non_blocking=*/false,
                                                     /*copy=*/true);
-  at::Tensor grad_x = apply(e, adjoint_weight(weight), std::nullopt).add_(grad_z);
-  const at::Tensor grad_weight =
-      weight_gradient(e, x, weight).sub_(scale_rows(weight_gradient(r, grad_z, weight), scale));
+  at::Tensor grad_x = add_adjoint(grad_z, e, weight, at::Tensor(), 1.0);
+  const at::Tensor from_output = weight.dim() == 4
+                                     ? scale_rows(weight_gradient(r, grad_z, weight), scale)
+                                     : weight_gradient(r * scale, grad_z, weight);
+  const at::Tensor grad_weight = weight_gradient(e, x, weight).sub_(from_output);
   return {grad_x, grad_weight, grad_bias, grad_scale};
 }
 

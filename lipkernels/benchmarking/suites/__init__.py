@@ -9,7 +9,8 @@ from ..core import Task
 
 # The suites in the order `--suite all` runs them.
 SUITE_MODULES = ("power_iteration", "conv_spectral_bounds", "soc_exp", "lipconvnet",
-                 "lipschitz_bound", "conv_singular_values", "cayley_conv2d", "bjorck", "bcop")
+                 "lipschitz_bound", "conv_singular_values", "cayley_conv2d", "bjorck", "bcop",
+                 "convex_potential")
 
 SUITES = {suite.name: suite for suite in (importlib.import_module(f"{__name__}.{module}").SUITE
                                           for module in SUITE_MODULES)}
