@@ -24,9 +24,11 @@ from .nn.soc import BOUND_TOLERANCE
 
 __all__ = ["lipschitz_bound"]
 
-# Parameter-free elementwise or reshaping maps with l2 Lipschitz constant at most 1.
+# Parameter-free elementwise or reshaping maps with l2 Lipschitz constant at most 1 (pixel
+# (un)shuffles permute the entries: isometries).
 _ONE_LIPSCHITZ = (nn.Identity, nn.Flatten, nn.Unflatten, nn.ReLU, nn.ReLU6, nn.Tanh,
-                  nn.Hardtanh, nn.Softsign, MaxMin, GroupSort, HouseHolder)
+                  nn.Hardtanh, nn.Softsign, MaxMin, GroupSort, HouseHolder,
+                  nn.PixelUnshuffle, nn.PixelShuffle)
 
 
 def _pair(value) -> tuple[int, int]:

@@ -4,7 +4,9 @@ Data: scikit-learn's digits (shipped with the package, so it works offline: 1797
 upsampled 4x by pixel replication to 32 x 32) or CIFAR-10 from its python-pickle batches
 (``--cifar-dir`` holding data_batch_1..5 and test_batch). Networks: LipConvNet with SOC layers
 (``--layers soc``) or the same plan with Cayley layers (``--layers cayley``) or BCOP
-convolutions and a BjorckLinear head (``--layers bcop``). The loss is the
+convolutions and a BjorckLinear head (``--layers bcop``), or the plan on AOL layers
+(``--layers aol``) or on the convex potential layers between AOL ones (``--layers cpl``,
+``--layers sll``). The loss is the
 multi-class hinge whose zero certifies the training radius (``certified_margin``). Each epoch
 prints a progress bar (tqdm) and records the loss, clean accuracy and certified accuracy at the
 radii ``--eps`` measured in the original image space: the network's provable bound
@@ -29,7 +31,8 @@ from torch import nn
 
 from .certification import certified_margin, certify
 from .model_bound import lipschitz_bound
-from .nn import BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear, LipConvNet, MaxMin
+from .nn import (AOLConv2d, AOLLinear, BCOPConv2d, BjorckLinear, CayleyConv2d, CayleyLinear,
+                 CPLConv2d, CPLLinear, LipConvNet, MaxMin, SLLConv2d, SLLLinear, cached)
 
 EPS = (0.0, 36 / 255, 72 / 255, 108 / 255)
 # The digits' 8 x 8 images are replicated 4 x 4 to the networks' 32 x 32 input: a linear map of
@@ -88,6 +91,11 @@ def cifar10(directory) -> Data:
 # The orthogonal layer pairs of the plan's other networks: (conv, linear).
 PLAN_LAYERS = {"cayley": (CayleyConv2d, CayleyLinear), "bcop": (BCOPConv2d, BjorckLinear)}
 
+# The layers of the AOL plan: (conv, linear) keeping C channels in and out (AOL's own, or the
+# residual convex potential layers), between AOL layers that change the shape.
+AOL_PLAN_LAYERS = {"aol": (AOLConv2d, AOLLinear), "cpl": (CPLConv2d, CPLLinear),
+                   "sll": (SLLConv2d, SLLLinear)}
+
 
 def plan_convnet(layers: str, in_channels: int, classes: int, width: int) -> nn.Sequential:
     """LipConvNet's plan with the `layers` family's conv and linear layers (PLAN_LAYERS): five
@@ -104,10 +112,33 @@ def plan_convnet(layers: str, in_channels: int, classes: int, width: int) -> nn.
     return nn.Sequential(*modules, nn.Flatten(), linear(channels, classes))
 
 
+def aol_convnet(layers: str, in_channels: int, classes: int, width: int) -> nn.Sequential:
+    """The plan of LipConvNet on the AOL_PLAN_LAYERS, which keep channels and image size: an AOL
+    3 x 3 stem to `width` channels, then five blocks of the layer (AOL: 3 x 3 and MaxMin; CPL,
+    SLL: the residual step, inner width = channels, CPL's vector at the block's image size) and
+    a pixel unshuffle with an AOL 1 x 1 conv from 4 C to 2 C channels (a stride-2 2 x 2 conv
+    that loses no pixel, where a strided AOL conv would drop three in four: the AOL networks
+    downsample by concatenation pooling alike), then the layer on the 1 x 1 output of a
+    32 x 32 input (for AOL its linear layer, with MaxMin) and an AOL head."""
+    conv, linear = AOL_PLAN_LAYERS[layers]
+    activation = [MaxMin()] if layers == "aol" else []
+    modules, channels, size = [AOLConv2d(in_channels, width, 3)], width, 32
+    for block in range(5):
+        kernel = 1 if block == 4 else 3
+        extra = {"input_size": size} if conv is CPLConv2d else {}
+        modules += [conv(channels, channels, kernel, **extra), *activation, nn.PixelUnshuffle(2),
+                    AOLConv2d(4 * channels, 2 * channels, 1), *activation]
+        channels, size = 2 * channels, size // 2
+    return nn.Sequential(*modules, nn.Flatten(), linear(channels, channels), *activation,
+                         AOLLinear(channels, classes))
+
+
 def build_model(layers: str, in_channels: int, classes: int, width: int) -> nn.Module:
     if layers == "soc":
         return LipConvNet(depth=5, init_channels=width, num_classes=classes,
                           in_channels=in_channels)
+    if layers in AOL_PLAN_LAYERS:
+        return aol_convnet(layers, in_channels, classes, width)
     return plan_convnet(layers, in_channels, classes, width)
 
 
@@ -122,11 +153,14 @@ def _progress(iterable, **kwargs):
 @torch.no_grad()
 def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], input_scale: float,
              eps, batch_size: int) -> dict:
-    """Clean and certified accuracy (image-space radii) of the eval-mode model on `data`."""
+    """Clean and certified accuracy (image-space radii) of the eval-mode model on `data`; the
+    layers' derived weights (SOC's filters, CPL's 100-iteration sigma) computed once for all
+    batches (`lipkernels.nn.cached()`)."""
     model.eval()
     images, labels = data
-    logits = torch.cat([model(images[i:i + batch_size])
-                        for i in range(0, len(labels), batch_size)])
+    with cached():
+        logits = torch.cat([model(images[i:i + batch_size])
+                            for i in range(0, len(labels), batch_size)])
     bound = lipschitz_bound(model) * input_scale
     result = certify(logits, labels, bound, eps=list(eps))
     return {"lipschitz_bound": bound, "accuracy": result.accuracy.tolist(), "eps": list(eps)}
@@ -205,7 +239,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("digits", "cifar10"), default="digits")
     parser.add_argument("--cifar-dir", help="the CIFAR-10 python-pickle batches (--data cifar10)")
-    parser.add_argument("--layers", choices=("soc", *PLAN_LAYERS), default="soc")
+    parser.add_argument("--layers", choices=("soc", *PLAN_LAYERS, *AOL_PLAN_LAYERS),
+                        default="soc")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -54,8 +54,8 @@ def jacobian_norm(layer, x):
 def test_jacobian_never_exceeds_the_bound(name):
     """At random points (float64), the explicit Jacobian's norm is at most lipschitz_bound(),
     which is 1 for SLL and CPLLinear and below 1 for AOL. A converged CPLConv2d is 1-Lipschitz at
-    its vector's size (its sigma is that size's zero-padded norm); its certificate, from the
-    circular norm of a slightly larger torus, is a little above 1."""
+    its vector's size (its sigma is that size's zero-padded norm), which these small inputs'
+    certificate (the explicit operator's norm) shows."""
     layer = make(name)
     bound = layer.lipschitz_bound()
     norms = [jacobian_norm(layer, torch.randn(LAYERS[name][1], dtype=torch.float64))
@@ -65,8 +65,8 @@ def test_jacobian_never_exceeds_the_bound(name):
         assert bound == 1.0
     elif name.startswith("AOL"):
         assert bound < 1.0
-    else:  # on these tiny images the larger torus's norm exceeds the zero-padded one by ~30%
-        assert max(norms) <= 1 + 1e-9 and bound >= 1.0
+    else:  # small inputs: the explicit operator's exact norm, which sigma converged to
+        assert max(norms) <= 1 + 1e-9 and 1.0 <= bound <= 1 + 1e-9
 
 
 def test_cpl_is_not_one_lipschitz_with_a_larger_scale():

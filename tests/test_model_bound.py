@@ -121,3 +121,11 @@ def test_residual_blocks_are_bounded_by_the_triangle_inequality():
         lipkernels.lipschitz_bound(Residual(nn.Linear(3, 3)))
     with pytest.raises(ValueError, match="Residual: scale must be a finite number >= 0"):
         Residual(nn.Identity(), scale=-1.0)
+
+
+def test_pixel_shuffles_are_isometries():
+    """PixelUnshuffle and PixelShuffle permute the entries: bound 1, and the norm is kept."""
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    for module in (nn.PixelUnshuffle(2), nn.Sequential(nn.PixelUnshuffle(2), nn.PixelShuffle(2))):
+        assert lipkernels.lipschitz_bound(module) == 1.0
+        torch.testing.assert_close(module(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))

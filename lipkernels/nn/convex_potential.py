@@ -51,6 +51,10 @@ TRAIN_ITERS = 1
 # The seed's eps of h = 2 / (sigma^2 + eps).
 CPL_EPS = 1e-4
 
+# Inputs of at most this many entries (C n1 n2) get the exact norm of the explicit operator, a
+# float64 SVD of at most 2048 columns (well under a second).
+_EXPLICIT_OPERATOR_SIZE = 2048
+
 # Relative margin on a float64 SVD's largest singular value: its backward error is a small
 # multiple of n 2^-53 ||W||, far below this for any layer size.
 _FLOAT64_SVD_MARGIN = 1e-10
@@ -62,6 +66,16 @@ def _step_bound(largest_scale: float, squared_norm: float) -> float:
     if math.isnan(largest_scale) or math.isnan(squared_norm):
         return math.nan
     return max(1.0, rounded_up_sum([largest_scale * squared_norm, -1.0]))
+
+
+def _explicit_operator(weight: torch.Tensor, input_size) -> torch.Tensor:
+    """The matrix (C_inner n1 n2, C n1 n2) of the zero-padded "same" convolution on n1 x n2
+    images: its float64 SVD is the exact norm at that size (and, a compression, every smaller
+    one), where the torus's circular norm overshoots most, on small images."""
+    image = (weight.shape[1], *input_size_pair(input_size))
+    basis = torch.eye(math.prod(image), dtype=weight.dtype, device=weight.device).view(-1, *image)
+    padding = tuple(k // 2 for k in weight.shape[2:])
+    return torch.nn.functional.conv2d(basis, weight, padding=padding).flatten(1).T
 
 
 def _certified_torus(weight: torch.Tensor, input_size) -> tuple[int, int]:
@@ -160,6 +174,8 @@ class _CPL(_ConvexPotentialLayer):
             return math.nan
         if weight.dim() == 2:
             norm = torch.linalg.matrix_norm(weight, ord=2)
+        elif weight.shape[1] * math.prod(input_size_pair(input_size)) <= _EXPLICIT_OPERATOR_SIZE:
+            norm = torch.linalg.matrix_norm(_explicit_operator(weight, input_size), ord=2)
         else:
             norm = functional.conv_spectral_norm(weight, _certified_torus(weight, input_size),
                                                  padding="circular")
@@ -196,11 +212,12 @@ class CPLConv2d(_CPL):
     def lipschitz_bound(self, input_size=None) -> float:
         """A provable upper bound (a Python float) on the eval layer's Lipschitz constant (l2) on
         images of at most `input_size` (default: the layer's input_size, where u lives):
-        max(1, h S^2 - 1) for the h the eval forward uses and S >= ||W|| certified at that size
-        (the float64 circular norm on the n + k // 2 torus, `lipkernels.conv_spectral_norm`).
+        max(1, h S^2 - 1) for the h the eval forward uses and S >= ||W|| certified at that size:
+        the float64 SVD of the explicit operator for inputs of at most 2048 entries (exact),
+        else the float64 circular norm on the n + k // 2 torus (`lipkernels.conv_spectral_norm`).
         At the vector's size a converged sigma is the zero-padded norm itself and the layer is
-        1-Lipschitz, but S, the circular norm of a slightly larger torus, can exceed it by a
-        fraction of a percent (boundary effects), so the certified bound is that much above 1;
+        1-Lipschitz, but the torus's norm can exceed it by a fraction of a percent (boundary
+        effects), so the certified bound is that much above 1 on larger images;
         nan for a non-finite weight. Exact arithmetic on the values used, as the other layers'
         bounds: the forward's own rounding is not included."""
         return self._bound(self.input_size if input_size is None else input_size)
