@@ -684,6 +684,64 @@ def bcop_filter_table() -> str:
     return "\n".join(lines)
 
 
+# The convex potential step's layers, (channels C, inner channels C_inner, image side), k = 3,
+# batch 128: the CPL code's default layer (30 channels, 5 inner) and the LipConvNet widths.
+POTENTIAL_LAYERS = ((30, 5, 32), (32, 32, 32), (64, 64, 16), (128, 128, 8), (256, 256, 4))
+POTENTIAL_BATCH = 128
+
+
+def _kernels_time(kernels, dtype: str) -> float:
+    """Seconds of a sequence of launches, each (FLOPs on tensor cores, HBM bytes) at its own
+    roofline plus a launch."""
+    return sum(max(flops / TENSOR_FLOPS[dtype], bytes_ / HBM_BYTES_PER_S) + LAUNCH_S
+               for flops, bytes_ in kernels)
+
+
+def _potential_kernels(channels: int, inner: int, side: int, dtype: str):
+    """(reference forward, reference backward, design forward, design backward, plain conv
+    forward + backward) launches of the step z = x - W^T (s relu(W x + b)), each (FLOPs, bytes),
+    with X and R the bytes of x (C channels) and of the activation (C_inner), F a convolution's
+    FLOPs. Reference (eager, cuDNN, autograd): conv with bias, relu, conv_transpose2d, the scale
+    and the subtraction forward; backward the subtraction's and the scale's gradients (the
+    latter a reduction of g W^T r), conv_transpose2d's data and weight gradients, relu's, the
+    conv's data, weight and bias gradients and the accumulation of grad_x. Design: a conv with
+    bias and relu in its epilogue (r written once), W^T as a conv with the scaled flipped filter
+    and x - y in its epilogue; backward q = W g with e = -s [r > 0] q and the channel sums in its
+    epilogue, grad_x = g + W^T e in one, and both weight gradients in one reduction over the
+    pixels (of e x and r g)."""
+    pixels = POTENTIAL_BATCH * side * side
+    size = ELEMENT_BYTES[dtype]
+    X, R = pixels * channels * size, pixels * inner * size
+    F = 2.0 * pixels * channels * inner * 9
+    reference_forward = [(F, X + R), (0, 2 * R), (F, R + X), (0, 2 * X), (0, 3 * X)]
+    reference_backward = [(0, 2 * X), (0, 4 * X), (F, X + R), (F, X + R), (0, 3 * R),
+                          (F, R + X), (F, X + R), (0, R), (0, 3 * X)]
+    design_forward = [(F, X + R), (F, R + 2 * X)]
+    design_backward = [(F, X + 2 * R), (F, R + 2 * X), (2 * F, 2 * X + 2 * R)]
+    plain = 2.0 * pixels * channels * channels * 9
+    plain_conv = [(plain, 2 * X), (plain, 2 * X), (plain, 2 * X)]
+    return reference_forward, reference_backward, design_forward, design_backward, plain_conv
+
+
+def convex_potential_table() -> str:
+    """convex_potential forward and forward + backward at its roofline: the eager reference
+    against the design of two fused launches forward and three backward, and the design's
+    fwd+bwd against a plain C -> C conv layer's (forward, data and weight gradients)."""
+    lines = ["| layer | dtype | reference fwd us | design fwd us | fwd ratio | "
+             "reference fwd+bwd us | design fwd+bwd us | fwd+bwd ratio | design / plain conv |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for channels, inner, side in POTENTIAL_LAYERS:
+        for dtype in ("fp32/TF32", "bf16"):
+            ref_f, ref_b, des_f, des_b, plain = (
+                _kernels_time(k, dtype) for k in _potential_kernels(channels, inner, side, dtype))
+            lines.append(
+                f"| {channels}/{inner}@{side}x{side} | {dtype} | {_us(ref_f)} | {_us(des_f)} | "
+                f"{_ratio(ref_f / des_f)} | {_us(ref_f + ref_b)} | {_us(des_f + des_b)} | "
+                f"{_ratio((ref_f + ref_b) / (des_f + des_b))} | "
+                f"{_ratio((des_f + des_b) / plain)} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "soc_exp forward, 15 terms": soc_exp_forward_table,
     "soc_exp forward, 15 terms, one persistent launch of Horner steps": soc_exp_horner_table,
@@ -697,6 +755,7 @@ TABLES = {
         conv_spectral_norm_taps_table,
     "bjorck, 20 iterations": bjorck_table,
     "bcop_filter": bcop_filter_table,
+    "convex_potential forward and backward": convex_potential_table,
 }
 
 if __name__ == "__main__":
