@@ -18,14 +18,20 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 VALUE_CHECKS = os.environ.get("LIPKERNELS_CHECK", "0") == "1"
 
 
+def require_tensor(op: str, name: str, value):
+    """`value` is a torch.Tensor (the first of check_tensor's checks, for arguments whose dtype
+    and shape are checked against another tensor's)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def check_tensor(op: str, name: str, tensor, *, rank: int | None = None, min_rank: int | None = None,
                  dtypes: tuple = SUPPORTED_DTYPES, batch_dims: int = 0):
     """`tensor` is a tensor of one of `dtypes` (default: the floating types every op supports; an
     op that also takes complex tensors passes its own) and of the given rank, empty only in its
     first `batch_dims` dims (a negative count: all but the last -batch_dims). An empty batch gives
     an empty result, as torch's layers do; a zero channel, image or matrix size is an error."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    require_tensor(op, name, tensor)
     if tensor.dtype not in dtypes:
         supported = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{op}: {name} must have dtype {supported}; got {tensor.dtype}")

@@ -15,14 +15,9 @@ import sys
 
 import torch
 
-from .._checks import check_like, check_tensor
+from .._checks import check_like, check_tensor, require_tensor
 from ..reference.convex_potential import convex_potential as reference_convex_potential
 from ._registration import kernel_ops, recomputed_vjp
-
-
-def _require_tensor(op: str, name: str, value):
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def check_step(op: str, x_name: str, x, weight, bias, scale) -> int:
@@ -43,9 +38,9 @@ def check_step(op: str, x_name: str, x, weight, bias, scale) -> int:
     check_like(op, "weight", weight, x_name, x, weight.shape)
     inner = weight.shape[0]
     if bias is not None:
-        _require_tensor(op, "bias", bias)
+        require_tensor(op, "bias", bias)
         check_like(op, "bias", bias, x_name, x, (inner,))
-    _require_tensor(op, "scale", scale)
+    require_tensor(op, "scale", scale)
     if not (scale.dim() == 0 or (scale.dim() == 1 and scale.shape[0] == inner)):
         raise ValueError(f"{op}: scale must have shape () or ({inner},) (one factor per inner "
                          f"channel of weight {tuple(weight.shape)}); got {tuple(scale.shape)}")

@@ -5,21 +5,20 @@ peer orthogonium's FastBlockConv2d."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import weakref
 
 import torch
 from torch.nn.utils import parametrize
 
 import lipkernels
 from lipkernels import reference
-from lipkernels.nn import BCOPConv2d, cached
+from lipkernels.nn import BCOPConv2d
 from lipkernels.nn.bjorck import orthonormalised
 from lipkernels.nn.soc import INIT_ITERS
 
 from ..core import (Case, Op, PeerAdapter, Suite, norm_ratio_error, seeded_normal, unit_rows,
                     weighted_sum_loss)
+from ._layers import LAYER_MODES, inside_cached, layer_pass
 from .bjorck import ITERS, Stack
 
 # LConvNet Large's convolutions (in_channels, out_channels, image size, kernel size, stride):
@@ -40,7 +39,6 @@ SQUARE_FILTERS, DEFAULT_SQUARE_FILTERS = (32, 64, 128, 256, 512), (64, 512)
 SPECTRUM_SIZE = 4
 COMPILED_FILTER = "C64-C64-k3"
 CONSTRUCTION_MODES = ("fwd", "fwd+bwd")
-LAYER_MODES = ("fwd", "fwd+bwd", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,50 +128,6 @@ class BCOPLayer:
                               self.stride, bias=False, bjorck_iters=ITERS)
 
 
-def _layer_pass(build, for_inference):
-    """The factory of a layer pass for one measurement: the first call builds the case's layer
-    (`build(data)`, on x's device; in mode eval `for_inference(layer in eval mode)`, which
-    computes the filter once, in that untimed call). fwd: the training forward; fwd+bwd: also
-    the gradients of sum(y * dy) w.r.t. x and every trained parameter; eval: the inference,
-    no gradient."""
-    def factory():
-        layer = None
-
-        def run(x, dy, case):
-            nonlocal layer
-            if layer is None:
-                layer = build(case.data).to(x.device)
-                if case.mode == "eval":
-                    layer = for_inference(layer.eval())
-                x.requires_grad_(case.mode == "fwd+bwd")
-            if case.mode == "eval":
-                with torch.no_grad():
-                    return layer(x)
-            y = layer(x)
-            if case.mode == "fwd+bwd":
-                # orthogonium keeps its power-iteration vectors as frozen parameters.
-                trained = [p for p in layer.parameters() if p.requires_grad]
-                torch.autograd.grad(weighted_sum_loss(y, dy), (x, *trained))
-            return y
-
-        return run
-
-    return factory
-
-
-def _inside_cached(layer):
-    """The layer called inside a `lipkernels.nn.cached()` block, which stays open while the
-    returned function lives (as an inference loop inside one block runs it)."""
-    block = contextlib.ExitStack()
-    block.enter_context(cached())
-
-    def infer(x):
-        return layer(x)
-
-    weakref.finalize(infer, block.close)
-    return infer
-
-
 def _without_parametrizations(layer):
     """The layer with orthogonium's parametrizations removed, their current filter kept as a
     plain weight (`leave_parametrized=True`): a user's inference with the filter computed once.
@@ -224,9 +178,9 @@ BCOP_CONV2D = Op(
     lambda fn, inputs, dy, case: fn(inputs[0], dy, case),
     _layer_error,
     trains=True,
-    workload=_layer_pass(BCOPLayer.lipkernels_layer, _inside_cached),
+    workload=layer_pass(BCOPLayer.lipkernels_layer, inside_cached),
     peers={"orthogonium": PeerAdapter(
-        _layer_pass(_orthogonium_layer, _without_parametrizations))})
+        layer_pass(_orthogonium_layer, _without_parametrizations))})
 
 
 def _layers(full: bool) -> list[tuple[int, ...]]:

@@ -20,7 +20,7 @@ from lipkernels.nn.convex_potential import EVAL_ITERS
 
 from ..core import (Case, OnFilter, Op, PeerAdapter, Suite, cpu_inputs, relative_error,
                     seeded_normal)
-from .bcop import LAYER_MODES, _inside_cached, _layer_pass
+from ._layers import LAYER_MODES, inside_cached, layer_pass
 
 # The CPL code's default network (MILES-PSL/Convex-Potential-Layer, main.py: depth 20,
 # num_channels 30, conv_size 5, depth_linear 7, n_features 2048): 20 CPLConv2d(30, 5) at 32x32,
@@ -163,12 +163,12 @@ def _parametrizations_removed(layer: torch.nn.Module) -> torch.nn.Module:
 
 
 def _layer_op(name: str, build, peer=None) -> Op:
-    """A layer's passes (bcop's `_layer_pass`): the workload computes its own gradients, so the
+    """A layer's passes (`_layers.layer_pass`): the workload computes its own gradients, so the
     op trains; the peer's eval runs with its parametrizations removed."""
     peers = {} if peer is None else {
-        "orthogonium": PeerAdapter(_layer_pass(peer, _parametrizations_removed))}
+        "orthogonium": PeerAdapter(layer_pass(peer, _parametrizations_removed))}
     return Op(name, lambda fn, inputs, dy, case: fn(inputs[0], dy, case), pair_lipschitz_error,
-              trains=True, workload=_layer_pass(build, _inside_cached), peers=peers)
+              trains=True, workload=layer_pass(build, inside_cached), peers=peers)
 
 
 CPL_CONV2D = _layer_op("cpl_conv2d", _cpl_layer)
