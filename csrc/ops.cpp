@@ -100,14 +100,16 @@ TORCH_LIBRARY(lipkernels, m) {
   // output_f = Q_f spectrum_f with Q_f = cayley(response_f) (C_out x C_in; a wide response, C_out <
   // C_in, goes through cayley as its plain transpose: Q_f = cayley(response_f^T)^T). response
   // (F, C_out, C_in) and spectrum (F, C_in, B) complex; returns (output (F, C_out, B), inverse
-  // (F, n, n)), n = min(C_in, C_out), inverse_f = (I + A_f)^{-1} of the tall orientation, kept for
-  // the backward. Forms A, solves and applies Q in one call.
-  m.def("cayley_frequency_product(Tensor response, Tensor spectrum) -> (Tensor, Tensor)");
-  // grad_spectrum = Q^H G; grad_Q = G spectrum^H, taken through cayley_backward (transposed for a
-  // wide response). Returns (grad_response, grad_spectrum); Q is rebuilt from inverse.
+  // (F, n, n), solved (F, n, B)), n = min(C_in, C_out): inverse_f = X_f = (I + A_f)^{-1} of the
+  // tall orientation T_f (V_f its bottom rows), and solved_f = X_f spectrum_f (tall) or
+  // X_f^T (spectrum_top - V_f^T spectrum_bot) (wide), through which Q_f is applied
+  // (output_top = 2 solved - spectrum_top); both kept for the backward.
+  m.def("cayley_frequency_product(Tensor response, Tensor spectrum) -> (Tensor, Tensor, Tensor)");
+  // (grad_response, grad_spectrum) from the rank-B factors of grad_Q = G spectrum^H: no n x n x n
+  // product (csrc/cpu/cayley_conv2d.cpp gives the formulas).
   m.def(
       "cayley_frequency_product_backward(Tensor grad_output, Tensor response, Tensor spectrum,"
-      " Tensor inverse) -> (Tensor, Tensor)");
+      " Tensor inverse, Tensor solved) -> (Tensor, Tensor)");
 
   // The certificate of lipkernels.bounds.skew_conv_norm_bound (CPU only; no gradient): for each
   // row r of phases (2, R, K), whether a Cholesky factorisation of shift I + X_r^T runs to

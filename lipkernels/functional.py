@@ -396,7 +396,8 @@ def cayley_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     circular conv matrix of `weight`: an orthogonal map; C_out > C_in gives orthonormal columns,
     C_out < C_in orthonormal rows. The per-frequency transform and its application run in one
     kernel call (`lipkernels.ops.cayley_conv2d`) between torch.fft's rfft2 and irfft2; the
-    backward is in closed form (no solve), keeping only the per-frequency (I + A)^{-1}.
+    backward is in closed form (no solve), keeping the per-frequency X = (I + A)^{-1} and the
+    spectrum solved through it, and needs no C^3 product per frequency (docs/performance.md).
 
     Args:
         x: (B, C_in, H, W), any H x W (non-square too); float32/64, or float16/bfloat16

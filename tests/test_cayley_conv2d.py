@@ -127,7 +127,7 @@ def test_op_gradcheck_and_opcheck(channels, device, kernel):
     assert torch.autograd.gradcheck(lambda r, s: forward(r, s)[0], (response, spectrum),
                                     fast_mode=interpreted(device, kernel))
     # The core against the reference core, inverse included.
-    output, inverse = forward(response.detach(), spectrum.detach())
+    output, inverse, solved = forward(response.detach(), spectrum.detach())
     torch.testing.assert_close(output, cayley_frequencies(response.detach(), spectrum.detach()),
                                rtol=0, atol=1e-12)
     n = min(channels)
@@ -135,9 +135,15 @@ def test_op_gradcheck_and_opcheck(channels, device, kernel):
     A = tall[:, :n] - tall[:, :n].mH + tall[:, n:].mH @ tall[:, n:]
     eye = torch.eye(n, dtype=A.dtype, device=device)
     torch.testing.assert_close(inverse @ (eye + A), eye.expand_as(A), rtol=0, atol=1e-12)
+    # The solved spectrum through which Q is applied (csrc/ops.cpp).
+    top, bottom = spectrum.detach()[:, :n], spectrum.detach()[:, n:]
+    expected = (inverse @ top if out_channels >= in_channels
+                else inverse.mT @ (top - tall[:, n:].mT @ bottom))
+    torch.testing.assert_close(solved, expected, rtol=0, atol=1e-12)
     torch.library.opcheck(forward, (response, spectrum))
     grad_output = _random(output.shape, torch.complex128, seed=2).to(device)
-    torch.library.opcheck(backward, (grad_output, response.detach(), spectrum.detach(), inverse))
+    torch.library.opcheck(backward, (grad_output, response.detach(), spectrum.detach(), inverse,
+                                     solved))
 
 
 def test_torch_compile_matches_eager(backend):
@@ -219,8 +225,11 @@ def test_op_rejects_bad_input():
         op(response, torch.randn(3, 4, 5, dtype=torch.complex64))
     with pytest.raises(ValueError, match="cayley_frequency_product: spectrum must have the dtype"):
         op(response, torch.randn(3, 2, 5, dtype=torch.complex128))
-    output, inverse = op(response, torch.randn(3, 2, 5, dtype=torch.complex64))
+    spectrum = torch.randn(3, 2, 5, dtype=torch.complex64)
+    output, inverse, solved = op(response, spectrum)
+    backward = torch.ops.lipkernels.cayley_frequency_product_backward
     with pytest.raises(ValueError, match="cayley_frequency_product_backward: inverse must be"):
-        torch.ops.lipkernels.cayley_frequency_product_backward(
-            output, response, torch.randn(3, 2, 5, dtype=torch.complex64), inverse[:, :1])
+        backward(output, response, spectrum, inverse[:, :1], solved)
+    with pytest.raises(ValueError, match="cayley_frequency_product_backward: solved must be"):
+        backward(output, response, spectrum, inverse, solved.mT)
 

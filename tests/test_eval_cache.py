@@ -137,6 +137,12 @@ def test_cached_block_recomputes_after_a_visible_change(layer_name, mutation):
     torch.testing.assert_close(after, expected, rtol=0, atol=0)
 
 
+# Layers whose cached inference computes the same map in another order than the uncached call:
+# CayleyConv2d applies the cached Q_f itself, while cayley_conv2d applies Q_f through the
+# solved spectrum (2 X S - S, which its backward needs). Equal up to float32 rounding.
+ROUNDED_DIFFERENTLY = {"CayleyConv2d", "CayleyConv2d-stride2"}
+
+
 @pytest.mark.parametrize("layer_name", LAYERS)
 def test_cached_block_reuses_then_frees(layer_name):
     _, layer, x = _make_layer(layer_name, None)
@@ -150,7 +156,9 @@ def test_cached_block_reuses_then_frees(layer_name):
                 torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
             assert layer._eval_cache[-1] is value
         assert layer._eval_cache is None
-    torch.testing.assert_close(first, uncached, rtol=0, atol=0)
+    exact = layer_name not in ROUNDED_DIFFERENTLY
+    torch.testing.assert_close(first, uncached, rtol=0 if exact else None,
+                               atol=0 if exact else None)
 
 
 def test_cached_block_leaves_training_and_gradients_alone():

@@ -233,12 +233,15 @@ def _bad_cayley_frequency_product():
 
 def _bad_cayley_frequency_product_backward():
     response, spectrum = _frequency_problem()
-    grad, inverse = torch.randn(5, 3, 4, dtype=torch.complex64), torch.randn(5, 2, 2,
-                                                                           dtype=torch.complex64)
+    grad = torch.randn(5, 3, 4, dtype=torch.complex64)
+    inverse = torch.randn(5, 2, 2, dtype=torch.complex64)
+    solved = torch.randn(5, 2, 4, dtype=torch.complex64)
     return {
-        "grad_output shape": ("grad_output", (grad[:, :2], response, spectrum, inverse)),
-        "inverse shape": ("inverse", (grad, response, spectrum, inverse[:, :1])),
-        "response dtype": ("response", (grad, response.real.contiguous(), spectrum, inverse)),
+        "grad_output shape": ("grad_output", (grad[:, :2], response, spectrum, inverse, solved)),
+        "inverse shape": ("inverse", (grad, response, spectrum, inverse[:, :1], solved)),
+        "solved shape": ("solved", (grad, response, spectrum, inverse, solved[..., :1])),
+        "response dtype": ("response", (grad, response.real.contiguous(), spectrum, inverse,
+                                        solved)),
     }
 
 

@@ -47,8 +47,9 @@ def _reference(response, spectrum, grad_output):
 
 
 def _kernels(kernels, response, spectrum, grad_output):
-    output, inverse = kernels.cayley_frequency_product(response, spectrum)
-    grads = kernels.cayley_frequency_product_backward(grad_output, response, spectrum, inverse)
+    output, inverse, solved = kernels.cayley_frequency_product(response, spectrum)
+    grads = kernels.cayley_frequency_product_backward(grad_output, response, spectrum, inverse,
+                                                      solved)
     return (output, *grads), inverse
 
 
@@ -110,7 +111,7 @@ def test_lipconvnet_sizes_match_reference(kernels, device, channels):
 def test_nan_in_gives_nan_out(kernels, device):
     response, spectrum, _ = _problem(2, 5, 3, 4, torch.complex64, device)
     response[1, 4, 2] = float("nan")
-    output, _ = kernels.cayley_frequency_product(response, spectrum)
+    output = kernels.cayley_frequency_product(response, spectrum)[0]
     assert torch.isfinite(output[0]).all() and torch.isnan(output[1]).any()
 
 
@@ -128,8 +129,10 @@ def test_bad_input_names_the_argument(kernels, device):
         forward(response, spectrum.mT)
     with pytest.raises(ValueError, match="cayley_frequency_product: spectrum must have the dtype and device"):
         forward(response, spectrum.to(torch.complex128))
-    _, inverse = forward(response, spectrum)
+    _, inverse, solved = forward(response, spectrum)
     with pytest.raises(ValueError, match="cayley_frequency_product_backward: inverse must be"):
-        backward(grad_output, response, spectrum, inverse[:, :1])
+        backward(grad_output, response, spectrum, inverse[:, :1], solved)
     with pytest.raises(ValueError, match="cayley_frequency_product_backward: grad_output must have shape"):
-        backward(grad_output[:, :3], response, spectrum, inverse)
+        backward(grad_output[:, :3], response, spectrum, inverse, solved)
+    with pytest.raises(ValueError, match="cayley_frequency_product_backward: solved must be"):
+        backward(grad_output, response, spectrum, inverse, solved[..., :1])

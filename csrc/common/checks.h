@@ -513,12 +513,13 @@ inline void check_like_response(const char* op, const char* name, const at::Tens
 }
 
 // The arguments of cayley_frequency_product_backward: those of cayley_frequency_product,
-// grad_output (F, C_out, B) and the forward's inverse (F, n, n), n = min(C_in, C_out), all of
-// response's dtype and device.
+// grad_output (F, C_out, B), the forward's inverse (F, n, n) and solved spectrum (F, n, B),
+// n = min(C_in, C_out), all of response's dtype and device.
 inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_output,
                                                          const at::Tensor& response,
                                                          const at::Tensor& spectrum,
-                                                         const at::Tensor& inverse) {
+                                                         const at::Tensor& inverse,
+                                                         const at::Tensor& solved) {
   constexpr const char* op = "cayley_frequency_product_backward";
   check_cayley_frequency_product_args(op, response, spectrum);
   const int64_t frequencies = response.size(0);
@@ -528,6 +529,8 @@ inline void check_cayley_frequency_product_backward_args(const at::Tensor& grad_
                       "have shape (F, C_out, B) =");
   check_like_response(op, "inverse", inverse, response, {frequencies, n, n},
                       "be the forward's (I + A)^{-1} of shape");
+  check_like_response(op, "solved", solved, response, {frequencies, n, spectrum.size(2)},
+                      "be the forward's solved spectrum of shape");
 }
 
 // Björck's highest order (lipkernels._conventions.BJORCK_MAX_ORDER).

@@ -24,14 +24,19 @@ at::Tensor identity_like(const at::Tensor& W) {
   return at::eye(W.size(-1), W.options());
 }
 
+// Q = [2X - I ; -2 V X] from X and W (whose bottom block is V).
+at::Tensor cayley_from_inverse(const at::Tensor& X, const at::Tensor& W) {
+  return at::cat({2 * X - identity_like(W), -2 * at::matmul(bottom_block(W), X)}, -2);
+}
+
+}  // namespace
+
 at::Tensor bottom_block(const at::Tensor& W) {
   const int64_t n = W.size(-1);
   return W.narrow(-2, n, W.size(-2) - n);
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W_in) {
+at::Tensor cayley_inverse(const at::Tensor& W_in) {
   const at::Tensor W = W_in.contiguous();
   const at::Tensor U = W.narrow(-2, 0, W.size(-1));
   const at::Tensor V = bottom_block(W);
@@ -40,12 +45,12 @@ std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W_in) {
   const at::Tensor M = I + U - conj_transpose(U) + at::matmul(conj_transpose(V), V);
   // linalg_solve hands back a column-major result; X is an op output, so make it row-major
   // contiguous as the fake impl (and any caller) expects.
-  const at::Tensor X = at::linalg_solve(M, I.expand_as(M)).contiguous();
-  return {cayley_from_inverse(X, W), X};
+  return at::linalg_solve(M, I.expand_as(M)).contiguous();
 }
 
-at::Tensor cayley_from_inverse(const at::Tensor& X, const at::Tensor& W) {
-  return at::cat({2 * X - identity_like(W), -2 * at::matmul(bottom_block(W), X)}, -2);
+std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W) {
+  const at::Tensor X = cayley_inverse(W);
+  return {cayley_from_inverse(X, W), X};
 }
 
 at::Tensor cayley_tall_backward(const at::Tensor& grad_Q, const at::Tensor& X,

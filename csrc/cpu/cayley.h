@@ -20,12 +20,16 @@ namespace cpu {
 // (Q, X) of a tall W; X = (I + A)^{-1} (..., n, n), both contiguous.
 std::tuple<at::Tensor, at::Tensor> cayley_tall(const at::Tensor& W);
 
-// Q = [2X - I ; -2 V X] from the forward's X and W (whose bottom block is V).
-at::Tensor cayley_from_inverse(const at::Tensor& X, const at::Tensor& W);
+// X = (I + A)^{-1} of a tall W alone (..., n, n), contiguous: what cayley_frequency_product
+// applies without forming Q.
+at::Tensor cayley_inverse(const at::Tensor& W);
 
 // grad_W of a tall W for the output gradient grad_Q, from the forward's X.
 at::Tensor cayley_tall_backward(const at::Tensor& grad_Q, const at::Tensor& X,
                                 const at::Tensor& W);
+
+// The bottom block V = W[..., n:, :] of a tall W (a view).
+at::Tensor bottom_block(const at::Tensor& W);
 
 // t^H, materialised (see cayley.cpp for why not a lazy-conjugate view).
 at::Tensor conj_transpose(const at::Tensor& t);

@@ -9,16 +9,17 @@
 //   backward  G_A = 2 X^H (V^H G_bot - G_top) X^H,
 //             grad_W = [ G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H ]   (closed form, no solve)
 // cayley_frequency_product, per frequency f: T_f = R_f or R_f^T (plain transpose when
-//   C_out < C_in), P_f = cayley(T_f), Q_f = P_f or P_f^T, output_f = Q_f S_f, inverse_f = X_f;
-//   backward grad_S = Q^H G, grad_Q = G S^H, grad_R = cayley backward of grad_Q through the same
-//   orientation (Q is rebuilt from X: two products, cheaper than saving it).
+//   C_out < C_in), P_f = cayley(T_f), Q_f = P_f or P_f^T, output_f = Q_f S_f applied through the
+//   solved spectrum W_f (kept with inverse_f = X_f); the backward factors the cayley backward of
+//   the rank-B grad_Q = G S^H through W_f, with no n x n x n product (kernels/cayley.cuh).
 //
 // One block of 256 threads owns a matrix (grid-stride over the batch) and runs, separated by
 // __syncthreads(): a tiled GEMM forming M = I + A, the blocked Gauss-Jordan inverse of M without
 // pivoting (M's Hermitian part is >= I, so no pivoting is needed; see kernels/cayley.cuh), and
-// tiled GEMMs for Q (and for cayley_frequency_product, Q S). The backward is a chain of five GEMMs
-// and two elementwise passes in the same block (cayley_frequency_product: three more GEMMs for Q,
-// grad_S and grad_Q). No cuBLAS/cuSOLVER call and no host sync. Why one block per matrix: the solve
+// tiled GEMMs for Q (cayley_frequency_product: for W and Q S). The backward is a chain of five
+// GEMMs and two elementwise passes in the same block (cayley_frequency_product: six GEMMs of
+// n x B or n x n results, at most two of them with an n x n x n shape, for a non-square
+// response). No cuBLAS/cuSOLVER call and no host sync. Why one block per matrix: the solve
 // is a sequence of dependent sweeps, and a block can run them with __syncthreads() alone; the batch
 // (F = 544 frequencies for 32x32 images) fills the GPU. A batch of fewer matrices than SMs (a
 // single large CayleyLinear weight) leaves most of the GPU idle: there the CUDA op is not
@@ -30,7 +31,9 @@
 // inverted in place in X itself (global memory, so no extra workspace; each of the n/16 panel
 // sweeps then streams the matrix once through L2). Likewise the backward's two n x n
 // intermediates live in shared memory when they fit (n <= 74, 50, 31), else in a global
-// workspace. cayley_frequency_product additionally keeps Q_f (C_out x C_in) in a global workspace.
+// workspace; cayley_frequency_product's backward has one (E: n <= 71 in complex64, 44 in
+// complex128) and keeps p_f
+// (n x B) in a global workspace.
 // Global workspaces are per resident block, not per matrix (the grid is then capped at the blocks
 // that fit on the GPU at once and grid-strides), so they scale with the GPU, not the batch. The
 // 48 KiB cap (no opt-in to larger dynamic shared memory) keeps several blocks resident per SM;
@@ -175,11 +178,13 @@ struct FrequencyArgs {
   const S* grad_output;  // backward: (F, C_out, B)
   S* output;             // forward: (F, C_out, B)
   S* X;                  // forward: (F, n, n)
+  S* solved;             // forward: (F, n, B)
   const S* saved_X;      // backward: the forward's X
+  const S* saved_solved; // backward: the forward's solved spectrum
   S* grad_response;      // backward: (F, C_out, C_in)
   S* grad_spectrum;      // backward: (F, C_in, B)
-  S* q_work;             // (gridDim.x, C_out, C_in)
-  S* workspace;          // backward, matrices not in shared memory: (gridDim.x, 2, n, n)
+  S* p_work;             // backward: (gridDim.x, n, B)
+  S* workspace;          // backward, E not in shared memory: (gridDim.x, n, n)
   bool in_shared;
 };
 
@@ -196,8 +201,7 @@ __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     k::cayley_frequency_product_forward_frequency(
         block, shape, args.response + f * shape.response_numel(),
         args.spectrum + f * shape.spectrum_numel(), args.output + f * shape.output_numel(), x,
-        args.q_work + blockIdx.x * shape.q_workspace(), args.in_shared ? shared_matrix : x,
-        scratch);
+        args.solved + f * shape.solved_numel(), args.in_shared ? shared_matrix : x, scratch);
   }
 }
 
@@ -213,10 +217,10 @@ __global__ void __launch_bounds__(kCayleyThreads, kMinBlocksPerSM)
     k::cayley_frequency_product_backward_frequency(
         block, shape, args.grad_output + f * shape.output_numel(),
         args.response + f * shape.response_numel(), args.spectrum + f * shape.spectrum_numel(),
-        args.saved_X + f * n * n,
+        args.saved_X + f * n * n, args.saved_solved + f * shape.solved_numel(),
         args.grad_response + f * shape.response_numel(),
         args.grad_spectrum + f * shape.spectrum_numel(),
-        args.q_work + blockIdx.x * shape.q_workspace(),
+        args.p_work + blockIdx.x * shape.solved_numel(),
         args.in_shared ? shared_matrices : args.workspace + blockIdx.x * shape.backward_matrices(),
         scratch);
   }
@@ -333,8 +337,8 @@ FrequencyShape check_frequency_args(const char* op, const at::Tensor& response,
   return shape;
 }
 
-std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_cuda(const at::Tensor& response_in,
-                                                                 const at::Tensor& spectrum_in) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cayley_frequency_product_cuda(
+    const at::Tensor& response_in, const at::Tensor& spectrum_in) {
   constexpr const char* op = "cayley_frequency_product";
   const FrequencyShape shape = check_frequency_args(op, response_in, spectrum_in);
   const c10::cuda::CUDAGuard guard(response_in.device());
@@ -342,6 +346,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_cuda(const at::Tenso
   const int64_t frequencies = response.size(0), n = shape.n();
   at::Tensor output = at::empty({frequencies, shape.c_out, shape.batch}, response.options());
   at::Tensor inverse = at::empty({frequencies, n, n}, response.options());
+  at::Tensor solved = at::empty({frequencies, n, shape.batch}, response.options());
   AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_frequency_product_cuda", [&] {
     using S = kernel_t<scalar_t>;
     FrequencyArgs<S> args{};
@@ -351,28 +356,28 @@ std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_cuda(const at::Tenso
     args.spectrum = data_of<scalar_t>(spectrum);
     args.output = mutable_data_of<scalar_t>(output);
     args.X = mutable_data_of<scalar_t>(inverse);
+    args.solved = mutable_data_of<scalar_t>(solved);
     args.in_shared = k::inverse_fits_shared(n, sizeof(S), dynamic_shared_budget<S>());
     const int64_t shared_bytes = args.in_shared ? n * n * static_cast<int64_t>(sizeof(S)) : 0;
     const int64_t blocks =
         resident_grid(cayley_frequency_product_forward_kernel<S>, frequencies, shared_bytes, op);
-    at::Tensor q_work = at::empty({blocks, shape.c_out, shape.c_in}, response.options());
-    args.q_work = mutable_data_of<scalar_t>(q_work);
     launch(cayley_frequency_product_forward_kernel<S>, args, blocks, shared_bytes);
   });
-  return {output, inverse};
+  return {output, inverse, solved};
 }
 
 std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_backward_cuda(
     const at::Tensor& grad_output_in, const at::Tensor& response_in, const at::Tensor& spectrum_in,
-    const at::Tensor& inverse_in) {
+    const at::Tensor& inverse_in, const at::Tensor& solved_in) {
   constexpr const char* op = "cayley_frequency_product_backward";
   const FrequencyShape shape = check_frequency_args(op, response_in, spectrum_in);
   const int64_t frequencies = response_in.size(0), n = shape.n();
   check_cayley_frequency_product_backward_args(grad_output_in, response_in, spectrum_in,
-                                               inverse_in);
+                                               inverse_in, solved_in);
   const c10::cuda::CUDAGuard guard(response_in.device());
   const at::Tensor grad_output = grad_output_in.contiguous(), response = response_in.contiguous(),
-                   spectrum = spectrum_in.contiguous(), inverse = inverse_in.contiguous();
+                   spectrum = spectrum_in.contiguous(), inverse = inverse_in.contiguous(),
+                   solved = solved_in.contiguous();
   at::Tensor grad_response = at::empty(response.sizes(), response.options());
   at::Tensor grad_spectrum = at::empty(spectrum.sizes(), spectrum.options());
   AT_DISPATCH_COMPLEX_TYPES(response.scalar_type(), "cayley_frequency_product_backward_cuda", [&] {
@@ -384,6 +389,7 @@ std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_backward_cuda(
     args.spectrum = data_of<scalar_t>(spectrum);
     args.grad_output = data_of<scalar_t>(grad_output);
     args.saved_X = data_of<scalar_t>(inverse);
+    args.saved_solved = data_of<scalar_t>(solved);
     args.grad_response = mutable_data_of<scalar_t>(grad_response);
     args.grad_spectrum = mutable_data_of<scalar_t>(grad_spectrum);
     const int64_t matrices_bytes = shape.backward_matrices() * static_cast<int64_t>(sizeof(S));
@@ -391,12 +397,12 @@ std::tuple<at::Tensor, at::Tensor> cayley_frequency_product_backward_cuda(
     const int64_t shared_bytes = args.in_shared ? matrices_bytes : 0;
     const int64_t blocks =
         resident_grid(cayley_frequency_product_backward_kernel<S>, frequencies, shared_bytes, op);
-    // One slice per block: Q, then grad_Q, and the two n x n matrices unless in shared memory.
-    at::Tensor q_work = at::empty({blocks, shape.c_out, shape.c_in}, response.options());
-    args.q_work = mutable_data_of<scalar_t>(q_work);
+    // One slice per block: p, and E unless in shared memory.
+    at::Tensor p_work = at::empty({blocks, n, shape.batch}, response.options());
+    args.p_work = mutable_data_of<scalar_t>(p_work);
     at::Tensor workspace;
     if (!args.in_shared) {
-      workspace = at::empty({blocks, 2, n, n}, response.options());
+      workspace = at::empty({blocks, n, n}, response.options());
       args.workspace = mutable_data_of<scalar_t>(workspace);
     }
     launch(cayley_frequency_product_backward_kernel<S>, args, blocks, shared_bytes);

@@ -13,8 +13,15 @@
 //   grad_W = [ G_A - G_A^H ; V (G_A + G_A^H) - 2 G_bot X^H ].
 // cayley_frequency_product applies this per frequency f to the response R_f (C_out x C_in) in its
 // tall orientation T_f = R_f or R_f^T (plain transpose when C_out < C_in), with P_f = cayley(T_f),
-// Q_f = P_f or P_f^T, output_f = Q_f S_f; backward grad_S = Q^H G, grad_Q = G S^H, grad_T =
-// the cayley backward of grad_P (= grad_Q or grad_Q^T), grad_R = grad_T or grad_T^T.
+// Q_f = P_f or P_f^T, output_f = Q_f S_f, never forming Q: through the solved spectrum W,
+//   tall   W = X S,                          output = [2W - S ; -2 V W]
+//   wide   W = X^T (S_top - V^T S_bot),      output = 2W - S_top,
+// and its backward factors the cayley backward of the rank-B grad_Q = G S^H through W and
+//   tall   p = X^H (G_top - V^H G_bot),      grad_S = 2p - G_top
+//   wide   p = conj(X) G,                    grad_S = [2p - G ; -2 conj(V) p],
+// with K = p W^H, D = 2 (K^H - K), E = -2 (K + K^H):
+//   tall   grad_R = [D ; V E - 2 G_bot W^H],   wide   grad_R = [D , E V^T - 2 p S_bot^H]
+// (csrc/cpu/cayley_conv2d.cpp derives it): no n x n x n product in the backward.
 //
 // Why everything here is written SIMT-style against a `Block` (thread id, thread count, barrier):
 // the kernel body is exactly these functions, so tests/cpp/test_cayley.cpp runs them on the CPU
@@ -396,13 +403,11 @@ LIPKERNELS_HOST_DEVICE inline bool inverse_fits_shared(int64_t n, int64_t elemen
   return n * n * element_bytes <= shared_budget_bytes;
 }
 
-// Forward of one tall matrix W (m x n): writes X = (I + A)^{-1} (row-major n x n at `x`) and
-// P = [2X - I ; -2 V X] through `q`. `work` is where the inverse is formed: `x` itself or n * n
-// elements of shared memory. Ends with a barrier.
+// X = (I + A)^{-1} of one tall matrix W (m x n), formed in `work`: `x` itself or n * n elements
+// of shared memory (then left there; the caller copies it to X). Ends with a barrier.
 template <typename S, typename Block>
-LIPKERNELS_HOST_DEVICE void cayley_forward_matrix(const Block& block, int64_t m, int64_t n,
-                                                  View<S> W, S* x, Out<S> q, S* work,
-                                                  S* scratch) {
+LIPKERNELS_HOST_DEVICE void cayley_inverse_matrix(const Block& block, int64_t m, int64_t n,
+                                                  View<S> W, S* work, S* scratch) {
   const int64_t k = m - n;
   const View<S> V = W.at(n, 0);
   // M = I + U - U^H + V^H V, into work.
@@ -415,6 +420,17 @@ LIPKERNELS_HOST_DEVICE void cayley_forward_matrix(const Block& block, int64_t m,
              scratch);
   block.sync();
   invert_no_pivot(block, work, n, scratch);
+}
+
+// Forward of one tall matrix W (m x n): writes X = (I + A)^{-1} (row-major n x n at `x`) and
+// P = [2X - I ; -2 V X] through `q`. `work` as in cayley_inverse_matrix. Ends with a barrier.
+template <typename S, typename Block>
+LIPKERNELS_HOST_DEVICE void cayley_forward_matrix(const Block& block, int64_t m, int64_t n,
+                                                  View<S> W, S* x, Out<S> q, S* work,
+                                                  S* scratch) {
+  const int64_t k = m - n;
+  const View<S> V = W.at(n, 0);
+  cayley_inverse_matrix(block, m, n, W, work, scratch);
   // Q_top = 2X - I (and X itself, when the inverse was formed in shared memory).
   block_for_each(block, n * n, [&](int64_t e) {
     const auto [i, j] = split_index(e, n);
@@ -482,76 +498,143 @@ struct FrequencyShape {
   LIPKERNELS_HOST_DEVICE int64_t response_numel() const { return c_out * c_in; }
   LIPKERNELS_HOST_DEVICE int64_t spectrum_numel() const { return c_in * batch; }
   LIPKERNELS_HOST_DEVICE int64_t output_numel() const { return c_out * batch; }
-  // Workspace elements per frequency: Q (c_out x c_in; in the backward grad_Q then takes its
-  // place), and for the backward two n x n matrices of the cayley backward (global, or shared
-  // memory when they fit).
-  LIPKERNELS_HOST_DEVICE int64_t q_workspace() const { return response_numel(); }
-  LIPKERNELS_HOST_DEVICE int64_t backward_matrices() const { return 2 * n() * n(); }
-  // A row-major c_out x c_in matrix (R, or Q) seen in the tall orientation: itself or its plain
-  // transpose.
+  // The solved spectrum W, and the backward's p (a global workspace per block): n x batch.
+  LIPKERNELS_HOST_DEVICE int64_t solved_numel() const { return n() * batch; }
+  // The backward's E (n x n; global, or shared memory when it fits).
+  LIPKERNELS_HOST_DEVICE int64_t backward_matrices() const { return n() * n(); }
+  // A row-major c_out x c_in matrix (R, or its gradient) seen in the tall orientation: itself or
+  // its plain transpose.
   template <typename M>
   LIPKERNELS_HOST_DEVICE M tall(M response_like) const {
     return wide() ? response_like.t() : response_like;
   }
 };
 
-// Forward of one frequency: output (c_out x batch, row-major) = Q S, X (n x n) into `x`.
-// `q_work` holds c_out * c_in elements (Q, row-major); `work` as in cayley_forward_matrix.
-// Ends with a barrier.
+// The two forms in which the per-frequency kernels apply Q or Q^H to an operand S without
+// forming it, with X' (n x n) and V' standing for X, V or their transposes or conjugates (views):
+//   tall form  out (m x batch) = [2Y - S ; -2 V' Y],   Y = X' S           (S n x batch)
+//   wide form  out (n x batch) = 2Y - S_top,           Y = X' (S_top - V' S_bot)   (S m x batch)
+// Y (n x batch, row-major) goes to `y`; the wide form keeps S_top - V' S_bot in `out` until Y
+// has read it. Both end with a barrier.
 template <typename S, typename Block>
-LIPKERNELS_HOST_DEVICE void cayley_frequency_product_forward_frequency(
-    const Block& block, const FrequencyShape& shape, const S* response, const S* spectrum,
-    S* output, S* x, S* q_work, S* work, S* scratch) {
-  const View<S> T = shape.tall(row_major(response, shape.c_in));
-  const Out<S> P = shape.tall(row_major(q_work, shape.c_in));
-  cayley_forward_matrix(block, shape.m(), shape.n(), T, x, P, work, scratch);
-  block_gemm(block, shape.c_out, shape.batch, shape.c_in,
-             row_major(static_cast<const S*>(q_work), shape.c_in),
-             row_major(spectrum, shape.batch),
-             [&](int64_t i, int64_t j, S v) { output[i * shape.batch + j] = v; }, scratch);
+LIPKERNELS_HOST_DEVICE void apply_tall_form(const Block& block, int64_t n, int64_t k,
+                                            int64_t batch, View<S> X, View<S> V, View<S> Sp,
+                                            S* out, S* y, S* scratch) {
+  block_gemm(block, n, batch, n, X, Sp,
+             [&](int64_t i, int64_t j, S v) {
+               y[i * batch + j] = v;
+               out[i * batch + j] = scaled(v, 2.0) - Sp(i, j);
+             },
+             scratch);
+  block.sync();
+  block_gemm(block, k, batch, n, V, row_major(static_cast<const S*>(y), batch),
+             [&](int64_t i, int64_t j, S v) { out[(n + i) * batch + j] = scaled(v, -2.0); },
+             scratch);
   block.sync();
 }
 
+template <typename S, typename Block>
+LIPKERNELS_HOST_DEVICE void apply_wide_form(const Block& block, int64_t n, int64_t k,
+                                            int64_t batch, View<S> X, View<S> V, View<S> Sp,
+                                            S* out, S* y, S* scratch) {
+  block_gemm(block, n, batch, k, V, Sp.at(n, 0),
+             [&](int64_t i, int64_t j, S v) { out[i * batch + j] = Sp(i, j) - v; }, scratch);
+  block.sync();
+  block_gemm(block, n, batch, n, X, row_major(static_cast<const S*>(out), batch),
+             [&](int64_t i, int64_t j, S v) { y[i * batch + j] = v; }, scratch);
+  block.sync();
+  block_for_each(block, n * batch, [&](int64_t e) {
+    const auto [i, j] = split_index(e, batch);
+    out[e] = scaled(y[e], 2.0) - Sp(i, j);
+  });
+  block.sync();
+}
+
+// A view read conjugated.
+template <typename S>
+LIPKERNELS_HOST_DEVICE View<S> conjugated(View<S> v) {
+  v.conj = !v.conj;
+  return v;
+}
+
+// Forward of one frequency: output (c_out x batch, row-major) = Q S, X (n x n) into `x` and the
+// solved spectrum W (n x batch) into `solved`: the tall form with (X, V), or for a wide
+// response (Q = P^T) the wide form with (X^T, V^T). `work` as in cayley_inverse_matrix. Ends
+// with a barrier.
+template <typename S, typename Block>
+LIPKERNELS_HOST_DEVICE void cayley_frequency_product_forward_frequency(
+    const Block& block, const FrequencyShape& shape, const S* response, const S* spectrum,
+    S* output, S* x, S* solved, S* work, S* scratch) {
+  const int64_t m = shape.m(), n = shape.n(), k = m - n, batch = shape.batch;
+  const View<S> T = shape.tall(row_major(response, shape.c_in));
+  const View<S> V = T.at(n, 0), Sp = row_major(spectrum, batch);
+  cayley_inverse_matrix(block, m, n, T, work, scratch);
+  if (work != x) {
+    block_for_each(block, n * n, [&](int64_t e) { x[e] = work[e]; });
+  }
+  const View<S> X = row_major(static_cast<const S*>(work), n);
+  if (shape.wide()) {
+    apply_wide_form(block, n, k, batch, X.t(), V.t(), Sp, output, solved, scratch);
+  } else {
+    apply_tall_form(block, n, k, batch, X, V, Sp, output, solved, scratch);
+  }
+}
+
 // Backward of one frequency: grad_response (c_out x c_in) and grad_spectrum (c_in x batch),
-// row-major, from grad_output G (c_out x batch) and the forward's X. `q_work` holds
-// shape.q_workspace() elements, `ws` shape.backward_matrices() (global or shared). Ends with a
-// barrier.
+// row-major, from grad_output G (c_out x batch) and the forward's X and W. grad_S = Q^H G is the
+// wide form with (X^H, V^H) for a tall response, the tall form with (conj X, conj V) for a wide
+// one, their Y being p. `p_work` holds shape.solved_numel() elements, `e_work`
+// shape.backward_matrices() (global or shared). Ends with a barrier.
 template <typename S, typename Block>
 LIPKERNELS_HOST_DEVICE void cayley_frequency_product_backward_frequency(
     const Block& block, const FrequencyShape& shape, const S* grad_output, const S* response,
-    const S* spectrum, const S* x, S* grad_response, S* grad_spectrum, S* q_work, S* ws,
-    S* scratch) {
-  const int64_t m = shape.m(), n = shape.n(), k = m - n;
-  S* ws1 = ws;
-  S* ws2 = ws + n * n;
+    const S* spectrum, const S* x, const S* solved, S* grad_response, S* grad_spectrum,
+    S* p_work, S* e_work, S* scratch) {
+  const int64_t m = shape.m(), n = shape.n(), k = m - n, batch = shape.batch;
   const View<S> T = shape.tall(row_major(response, shape.c_in));
-  const View<S> X = row_major(x, n);
-  const View<S> Q = row_major(static_cast<const S*>(q_work), shape.c_in);
-  const View<S> G = row_major(grad_output, shape.batch);
-  const Out<S> P = shape.tall(row_major(q_work, shape.c_in));
-  // Q, rebuilt from X: P = [2X - I ; -2 V X].
+  const View<S> V = T.at(n, 0), X = row_major(x, n), G = row_major(grad_output, batch);
+  const View<S> W = row_major(solved, batch), P = row_major(static_cast<const S*>(p_work), batch);
+  const View<S> E = row_major(static_cast<const S*>(e_work), n);
+  const Out<S> grad_R = row_major(grad_response, shape.c_in);
+  if (shape.wide()) {
+    apply_tall_form(block, n, k, batch, conjugated(X), conjugated(V), G, grad_spectrum, p_work,
+                    scratch);
+  } else {
+    apply_wide_form(block, n, k, batch, X.h(), V.h(), G, grad_spectrum, p_work, scratch);
+  }
+  // K = p W^H into e_work; then D = 2 (K^H - K) into grad_R's n x n block and
+  // E = -2 (K + K^H) over K in place, a thread per pair (i, j), (j, i) (it reads both before
+  // writing either, so no other thread touches them).
+  block_gemm(block, n, n, batch, P, W.h(),
+             [&](int64_t i, int64_t j, S v) { e_work[i * n + j] = v; }, scratch);
+  block.sync();
   block_for_each(block, n * n, [&](int64_t e) {
     const auto [i, j] = split_index(e, n);
-    P(i, j) = scaled(x[e], 2.0) - (i == j ? from_real<S>(1.0) : S{});
+    if (i > j) return;
+    const S k_ij = e_work[i * n + j], k_ji = e_work[j * n + i];
+    const S d = scaled(conj_value(k_ji) - k_ij, 2.0);
+    const S h = scaled(k_ij + conj_value(k_ji), -2.0);
+    grad_R(i, j) = d;
+    grad_R(j, i) = -conj_value(d);
+    e_work[i * n + j] = h;
+    e_work[j * n + i] = conj_value(h);
   });
-  block_gemm(block, k, n, n, T.at(n, 0), X,
-             [&](int64_t i, int64_t j, S v) { P(n + i, j) = scaled(v, -2.0); }, scratch);
   block.sync();
-  // grad_spectrum = Q^H G.
-  block_gemm(block, shape.c_in, shape.batch, shape.c_out, Q.h(), G,
-             [&](int64_t i, int64_t j, S v) { grad_spectrum[i * shape.batch + j] = v; },
-             scratch);
-  block.sync();  // Q is read to the end before grad_Q overwrites it
-  // grad_Q = G S^H, in Q's place.
-  block_gemm(block, shape.c_out, shape.c_in, shape.batch, G,
-             row_major(spectrum, shape.batch).h(),
-             [&](int64_t i, int64_t j, S v) { q_work[i * shape.c_in + j] = v; }, scratch);
+  if (!shape.wide()) {
+    // grad_R[n:] = V E - 2 G_bot W^H.
+    block_gemm(block, k, n, n, V, E, [&](int64_t i, int64_t j, S v) { grad_R(n + i, j) = v; },
+               scratch);
+    block_gemm(block, k, n, batch, G.at(n, 0), W.h(),
+               [&](int64_t i, int64_t j, S v) { grad_R(n + i, j) -= scaled(v, 2.0); }, scratch);
+  } else {
+    // grad_R[:, n:] = E V^T - 2 p S_bot^H.
+    const View<S> S_bot = row_major(spectrum, batch).at(n, 0);
+    block_gemm(block, n, k, n, E, V.t(), [&](int64_t i, int64_t j, S v) { grad_R(i, n + j) = v; },
+               scratch);
+    block_gemm(block, n, k, batch, P, S_bot.h(),
+               [&](int64_t i, int64_t j, S v) { grad_R(i, n + j) -= scaled(v, 2.0); }, scratch);
+  }
   block.sync();
-  // grad_T = cayley backward of grad_P = grad_Q in the tall orientation, written through the same
-  // orientation into grad_response.
-  const View<S> grad_Q = Q;  // the same buffer, now holding grad_Q
-  cayley_backward_matrix(block, m, n, shape.tall(grad_Q), X, T,
-                         shape.tall(row_major(grad_response, shape.c_in)), ws1, ws2, scratch);
 }
 
 }  // namespace kernels

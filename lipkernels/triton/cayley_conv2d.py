@@ -2,22 +2,26 @@
 the response and its application to the spectrum, in one launch, one program per frequency.
 
 Trockman & Kolter, "Orthogonalizing Convolutional Layers with the Cayley Transform", ICLR 2021.
-For response R_f (C_out x C_in) and spectrum S_f (C_in x B), complex (the schema in csrc/ops.cpp):
-    T = R_f (C_out >= C_in) or R_f^T (plain transpose), tall m x n, n = min(C_in, C_out),
-    X = (I + A)^{-1} from T (lipkernels/triton/cayley.py), P = [2X - I ; -2 V X],
-    Q = P (tall) or P^T (wide),   output_f = Q S_f,   inverse_f = X.
-    backward   grad_S = Q^H G,   grad_Q = G S^H,   grad_P = grad_Q or grad_Q^T,
-               grad_T = the closed-form cayley backward of grad_P,   grad_R = grad_T or grad_T^T.
+For response R_f (C_out x C_in) and spectrum S_f (C_in x B), complex (the schema in csrc/ops.cpp;
+the formulas as csrc/cpu/cayley_conv2d.cpp derives them):
+    T = R_f (C_out >= C_in) or R_f^T (plain transpose), tall m x n, n = min(C_in, C_out), V = T[n:],
+    X = (I + A)^{-1} from T (lipkernels/triton/cayley.py), Q = P or P^T, P = [2X - I ; -2 V X],
+    forward    tall  W = X S,                       output = [2W - S ; -2 V W]
+               wide  W = X^T (S_top - V^T S_bot),   output = 2W - S_top       (inverse X, solved W)
+    backward   tall  p = X^H (G_top - V^H G_bot),   grad_S = 2p - G_top
+               wide  p = conj(X) G,                 grad_S = [2p - G ; -2 conj(V) p]
+               K = p W^H,  D = 2 (K^H - K),  E = -2 (K + K^H),
+               tall  grad_R = [D ; V E - 2 G_bot W^H],   wide  grad_R = [D , E V^T - 2 p S_bot^H].
+The backward has no n x n x n product: grad_Q = G S^H has rank B, and the closed-form Cayley
+backward of it factors through the n x B matrices p and W.
 
-Q is never formed: it is applied through X. With X', V' standing for X, V or their transposes
-or conjugates (read through strides), the four products are of two shapes,
-    tall form  [2X' - I ; -2 V' X'] S = [2Y - S ; -2 V' Y],  Y = X' S        (n x B)
-    wide form  [2X' - I , -2 X' V'] S = 2 X' Z - S_top,      Z = S_top - V' S_bot  (n x B),
-and forward tall, forward wide, backward tall, backward wide use tall form (X, V), wide form
-(X^T, V^T), wide form (X^H, V^H) and tall form (conj X, conj V). Y is kept in the output's top
-rows until the bottom rows have used it; Z needs a scratch buffer (n x B per frequency): each
-output tile reads all of it. The backward runs in one launch too: grad_P is written to a
-scratch buffer (tall orientation) that the same program then takes through the cayley backward.
+Q is never formed. Both directions apply one of two forms, with X', V' standing for X, V or
+their transposes or conjugates (read through strides) and Y the n x B solved matrix they keep,
+    tall form  [2X' - I ; -2 V' X'] S = [2Y - S ; -2 V' Y],   Y = X' S
+    wide form  [2X' - I , -2 X' V'] S = 2Y - S_top,           Y = X' (S_top - V' S_bot),
+forward tall, forward wide, backward tall, backward wide using tall form (X, V), wide form
+(X^T, V^T), wide form (X^H, V^H) and tall form (conj X, conj V). The wide form puts
+S_top - V' S_bot in its output until Y has read it.
 """
 
 from __future__ import annotations
@@ -27,15 +31,15 @@ import triton
 import triton.language as tl
 
 from ._common import launchable
-from .cayley import (BLOCK, NUM_WARPS, as_real, cayley_backward_matrix, form_m, invert_in_place,
-                     load_tile, matmul_tile, store_tile)
+from .cayley import (BLOCK, NUM_WARPS, as_real, form_m, invert_in_place, load_tile, matmul_tile,
+                     store_tile)
 
 
 @triton.jit
 def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, m, n, B, BLOCK: tl.constexpr):
-    """out (m x B) = [2X' - I ; -2 V' X'] S for S (n x B); X' (n x n), V' ((m - n) x n) given
-    by strides, both conjugated with CONJ. Y = X' S goes to out's top rows first."""
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr):
+    """out (m x B) = [2Y - S ; -2 V' Y] and y (n x B, contiguous) = Y = X' S for S (n x B);
+    X' (n x n), V' ((m - n) x n) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
     for i0 in range(0, n, BLOCK):
         rows = i0 + tl.arange(0, BLOCK)
@@ -43,34 +47,27 @@ def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, s_ptr, s_rs, s_cs, False,
                                  rows, cols, n, B, n, True, BLOCK)
-            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, re, im, True)
+            store_tile(y_ptr, rows, cols, 2 * B, 2, n, B, re, im, True)
+            s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, 2.0 * re - s_re, 2.0 * im - s_im,
+                       True)
     tl.debug_barrier()
     for r0 in range(0, m - n, BLOCK):
         rows = r0 + tl.arange(0, BLOCK)
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, v_ptr, v_rs, v_cs, CONJ, out_ptr, o_rs, o_cs, False,
+            re, im = matmul_tile(zero, zero, v_ptr, v_rs, v_cs, CONJ, y_ptr, 2 * B, 2, False,
                                  rows, cols, m - n, B, n, True, BLOCK)
             store_tile(out_ptr + n * o_rs, rows, cols, o_rs, o_cs, m - n, B, -2.0 * re,
                        -2.0 * im, True)
-    tl.debug_barrier()
-    for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, B, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            y_re, y_im = load_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, False, True)
-            s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
-            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, 2.0 * y_re - s_re,
-                       2.0 * y_im - s_im, True)
 
 
 @triton.jit
 def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, z_ptr, m, n, B, BLOCK: tl.constexpr):
-    """out (n x B) = [2X' - I , -2 X' V'] S for S (m x B); X' (n x n), V' (n x (m - n)) given by
-    strides, both conjugated with CONJ. z: contiguous n x B scratch for Z = S_top - V' S_bot."""
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr):
+    """out (n x B) = 2Y - S_top and y (n x B, contiguous) = Y = X' (S_top - V' S_bot) for S
+    (m x B); X' (n x n), V' (n x (m - n)) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
-    z_rs = 2 * B
     for i0 in range(0, n, BLOCK):
         rows = i0 + tl.arange(0, BLOCK)
         for j0 in range(0, B, BLOCK):
@@ -78,23 +75,76 @@ def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
             re, im = matmul_tile(zero, zero, v_ptr, v_rs, v_cs, CONJ, s_ptr + n * s_rs, s_rs,
                                  s_cs, False, rows, cols, n, B, m - n, True, BLOCK)
             s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
-            store_tile(z_ptr, rows, cols, z_rs, 2, n, B, s_re - re, s_im - im, True)
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, s_re - re, s_im - im, True)
     tl.debug_barrier()
     for i0 in range(0, n, BLOCK):
         rows = i0 + tl.arange(0, BLOCK)
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, z_ptr, z_rs, 2, False,
+            re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, out_ptr, o_rs, o_cs, False,
                                  rows, cols, n, B, n, True, BLOCK)
+            store_tile(y_ptr, rows, cols, 2 * B, 2, n, B, re, im, True)
+    tl.debug_barrier()
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, B, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            y_re, y_im = load_tile(y_ptr, rows, cols, 2 * B, 2, n, B, False, True)
             s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
-            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, 2.0 * re - s_re, 2.0 * im - s_im,
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, 2.0 * y_re - s_re,
+                       2.0 * y_im - s_im, True)
+
+
+@triton.jit
+def _difference_of_products(a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs, b_cs,
+                            CONJ_B: tl.constexpr, c_ptr, c_rs, c_cs, CONJ_C: tl.constexpr,
+                            d_ptr, d_rs, d_cs, CONJ_D: tl.constexpr, out_ptr, o_rs, o_cs, R, C,
+                            K1, K2, BLOCK: tl.constexpr):
+    """out (R x C) = A B - 2 C D for A (R x K1), B (K1 x C), C (R x K2), D (K2 x C) given by
+    strides and conjugation flags."""
+    zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
+    for i0 in range(0, R, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, C, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, a_ptr, a_rs, a_cs, CONJ_A, b_ptr, b_rs, b_cs,
+                                 CONJ_B, rows, cols, R, C, K1, True, BLOCK)
+            c_re, c_im = matmul_tile(zero, zero, c_ptr, c_rs, c_cs, CONJ_C, d_ptr, d_rs, d_cs,
+                                     CONJ_D, rows, cols, R, C, K2, True, BLOCK)
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, R, C, re - 2.0 * c_re, im - 2.0 * c_im,
                        True)
 
 
 @triton.jit
+def _skew_and_hermitian_parts(k_ptr, k_rs, d_ptr, d_rs, n, BLOCK: tl.constexpr):
+    """d (n x n, row stride d_rs) = 2 (K^H - K) and K <- -2 (K + K^H) in place, for the
+    contiguous n x n K (row stride k_rs). Tiles go in pairs (I, J), (J, I), both read before
+    either is written, with a barrier between."""
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(i0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            k_re, k_im = load_tile(k_ptr, rows, cols, k_rs, 2, n, n, False, True)
+            # (K^H)[rows, cols] = conj(K[cols, rows]): K read with swapped strides.
+            h_re, h_im = load_tile(k_ptr, rows, cols, 2, k_rs, n, n, True, True)
+            d_re = 2.0 * (h_re - k_re)
+            d_im = 2.0 * (h_im - k_im)
+            e_re = -2.0 * (k_re + h_re)
+            e_im = -2.0 * (k_im + h_im)
+            # Other threads of the program read what these stores overwrite.
+            tl.debug_barrier()
+            store_tile(d_ptr, rows, cols, d_rs, 2, n, n, d_re, d_im, True)
+            store_tile(k_ptr, rows, cols, k_rs, 2, n, n, e_re, e_im, True)
+            # The mirrored tile: D[cols, rows] = -conj(D[rows, cols]), E[cols, rows] =
+            # conj(E[rows, cols]), stored through swapped strides.
+            store_tile(d_ptr, rows, cols, 2, d_rs, n, n, -d_re, d_im, True)
+            store_tile(k_ptr, rows, cols, 2, k_rs, n, n, e_re, -e_im, True)
+
+
+@triton.jit
 def _frequency(m, n, B, TALL: tl.constexpr):
-    """(f, C_out, C_in, n x n X's row stride, elements of X, of S, of output, of Z per
-    frequency, in real elements) for this program's frequency f."""
+    """(f, C_out, C_in, n x n X's row stride, elements of X, of S, of output, of an n x B matrix
+    per frequency, in real elements) for this program's frequency f."""
     if TALL:
         c_out = m
         c_in = n
@@ -106,70 +156,79 @@ def _frequency(m, n, B, TALL: tl.constexpr):
 
 
 @triton.jit
-def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, z_ptr, m, n, B, t_rs, t_cs,
+def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, B, t_rs, t_cs,
                                      TALL: tl.constexpr, BLOCK: tl.constexpr):
-    """output_f = Q_f S_f and inverse_f = X_f for frequency f = program id. T (the tall
-    orientation of the response) is read through its strides t_rs, t_cs; every other operand
-    is contiguous, complex as interleaved (re, im)."""
-    f, c_out, c_in, x_rs, x_size, s_size, out_size, z_size = _frequency(m, n, B, TALL)
+    """output_f = Q_f S_f, inverse_f = X_f and solved_f = W_f (into y) for frequency f = program
+    id. T (the tall orientation of the response) is read through its strides t_rs, t_cs; every
+    other operand is contiguous, complex as interleaved (re, im)."""
+    f, c_out, c_in, x_rs, x_size, s_size, out_size, y_size = _frequency(m, n, B, TALL)
     r_ptr += f * 2 * m * n
     s_ptr += f * s_size
     out_ptr += f * out_size
     x_ptr += f * x_size
+    y_ptr += f * y_size
     form_m(r_ptr, t_rs, t_cs, x_ptr, x_rs, 2, m, n, True, BLOCK)
     invert_in_place(x_ptr, x_rs, 2, n, True, BLOCK)
     v_ptr = r_ptr + n * t_rs
     if TALL:
         _apply_tall_form(x_ptr, x_rs, 2, v_ptr, t_rs, t_cs, False, s_ptr, 2 * B, 2, out_ptr,
-                         2 * B, 2, m, n, B, BLOCK)
+                         2 * B, 2, y_ptr, m, n, B, BLOCK)
     else:
         # Q = P^T = [2X^T - I , -2 X^T V^T]: X and V read transposed.
         _apply_wide_form(x_ptr, 2, x_rs, v_ptr, t_cs, t_rs, False, s_ptr, 2 * B, 2, out_ptr,
-                         2 * B, 2, z_ptr + f * z_size, m, n, B, BLOCK)
+                         2 * B, 2, y_ptr, m, n, B, BLOCK)
 
 
 @triton.jit
-def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, grad_r_ptr,
-                                              grad_s_ptr, gp_ptr, z_ptr, scratch_ptr, m, n, B,
-                                              t_rs, t_cs, TALL: tl.constexpr,
-                                              BLOCK: tl.constexpr):
-    """(grad_response_f, grad_spectrum_f) for frequency f = program id. gp: an m x n scratch
-    for grad_P; z: n x B (wide form); scratch: 2 n x n (cayley backward)."""
-    f, c_out, c_in, x_rs, x_size, s_size, out_size, z_size = _frequency(m, n, B, TALL)
-    r_offset = f * 2 * m * n
+def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr, grad_r_ptr,
+                                              grad_s_ptr, p_ptr, e_ptr, m, n, B, t_rs, t_cs,
+                                              TALL: tl.constexpr, BLOCK: tl.constexpr):
+    """(grad_response_f, grad_spectrum_f) for frequency f = program id, from the forward's X
+    and solved W (w). p: an n x B scratch for p; e: an n x n scratch for K, then E."""
+    f, c_out, c_in, x_rs, x_size, s_size, out_size, y_size = _frequency(m, n, B, TALL)
+    r_ptr += f * 2 * m * n
+    grad_r_ptr += f * 2 * m * n
     g_ptr += f * out_size
     s_ptr += f * s_size
     grad_s_ptr += f * s_size
     x_ptr += f * x_size
-    gp_ptr += r_offset
-    # grad_Q = G S^H (C_out x C_in), stored as grad_P in the tall orientation.
+    w_ptr += f * y_size
+    p_ptr += f * y_size
+    e_ptr += f * x_size
+    v_ptr = r_ptr + n * t_rs
     if TALL:
-        p_rs = 2 * n
-        p_cs = 2
-    else:
-        p_rs = 2
-        p_cs = 2 * n
-    zero = tl.zeros((BLOCK, BLOCK), gp_ptr.dtype.element_ty)
-    for i0 in range(0, c_out, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, c_in, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, g_ptr, 2 * B, 2, False, s_ptr, 2, 2 * B, True,
-                                 rows, cols, c_out, c_in, B, True, BLOCK)
-            store_tile(gp_ptr, rows, cols, p_rs, p_cs, c_out, c_in, re, im, True)
-    v_ptr = r_ptr + r_offset + n * t_rs
-    if TALL:
-        # Q^H = P^H = [2X^H - I , -2 X^H V^H].
+        # grad_S = Q^H G = P^H G = [2X^H - I , -2 X^H V^H] G.
         _apply_wide_form(x_ptr, 2, x_rs, v_ptr, t_cs, t_rs, True, g_ptr, 2 * B, 2, grad_s_ptr,
-                         2 * B, 2, z_ptr + f * z_size, m, n, B, BLOCK)
+                         2 * B, 2, p_ptr, m, n, B, BLOCK)
     else:
-        # Q^H = conj(P) = [2 conj(X) - I ; -2 conj(V) conj(X)].
+        # grad_S = Q^H G = conj(P) G = [2 conj(X) - I ; -2 conj(V) conj(X)] G.
         _apply_tall_form(x_ptr, x_rs, 2, v_ptr, t_rs, t_cs, True, g_ptr, 2 * B, 2, grad_s_ptr,
-                         2 * B, 2, m, n, B, BLOCK)
+                         2 * B, 2, p_ptr, m, n, B, BLOCK)
     tl.debug_barrier()
-    cayley_backward_matrix(gp_ptr, 2 * n, 2, x_ptr, x_rs, 2, r_ptr + r_offset, t_rs, t_cs,
-                           grad_r_ptr + r_offset, t_rs, t_cs, scratch_ptr + 2 * f * x_size, m,
-                           n, True, BLOCK)
+    # K = p W^H into e, then D = 2 (K^H - K) into grad_R's n x n block (rows of a tall, columns
+    # of a wide response: at its origin with the response's strides either way) and
+    # E = -2 (K + K^H) over K in place.
+    zero = tl.zeros((BLOCK, BLOCK), grad_r_ptr.dtype.element_ty)
+    for i0 in range(0, n, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, n, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, p_ptr, 2 * B, 2, False, w_ptr, 2, 2 * B, True, rows,
+                                 cols, n, n, B, True, BLOCK)
+            store_tile(e_ptr, rows, cols, x_rs, 2, n, n, re, im, True)
+    tl.debug_barrier()
+    _skew_and_hermitian_parts(e_ptr, x_rs, grad_r_ptr, 2 * c_in, n, BLOCK)
+    tl.debug_barrier()
+    if TALL:
+        # grad_R[n:] = V E - 2 G_bot W^H.
+        _difference_of_products(v_ptr, t_rs, t_cs, False, e_ptr, x_rs, 2, False,
+                                g_ptr + n * 2 * B, 2 * B, 2, False, w_ptr, 2, 2 * B, True,
+                                grad_r_ptr + n * 2 * n, 2 * n, 2, m - n, n, n, B, BLOCK)
+    else:
+        # grad_R[:, n:] = E V^T - 2 p S_bot^H.
+        _difference_of_products(e_ptr, x_rs, 2, False, v_ptr, t_cs, t_rs, False, p_ptr, 2 * B, 2,
+                                False, s_ptr + n * 2 * B, 2, 2 * B, True, grad_r_ptr + 2 * n,
+                                2 * c_in, 2, n, m - n, n, B, BLOCK)
 
 
 def _orientation(response: torch.Tensor):
@@ -189,34 +248,32 @@ def _launch(kernel, response: torch.Tensor, batch: int, *tensors):
 
 
 def cayley_frequency_product(response: torch.Tensor, spectrum: torch.Tensor):
-    """(output (F, C_out, B), inverse (F, n, n)), as the C++ op; contiguous."""
+    """(output (F, C_out, B), inverse (F, n, n), solved (F, n, B)), as the C++ op; contiguous."""
     response, spectrum = response.contiguous(), spectrum.contiguous()
     frequencies, c_out, c_in = response.shape
     batch = spectrum.shape[-1]
     n = min(c_in, c_out)
     output = spectrum.new_empty((frequencies, c_out, batch))
     inverse = spectrum.new_empty((frequencies, n, n))
-    # Z, the wide form's scratch: a wide response's forward applies Q = P^T in that form.
-    z = spectrum.new_empty((frequencies, n, batch) if c_out < c_in else (0,))
+    solved = spectrum.new_empty((frequencies, n, batch))
     _launch(_cayley_frequency_product_kernel, response, batch, response, spectrum, output, inverse,
-            z)
-    return output, inverse
+            solved)
+    return output, inverse, solved
 
 
 def cayley_frequency_product_backward(grad_output: torch.Tensor, response: torch.Tensor,
-                                      spectrum: torch.Tensor, inverse: torch.Tensor):
+                                      spectrum: torch.Tensor, inverse: torch.Tensor,
+                                      solved: torch.Tensor):
     """(grad_response, grad_spectrum) for the output gradient grad_output, as the C++ op."""
     frequencies, c_out, c_in = response.shape
     batch = spectrum.shape[-1]
-    n, m = sorted((c_in, c_out))
-    grad_output, response, spectrum, inverse = (
-        t.contiguous() for t in (grad_output, response, spectrum, inverse))
+    n = min(c_in, c_out)
+    grad_output, response, spectrum, inverse, solved = (
+        t.contiguous() for t in (grad_output, response, spectrum, inverse, solved))
     grad_response = torch.empty_like(response)
     grad_spectrum = torch.empty_like(spectrum)
-    grad_p = response.new_empty((frequencies, m, n))
-    # A tall response's gradient applies Q^H = P^H in the wide form, which needs Z.
-    z = spectrum.new_empty((frequencies, n, batch) if c_out >= c_in else (0,))
-    scratch = response.new_empty((frequencies, 2, n, n))
+    p = solved.new_empty((frequencies, n, batch))
+    e = inverse.new_empty((frequencies, n, n))
     _launch(_cayley_frequency_product_backward_kernel, response, batch, grad_output, response,
-            spectrum, inverse, grad_response, grad_spectrum, grad_p, z, scratch)
+            spectrum, inverse, solved, grad_response, grad_spectrum, p, e)
     return grad_response, grad_spectrum

@@ -381,13 +381,14 @@ void test_cayley_frequency_product(int64_t c_out, int64_t c_in, int64_t batch, u
   }
   std::vector<S> output = nan_buffer<S>(frequencies * shape.output_numel());
   std::vector<S> x = nan_buffer<S>(frequencies * n * n);
-  std::vector<S> q_work = nan_buffer<S>(frequencies * shape.q_workspace());
+  std::vector<S> solved = nan_buffer<S>(frequencies * shape.solved_numel());
+  std::vector<S> p_work = nan_buffer<S>(frequencies * shape.solved_numel());
   std::vector<S> grad_response = nan_buffer<S>(frequencies * shape.response_numel());
   std::vector<S> grad_spectrum = nan_buffer<S>(frequencies * shape.spectrum_numel());
   std::vector<S> ws = nan_buffer<S>(frequencies * shape.backward_matrices());
   for (int64_t f = 0; f < frequencies; ++f) {
     // Frequency 0 inverts in shared memory, frequency 1 in X (global memory); likewise the
-    // backward's two n x n matrices (shared: its own buffer; global: a slice per frequency).
+    // backward's n x n matrix E (shared: its own buffer; global: a slice per frequency).
     std::vector<S> scratch = nan_buffer<S>(k::kCayleyScratch);
     std::vector<S> shared = nan_buffer<S>(shape.backward_matrices());
     S* xf = x.data() + f * n * n;
@@ -395,7 +396,7 @@ void test_cayley_frequency_product(int64_t c_out, int64_t c_in, int64_t batch, u
       k::cayley_frequency_product_forward_frequency(
           block, shape, response.data() + f * shape.response_numel(),
           spectrum.data() + f * shape.spectrum_numel(), output.data() + f * shape.output_numel(),
-          xf, q_work.data() + f * shape.q_workspace(), f == 0 ? shared.data() : xf,
+          xf, solved.data() + f * shape.solved_numel(), f == 0 ? shared.data() : xf,
           scratch.data());
     });
     run_block([&](const CpuBlock& block) {
@@ -403,9 +404,10 @@ void test_cayley_frequency_product(int64_t c_out, int64_t c_in, int64_t batch, u
           block, shape, grad_output.data() + f * shape.output_numel(),
           response.data() + f * shape.response_numel(),
           spectrum.data() + f * shape.spectrum_numel(), x.data() + f * n * n,
+          solved.data() + f * shape.solved_numel(),
           grad_response.data() + f * shape.response_numel(),
           grad_spectrum.data() + f * shape.spectrum_numel(),
-          q_work.data() + f * shape.q_workspace(),
+          p_work.data() + f * shape.solved_numel(),
           f == 0 ? shared.data() : ws.data() + f * shape.backward_matrices(), scratch.data());
     });
   }
@@ -417,6 +419,14 @@ void test_cayley_frequency_product(int64_t c_out, int64_t c_in, int64_t batch, u
     CHECK(close(out, matmul(Q, Sp[f]), tol));
     const Mat X = from_buffer(x.data() + f * n * n, n, n);
     CHECK(close(matmul(X, cayley_system(T)), identity(n), tol));
+    // The solved spectrum: 2W - S_top is the output's top block (tall: W = X S; wide: W = X^T
+    // (S_top - V^T S_bot)), and W alone is checked against X itself.
+    const Mat W = from_buffer(solved.data() + f * shape.solved_numel(), n, batch);
+    const int64_t k = shape.m() - n;
+    const Mat rhs = wide ? add(rows_of(Sp[f], 0, n),
+                               matmul(transpose(rows_of(T, n, k)), rows_of(Sp[f], n, k)), -1.0)
+                         : Sp[f];
+    CHECK(close(W, matmul(wide ? transpose(X) : X, rhs), tol));
     // grad_spectrum = Q^H G; grad_response by the chain rule through the tall orientation.
     const Mat gs = from_buffer(grad_spectrum.data() + f * shape.spectrum_numel(), c_in, batch);
     CHECK(close(gs, matmul(herm(Q), G[f]), tol));
