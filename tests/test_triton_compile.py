@@ -268,3 +268,15 @@ def test_bcop_filter_is_one_persistent_launch_of_tensor_core_steps(compiled):
             assert row["programs"] == 132, where
         if "-32x64" in row["case"]:
             assert row["programs"] == 18, where
+
+
+def test_cayley_conv2d_multiplies_the_spectra_on_tensor_cores(compiled):
+    """cayley_frequency_product and its backward, tall and wide, complex64 and complex128: the
+    products with the spectra run on tensor cores (tf32x3 mma.sync for complex64, float64 mma
+    for complex128), a program per frequency, no grid barrier."""
+    rows = [row for row in compiled if row["case"].startswith("cayley_frequency_product")]
+    assert len(rows) == 2 * 2 * 2 * 2  # kernels x dtypes x orientations x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["mma"] + row["wgmma"] > 0, where
+        assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where

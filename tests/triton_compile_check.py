@@ -123,7 +123,8 @@ def _cayley_cases():
     for dtype, name in ((torch.float32, "complex64"), (torch.float64, "complex128")):
         w = torch.empty(0, dtype=dtype, device="meta")
         for tall, orientation in ((True, "C512x256"), (False, "C256x512")):
-            constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS)
+            constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS,
+                             PRECISION=_common.float32_accurate_precision(dtype))
             t_strides = (512, 2) if tall else (2, 1024)
             yield (f"cayley_frequency_product-{name}-{orientation}",
                    cayley_conv2d._cayley_frequency_product_kernel,

@@ -75,28 +75,31 @@ def store_tile(ptr, rows, cols, row_stride, col_stride, R, C, re, im, COMPLEX: t
 
 
 @triton.jit
-def _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX: tl.constexpr):
+def _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX: tl.constexpr,
+         PRECISION: tl.constexpr = "ieee"):
     """acc + a b for complex (re, im) tiles: four real products; one for real data. out_dtype
-    is explicit: Triton 3.6 defaults it to float32 even for float64 operands."""
+    is explicit: Triton 3.6 defaults it to float32 even for float64 operands. PRECISION is
+    tl.dot's input_precision: IEEE here (the inverse's accuracy), tf32x3 in the products of
+    cayley_conv2d's float32 kernels."""
     acc_ty: tl.constexpr = acc_re.dtype
-    acc_re = tl.dot(a_re, b_re, acc_re, input_precision="ieee", out_dtype=acc_ty)
+    acc_re = tl.dot(a_re, b_re, acc_re, input_precision=PRECISION, out_dtype=acc_ty)
     if COMPLEX:
-        acc_re = tl.dot(-a_im, b_im, acc_re, input_precision="ieee", out_dtype=acc_ty)
-        acc_im = tl.dot(a_re, b_im, acc_im, input_precision="ieee", out_dtype=acc_ty)
-        acc_im = tl.dot(a_im, b_re, acc_im, input_precision="ieee", out_dtype=acc_ty)
+        acc_re = tl.dot(-a_im, b_im, acc_re, input_precision=PRECISION, out_dtype=acc_ty)
+        acc_im = tl.dot(a_re, b_im, acc_im, input_precision=PRECISION, out_dtype=acc_ty)
+        acc_im = tl.dot(a_im, b_re, acc_im, input_precision=PRECISION, out_dtype=acc_ty)
     return acc_re, acc_im
 
 
 @triton.jit
 def matmul_tile(acc_re, acc_im, a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs, b_cs,
                 CONJ_B: tl.constexpr, rows, cols, R, C, K, COMPLEX: tl.constexpr,
-            BLOCK: tl.constexpr):
+                BLOCK: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
     """acc + (A B)[rows, cols] for A (R x K) and B (K x C) given by strides (and conjugation)."""
     for k0 in range(0, K, BLOCK):
         ks = k0 + tl.arange(0, BLOCK)
         a_re, a_im = load_tile(a_ptr, rows, ks, a_rs, a_cs, R, K, CONJ_A, COMPLEX)
         b_re, b_im = load_tile(b_ptr, ks, cols, b_rs, b_cs, K, C, CONJ_B, COMPLEX)
-        acc_re, acc_im = _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX)
+        acc_re, acc_im = _dot(a_re, a_im, b_re, b_im, acc_re, acc_im, COMPLEX, PRECISION)
     return acc_re, acc_im
 
 

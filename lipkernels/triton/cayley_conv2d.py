@@ -22,6 +22,10 @@ their transposes or conjugates (read through strides) and Y the n x B solved mat
 forward tall, forward wide, backward tall, backward wide using tall form (X, V), wide form
 (X^T, V^T), wide form (X^H, V^H) and tall form (conj X, conj V). The wide form puts
 S_top - V' S_bot in its output until Y has read it.
+
+Precision: the products with the spectra (the forms, K, the non-square blocks) run on tensor
+cores in three TF32 passes for complex64 (tf32x3, float32's accuracy), IEEE for complex128; the
+inverse itself stays IEEE (lipkernels/triton/cayley.py).
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launchable
+from ._common import float32_accurate_precision, launchable
 from .cayley import (BLOCK, NUM_WARPS, as_real, form_m, invert_in_place, load_tile, matmul_tile,
                      store_tile)
 
 
 @triton.jit
 def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr):
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """out (m x B) = [2Y - S ; -2 V' Y] and y (n x B, contiguous) = Y = X' S for S (n x B);
     X' (n x n), V' ((m - n) x n) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
@@ -46,7 +50,7 @@ def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, s_ptr, s_rs, s_cs, False,
-                                 rows, cols, n, B, n, True, BLOCK)
+                                 rows, cols, n, B, n, True, BLOCK, PRECISION)
             store_tile(y_ptr, rows, cols, 2 * B, 2, n, B, re, im, True)
             s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
             store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, 2.0 * re - s_re, 2.0 * im - s_im,
@@ -57,14 +61,14 @@ def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, v_ptr, v_rs, v_cs, CONJ, y_ptr, 2 * B, 2, False,
-                                 rows, cols, m - n, B, n, True, BLOCK)
+                                 rows, cols, m - n, B, n, True, BLOCK, PRECISION)
             store_tile(out_ptr + n * o_rs, rows, cols, o_rs, o_cs, m - n, B, -2.0 * re,
                        -2.0 * im, True)
 
 
 @triton.jit
 def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr):
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """out (n x B) = 2Y - S_top and y (n x B, contiguous) = Y = X' (S_top - V' S_bot) for S
     (m x B); X' (n x n), V' (n x (m - n)) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
@@ -73,7 +77,7 @@ def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, v_ptr, v_rs, v_cs, CONJ, s_ptr + n * s_rs, s_rs,
-                                 s_cs, False, rows, cols, n, B, m - n, True, BLOCK)
+                                 s_cs, False, rows, cols, n, B, m - n, True, BLOCK, PRECISION)
             s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
             store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, s_re - re, s_im - im, True)
     tl.debug_barrier()
@@ -82,7 +86,7 @@ def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
         for j0 in range(0, B, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, out_ptr, o_rs, o_cs, False,
-                                 rows, cols, n, B, n, True, BLOCK)
+                                 rows, cols, n, B, n, True, BLOCK, PRECISION)
             store_tile(y_ptr, rows, cols, 2 * B, 2, n, B, re, im, True)
     tl.debug_barrier()
     for i0 in range(0, n, BLOCK):
@@ -99,7 +103,7 @@ def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
 def _difference_of_products(a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs, b_cs,
                             CONJ_B: tl.constexpr, c_ptr, c_rs, c_cs, CONJ_C: tl.constexpr,
                             d_ptr, d_rs, d_cs, CONJ_D: tl.constexpr, out_ptr, o_rs, o_cs, R, C,
-                            K1, K2, BLOCK: tl.constexpr):
+                            K1, K2, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """out (R x C) = A B - 2 C D for A (R x K1), B (K1 x C), C (R x K2), D (K2 x C) given by
     strides and conjugation flags."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
@@ -108,9 +112,9 @@ def _difference_of_products(a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs
         for j0 in range(0, C, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, a_ptr, a_rs, a_cs, CONJ_A, b_ptr, b_rs, b_cs,
-                                 CONJ_B, rows, cols, R, C, K1, True, BLOCK)
+                                 CONJ_B, rows, cols, R, C, K1, True, BLOCK, PRECISION)
             c_re, c_im = matmul_tile(zero, zero, c_ptr, c_rs, c_cs, CONJ_C, d_ptr, d_rs, d_cs,
-                                     CONJ_D, rows, cols, R, C, K2, True, BLOCK)
+                                     CONJ_D, rows, cols, R, C, K2, True, BLOCK, PRECISION)
             store_tile(out_ptr, rows, cols, o_rs, o_cs, R, C, re - 2.0 * c_re, im - 2.0 * c_im,
                        True)
 
@@ -157,7 +161,7 @@ def _frequency(m, n, B, TALL: tl.constexpr):
 
 @triton.jit
 def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, B, t_rs, t_cs,
-                                     TALL: tl.constexpr, BLOCK: tl.constexpr):
+                                     TALL: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """output_f = Q_f S_f, inverse_f = X_f and solved_f = W_f (into y) for frequency f = program
     id. T (the tall orientation of the response) is read through its strides t_rs, t_cs; every
     other operand is contiguous, complex as interleaved (re, im)."""
@@ -172,17 +176,17 @@ def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, 
     v_ptr = r_ptr + n * t_rs
     if TALL:
         _apply_tall_form(x_ptr, x_rs, 2, v_ptr, t_rs, t_cs, False, s_ptr, 2 * B, 2, out_ptr,
-                         2 * B, 2, y_ptr, m, n, B, BLOCK)
+                         2 * B, 2, y_ptr, m, n, B, BLOCK, PRECISION)
     else:
         # Q = P^T = [2X^T - I , -2 X^T V^T]: X and V read transposed.
         _apply_wide_form(x_ptr, 2, x_rs, v_ptr, t_cs, t_rs, False, s_ptr, 2 * B, 2, out_ptr,
-                         2 * B, 2, y_ptr, m, n, B, BLOCK)
+                         2 * B, 2, y_ptr, m, n, B, BLOCK, PRECISION)
 
 
 @triton.jit
 def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr, grad_r_ptr,
                                               grad_s_ptr, p_ptr, e_ptr, m, n, B, t_rs, t_cs,
-                                              TALL: tl.constexpr, BLOCK: tl.constexpr):
+                                              TALL: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """(grad_response_f, grad_spectrum_f) for frequency f = program id, from the forward's X
     and solved W (w). p: an n x B scratch for p; e: an n x n scratch for K, then E."""
     f, c_out, c_in, x_rs, x_size, s_size, out_size, y_size = _frequency(m, n, B, TALL)
@@ -199,11 +203,11 @@ def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr,
     if TALL:
         # grad_S = Q^H G = P^H G = [2X^H - I , -2 X^H V^H] G.
         _apply_wide_form(x_ptr, 2, x_rs, v_ptr, t_cs, t_rs, True, g_ptr, 2 * B, 2, grad_s_ptr,
-                         2 * B, 2, p_ptr, m, n, B, BLOCK)
+                         2 * B, 2, p_ptr, m, n, B, BLOCK, PRECISION)
     else:
         # grad_S = Q^H G = conj(P) G = [2 conj(X) - I ; -2 conj(V) conj(X)] G.
         _apply_tall_form(x_ptr, x_rs, 2, v_ptr, t_rs, t_cs, True, g_ptr, 2 * B, 2, grad_s_ptr,
-                         2 * B, 2, p_ptr, m, n, B, BLOCK)
+                         2 * B, 2, p_ptr, m, n, B, BLOCK, PRECISION)
     tl.debug_barrier()
     # K = p W^H into e, then D = 2 (K^H - K) into grad_R's n x n block (rows of a tall, columns
     # of a wide response: at its origin with the response's strides either way) and
@@ -214,7 +218,7 @@ def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr,
         for j0 in range(0, n, BLOCK):
             cols = j0 + tl.arange(0, BLOCK)
             re, im = matmul_tile(zero, zero, p_ptr, 2 * B, 2, False, w_ptr, 2, 2 * B, True, rows,
-                                 cols, n, n, B, True, BLOCK)
+                                 cols, n, n, B, True, BLOCK, PRECISION)
             store_tile(e_ptr, rows, cols, x_rs, 2, n, n, re, im, True)
     tl.debug_barrier()
     _skew_and_hermitian_parts(e_ptr, x_rs, grad_r_ptr, 2 * c_in, n, BLOCK)
@@ -223,12 +227,12 @@ def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr,
         # grad_R[n:] = V E - 2 G_bot W^H.
         _difference_of_products(v_ptr, t_rs, t_cs, False, e_ptr, x_rs, 2, False,
                                 g_ptr + n * 2 * B, 2 * B, 2, False, w_ptr, 2, 2 * B, True,
-                                grad_r_ptr + n * 2 * n, 2 * n, 2, m - n, n, n, B, BLOCK)
+                                grad_r_ptr + n * 2 * n, 2 * n, 2, m - n, n, n, B, BLOCK, PRECISION)
     else:
         # grad_R[:, n:] = E V^T - 2 p S_bot^H.
         _difference_of_products(e_ptr, x_rs, 2, False, v_ptr, t_cs, t_rs, False, p_ptr, 2 * B, 2,
                                 False, s_ptr + n * 2 * B, 2, 2 * B, True, grad_r_ptr + 2 * n,
-                                2 * c_in, 2, n, m - n, n, B, BLOCK)
+                                2 * c_in, 2, n, m - n, n, B, BLOCK, PRECISION)
 
 
 def _orientation(response: torch.Tensor):
@@ -243,8 +247,9 @@ def _orientation(response: torch.Tensor):
 def _launch(kernel, response: torch.Tensor, batch: int, *tensors):
     """One program per frequency of `response`; `tensors` are the kernel's pointer arguments."""
     tall, m, n, t_rs, t_cs = _orientation(response)
-    launchable(kernel)[(response.shape[0],)](*(as_real(t) for t in tensors), m, n, batch, t_rs,
-                                             t_cs, TALL=tall, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    launchable(kernel)[(response.shape[0],)](
+        *(as_real(t) for t in tensors), m, n, batch, t_rs, t_cs, TALL=tall, BLOCK=BLOCK,
+        PRECISION=float32_accurate_precision(response.real.dtype), num_warps=NUM_WARPS)
 
 
 def cayley_frequency_product(response: torch.Tensor, spectrum: torch.Tensor):
