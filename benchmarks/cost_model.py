@@ -409,6 +409,29 @@ CAYLEY_REFERENCE_LAUNCHES = 42
 CAYLEY_DESIGN_LAUNCHES = 10
 
 
+def _cayley_reference(channels: int, side: int) -> tuple[int, float, float]:
+    """(F, A, reference seconds) of a square cayley_conv2d layer's forward and backward at batch
+    128 (cayley_conv2d_table says how the reference is taken)."""
+    frequencies = side * (side // 2 + 1)
+    A = SOC_BATCH * channels * side * side * 4.0
+    rate = SIMT_FP32_FLOPS / COMPLEX_MAC_FLOPS
+    products = 3.0 * channels ** 2 * SOC_BATCH * frequencies
+    reference = (3.0 * channels ** 3 * frequencies / rate
+                 + max(products / rate, 6 * A / HBM_BYTES_PER_S)
+                 + 16 * A / HBM_BYTES_PER_S + CAYLEY_REFERENCE_LAUNCHES * LAUNCH_S)
+    return frequencies, A, reference
+
+
+def _cayley_design_phases(channels: int, side: int) -> dict[str, float]:
+    """The design's phases (seconds) of a square cayley_conv2d layer's forward and backward."""
+    frequencies, A, _ = _cayley_reference(channels, side)
+    rate = TENSOR_FLOPS["fp32/TF32"] / (COMPLEX_MAC_FLOPS * SPLIT_TF32_PASSES)
+    products = 3.0 * channels ** 2 * SOC_BATCH * frequencies
+    return {"transforms": channels ** 3 * frequencies / rate,
+            "products": max(products / rate, 6 * A / HBM_BYTES_PER_S),
+            "FFTs": 8 * A / HBM_BYTES_PER_S, "launches": CAYLEY_DESIGN_LAUNCHES * LAUNCH_S}
+
+
 def cayley_conv2d_table(target: float = 3.0) -> str:
     """cayley_conv2d forward and backward (square C x C, F = H (W // 2 + 1) frequencies), as a
     sum of phases, each at its roofline. The reference's Cayley transforms: X = M^{-1} per
@@ -426,27 +449,62 @@ def cayley_conv2d_table(target: float = 3.0) -> str:
     lines = ["| layer | F | complex GMAC, reference transforms / design transforms / products | "
              f"reference us | design us | design bound by | ratio | meets {target:.0f}x |",
              "|---|---:|---|---:|---:|---|---:|---|"]
-    reference_rate = SIMT_FP32_FLOPS / COMPLEX_MAC_FLOPS
-    design_rate = TENSOR_FLOPS["fp32/TF32"] / (COMPLEX_MAC_FLOPS * SPLIT_TF32_PASSES)
     for channels, side in CAYLEY_LAYERS:
-        frequencies = side * (side // 2 + 1)
-        A = SOC_BATCH * channels * side * side * 4.0
+        frequencies, _, reference = _cayley_reference(channels, side)
         reference_transforms = 3.0 * channels ** 3 * frequencies
         design_transforms = 1.0 * channels ** 3 * frequencies
         products = 3.0 * channels ** 2 * SOC_BATCH * frequencies
-        product_bytes = 6 * A / HBM_BYTES_PER_S
-        reference = (reference_transforms / reference_rate
-                     + max(products / reference_rate, product_bytes)
-                     + 16 * A / HBM_BYTES_PER_S + CAYLEY_REFERENCE_LAUNCHES * LAUNCH_S)
-        phases = {"transforms": design_transforms / design_rate,
-                  "products": max(products / design_rate, product_bytes),
-                  "FFTs": 8 * A / HBM_BYTES_PER_S, "launches": CAYLEY_DESIGN_LAUNCHES * LAUNCH_S}
+        phases = _cayley_design_phases(channels, side)
         design = sum(phases.values())
         lines.append(f"| {channels}@{side}x{side} | {frequencies} | "
                      f"{reference_transforms / 1e9:.2f} / {design_transforms / 1e9:.2f} / "
                      f"{products / 1e9:.2f} | {_us(reference)} | {_us(design)} | "
                      f"{max(phases, key=phases.get)} | {_ratio(reference / design)} | "
                      f"{'yes' if reference / design >= target else 'no'} |")
+    return "\n".join(lines)
+
+
+# What one SM reads from L2 a second when few SMs compete for it: 64 bytes a cycle at 1.98 GHz
+# (an assumption the first GPU run checks; the aggregate L2_BYTES_PER_S bounds many SMs).
+SM_L2_BYTES_PER_S = 64 * 1.98e9
+# Programs of the Cayley frequency kernels resident on one SM: 128 threads of at most 238
+# registers (tests/triton_compile_check.py) fit twice in its 65536 registers.
+CAYLEY_PROGRAMS_PER_SM = 2
+CAYLEY_TILE = 16  # lipkernels/triton/cayley.py's BLOCK
+
+
+def cayley_conv2d_implemented_table() -> str:
+    """The implemented Triton design of cayley_conv2d (lipkernels/triton/cayley_conv2d.py): one
+    program per frequency, each on one SM, so the F frequencies run in waves of
+    CAYLEY_PROGRAMS_PER_SM x 132, each wave as long as one program. A program inverts its
+    n x n M by blocked Gauss-Jordan (n^3 complex multiply-adds in IEEE float32 on its SM's CUDA
+    cores; each of the n / 16 pivot steps reads two 16 x 16 tiles and writes one for every tile
+    of M: 3 x 8 n^2 bytes from L2), and runs three products of n^2 B complex multiply-adds (W,
+    p, K) in three TF32 passes on its SM's tensor cores, each output tile of 16 x 16 reading
+    its 16-row and 16-column operand panels (n^2 B bytes a product). Every phase is taken at
+    max(arithmetic, L2 bytes at SM_L2_BYTES_PER_S); the FFTs and the permutes around them as the
+    reference's (16 A), the launches as the design's."""
+    lines = ["| layer | F | waves | a program's inverse us | a program's products us | "
+             "design us (the model above) | implemented us | implemented bound by | "
+             "ratio to the reference |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    simt_per_sm = SIMT_FP32_FLOPS / H100_SMS
+    tensor_per_sm = TENSOR_FLOPS["fp32/TF32"] / (SPLIT_TF32_PASSES * H100_SMS)
+    for channels, side in CAYLEY_LAYERS:
+        frequencies, A, reference = _cayley_reference(channels, side)
+        n = channels
+        waves = math.ceil(frequencies / (CAYLEY_PROGRAMS_PER_SM * H100_SMS))
+        inverse = max(COMPLEX_MAC_FLOPS * n ** 3 / simt_per_sm,
+                      n / CAYLEY_TILE * 3 * 8 * n ** 2 / SM_L2_BYTES_PER_S)
+        products = 3 * max(COMPLEX_MAC_FLOPS * n ** 2 * SOC_BATCH / tensor_per_sm,
+                           n ** 2 * SOC_BATCH / SM_L2_BYTES_PER_S)
+        phases = {"inverse": waves * inverse, "products": waves * products,
+                  "FFTs": 16 * A / HBM_BYTES_PER_S, "launches": CAYLEY_DESIGN_LAUNCHES * LAUNCH_S}
+        implemented = sum(phases.values())
+        design = sum(_cayley_design_phases(channels, side).values())
+        lines.append(f"| {channels}@{side}x{side} | {frequencies} | {waves} | {_us(inverse)} | "
+                     f"{_us(products)} | {_us(design)} | {_us(implemented)} | "
+                     f"{max(phases, key=phases.get)} | {_ratio(reference / implemented)} |")
     return "\n".join(lines)
 
 
@@ -756,6 +814,8 @@ TABLES = {
     "fantastic_four, 50 iterations": fantastic_four_table,
     "power_iteration, 50 iterations, resident or split over the grid": power_iteration_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
+    "cayley_conv2d forward and backward, a program per frequency (implemented)":
+        cayley_conv2d_implemented_table,
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
     "conv_spectral_norm, 50 iterations, from the filter's taps (implemented)":
         conv_spectral_norm_taps_table,

@@ -8,10 +8,10 @@ response), returned only for the backward (non-differentiable). Backward: (grad_
 grad_spectrum) = cayley_frequency_product_backward(grad_output, response, spectrum, inverse,
 solved), which needs no n x n x n product: grad_Q = G S^H has rank B, so the Cayley backward
 factors through solved and one n x B product with X^H (csrc/cpu/cayley_conv2d.cpp). The saved
-solved spectrum is one spectrum's size, where the reference's graph keeps Q. The FFTs around the op are torch.fft calls with their own
-autograd (`lipkernels._spectral.spectral_conv2d`). Where a graph of the gradients is
-needed (double backward) they come from the reference core recomputed from response and spectrum
-(`reference.cayley_conv2d.cayley_frequencies`). Kernels: C++
+solved spectrum is one spectrum's size, where the reference's graph keeps Q. The FFTs around the
+op are torch.fft calls with their own autograd (`lipkernels._spectral.spectral_conv2d`). Where
+a graph of the gradients is needed (double backward) they come from the reference core
+recomputed from response and spectrum (`reference.cayley_conv2d.cayley_frequencies`). Kernels: C++
 (csrc/cpu/cayley_conv2d.cpp, csrc/cuda/cayley.cu) and Triton (lipkernels/triton/cayley_conv2d.py).
 """
 

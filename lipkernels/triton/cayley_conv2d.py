@@ -161,7 +161,8 @@ def _frequency(m, n, B, TALL: tl.constexpr):
 
 @triton.jit
 def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, B, t_rs, t_cs,
-                                     TALL: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                                     TALL: tl.constexpr, BLOCK: tl.constexpr,
+                                     PRECISION: tl.constexpr):
     """output_f = Q_f S_f, inverse_f = X_f and solved_f = W_f (into y) for frequency f = program
     id. T (the tall orientation of the response) is read through its strides t_rs, t_cs; every
     other operand is contiguous, complex as interleaved (re, im)."""
@@ -186,7 +187,8 @@ def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, 
 @triton.jit
 def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr, grad_r_ptr,
                                               grad_s_ptr, p_ptr, e_ptr, m, n, B, t_rs, t_cs,
-                                              TALL: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                                              TALL: tl.constexpr, BLOCK: tl.constexpr,
+                                     PRECISION: tl.constexpr):
     """(grad_response_f, grad_spectrum_f) for frequency f = program id, from the forward's X
     and solved W (w). p: an n x B scratch for p; e: an n x n scratch for K, then E."""
     f, c_out, c_in, x_rs, x_size, s_size, out_size, y_size = _frequency(m, n, B, TALL)
