@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lipkernels.triton import cayley
+from lipkernels.triton.cayley import COMPLEX_MAC_FLOPS
 from lipkernels.triton._common import (H100_BF16_FLOPS, H100_GRID_BARRIER_S,
                                        H100_HBM_BYTES_PER_S, H100_L2_BYTES_PER_S,
-                                       H100_SIMT_FP32_FLOPS, H100_SMS, H100_TF32_FLOPS,
-                                       SPLIT_TF32_PASSES)
+                                       H100_SIMT_FP32_FLOPS, H100_SM_L2_BYTES_PER_S, H100_SMS,
+                                       H100_TF32_FLOPS, SPLIT_TF32_PASSES)
 
 # H100 SXM: HBM bandwidth, dense tensor-core throughput, SIMT fp32 throughput, L2 size and its
 # bandwidth (roughly), and what an eager launch and a grid-wide barrier of a persistent kernel
@@ -398,9 +400,8 @@ def power_iteration_table(iters: int = 50, target: float = 10.0) -> str:
 
 
 # The cayley_conv2d grid: the Cayley paper's layers (channels, image side), 3x3 filters,
-# circular padding, batch 128, fp32. A complex multiply-add is 8 real FLOPs.
+# circular padding, batch 128, fp32.
 CAYLEY_LAYERS = ((32, 32), (64, 16), (64, 32), (128, 16), (256, 8), (512, 4))
-COMPLEX_MAC_FLOPS = 8
 # Eager launches of the reference's forward and backward (the filter's padding, rfft2 and
 # response, the Cayley transform's subtraction, identity, LU, inverse and 2 X - I, the input's
 # rfft2 and the permutes around the per-frequency product, and about twice as many backward),
@@ -464,46 +465,35 @@ def cayley_conv2d_table(target: float = 3.0) -> str:
     return "\n".join(lines)
 
 
-# What one SM reads from L2 a second when few SMs compete for it: 64 bytes a cycle at 1.98 GHz
-# (an assumption the first GPU run checks; the aggregate L2_BYTES_PER_S bounds many SMs).
-SM_L2_BYTES_PER_S = 64 * 1.98e9
-# Programs of the Cayley frequency kernels resident on one SM: 128 threads of at most 238
-# registers (tests/triton_compile_check.py) fit twice in its 65536 registers.
-CAYLEY_PROGRAMS_PER_SM = 2
-CAYLEY_TILE = 16  # lipkernels/triton/cayley.py's BLOCK
-
-
 def cayley_conv2d_implemented_table() -> str:
-    """The implemented Triton design of cayley_conv2d (lipkernels/triton/cayley_conv2d.py): one
-    program per frequency, each on one SM, so the F frequencies run in waves of
-    CAYLEY_PROGRAMS_PER_SM x 132, each wave as long as one program. A program inverts its
-    n x n M by blocked Gauss-Jordan (n^3 complex multiply-adds in IEEE float32 on its SM's CUDA
-    cores; each of the n / 16 pivot steps reads two 16 x 16 tiles and writes one for every tile
-    of M: 3 x 8 n^2 bytes from L2), and runs three products of n^2 B complex multiply-adds (W,
-    p, K) in three TF32 passes on its SM's tensor cores, each output tile of 16 x 16 reading
-    its 16-row and 16-column operand panels (n^2 B bytes a product). Every phase is taken at
-    max(arithmetic, L2 bytes at SM_L2_BYTES_PER_S); the FFTs and the permutes around them as the
-    reference's (16 A), the launches as the design's."""
-    lines = ["| layer | F | waves | a program's inverse us | a program's products us | "
-             "design us (the model above) | implemented us | implemented bound by | "
-             "ratio to the reference |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
-    simt_per_sm = SIMT_FP32_FLOPS / H100_SMS
+    """The implemented Triton design of cayley_conv2d (lipkernels/triton/cayley_conv2d.py). The
+    forward's inverse by the route its launcher takes (`cayley.inverse_over_grid_pays`), at
+    `cayley.inverse_seconds`: a program per frequency, or one persistent launch over the grid
+    for few frequencies of many channels. The products then run a program per frequency, in
+    waves of cayley.PROGRAMS_PER_SM x 132: three of n^2 B complex multiply-adds (W, p, K) in
+    tf32x3 on the SM's tensor cores, or bound by the 16 x 16 tiles reading their operand panels
+    from L2 at one SM's rate (n^2 B bytes a product). The FFTs with the permutes around them
+    as the reference's (16 A), the launches as the design's."""
+    lines = ["| layer | F | inverse route | inverse us | a program's products us | "
+             "product waves | design us (the model above) | implemented us | "
+             "implemented bound by | ratio to the reference |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
     tensor_per_sm = TENSOR_FLOPS["fp32/TF32"] / (SPLIT_TF32_PASSES * H100_SMS)
     for channels, side in CAYLEY_LAYERS:
         frequencies, A, reference = _cayley_reference(channels, side)
         n = channels
-        waves = math.ceil(frequencies / (CAYLEY_PROGRAMS_PER_SM * H100_SMS))
-        inverse = max(COMPLEX_MAC_FLOPS * n ** 3 / simt_per_sm,
-                      n / CAYLEY_TILE * 3 * 8 * n ** 2 / SM_L2_BYTES_PER_S)
+        over_grid = cayley.inverse_over_grid_pays(frequencies, n)
+        inverse = cayley.inverse_seconds(frequencies, n, over_grid)
+        waves = math.ceil(frequencies / (cayley.PROGRAMS_PER_SM * H100_SMS))
         products = 3 * max(COMPLEX_MAC_FLOPS * n ** 2 * SOC_BATCH / tensor_per_sm,
-                           n ** 2 * SOC_BATCH / SM_L2_BYTES_PER_S)
-        phases = {"inverse": waves * inverse, "products": waves * products,
+                           n ** 2 * SOC_BATCH / H100_SM_L2_BYTES_PER_S)
+        phases = {"inverse": inverse, "products": waves * products,
                   "FFTs": 16 * A / HBM_BYTES_PER_S, "launches": CAYLEY_DESIGN_LAUNCHES * LAUNCH_S}
         implemented = sum(phases.values())
         design = sum(_cayley_design_phases(channels, side).values())
-        lines.append(f"| {channels}@{side}x{side} | {frequencies} | {waves} | {_us(inverse)} | "
-                     f"{_us(products)} | {_us(design)} | {_us(implemented)} | "
+        lines.append(f"| {channels}@{side}x{side} | {frequencies} | "
+                     f"{'over the grid' if over_grid else 'a program each'} | {_us(inverse)} | "
+                     f"{_us(products)} | {waves} | {_us(design)} | {_us(implemented)} | "
                      f"{max(phases, key=phases.get)} | {_ratio(reference / implemented)} |")
     return "\n".join(lines)
 

@@ -90,6 +90,39 @@ def test_launchers_match_reference(kernels, device, shape, dtype):
                                atol=100 * tolerance)
 
 
+@pytest.mark.parametrize("programs", [1, 2, 5])
+@pytest.mark.parametrize("device", DEVICES)
+def test_inverse_over_the_grid_matches_linalg_inv(kernels, device, programs):
+    """invert_over_grid with fewer programs than row blocks (each program loops over several,
+    of several matrices; a partial last pivot block), tall and square, against torch's inverse
+    of M = I + A in complex128 and within the float32 tolerance in complex64 (tf32x3)."""
+    from lipkernels.triton import cayley
+
+    for m, n in ((37, 37), (45, 21)):
+        W = _random((3, m, n), torch.complex128, 3, device, scale=1.0 / m ** 0.5)
+        A = _tall_a(W)
+        eye = torch.eye(n, dtype=W.dtype, device=device)
+        expected = torch.linalg.inv(eye + A)
+        for dtype, precision in ((torch.complex128, "ieee"), (torch.complex64, "tf32x3")):
+            X = cayley.invert_over_grid(W.to(dtype), precision, programs=programs)
+            tolerance = RELATIVE_TOLERANCE[torch.empty((), dtype=dtype).real.dtype]
+            assert (X - expected).abs().max().item() <= 10 * tolerance, (m, n, dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 18, 17, 5), (2, 17, 20, 4), (2, 20, 20, 3)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_inverse_over_the_grid_inside_the_forward(kernels, device, shape, monkeypatch):
+    """The forward's route for few frequencies of many channels (the inverse over the grid,
+    then a program per frequency for the products), taken here on small shapes: output,
+    gradients and X as the in-program route gives them."""
+    problem = _problem(*shape, torch.complex128, device)
+    in_program, in_program_inverse = _kernels(kernels, *problem)
+    monkeypatch.setattr(kernels, "inverse_over_grid_pays", lambda matrices, n: True)
+    over_grid, over_grid_inverse = _kernels(kernels, *problem)
+    for a, e in zip((*over_grid, over_grid_inverse), (*in_program, in_program_inverse)):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("channels", [(256, 256), (512, 256), (128, 512)])
 @pytest.mark.parametrize("device", DEVICES)
 def test_lipconvnet_sizes_match_reference(kernels, device, channels):

@@ -271,12 +271,27 @@ def test_bcop_filter_is_one_persistent_launch_of_tensor_core_steps(compiled):
 
 
 def test_cayley_conv2d_multiplies_the_spectra_on_tensor_cores(compiled):
-    """cayley_frequency_product and its backward, tall and wide, complex64 and complex128: the
-    products with the spectra run on tensor cores (tf32x3 mma.sync for complex64, float64 mma
-    for complex128), a program per frequency, no grid barrier."""
-    rows = [row for row in compiled if row["case"].startswith("cayley_frequency_product")]
-    assert len(rows) == 2 * 2 * 2 * 2  # kernels x dtypes x orientations x archs
+    """cayley_frequency_product (both routes of its inverse) and its backward, tall and wide,
+    complex64 and complex128: the products with the spectra run on tensor cores (tf32x3 mma.sync
+    for complex64, float64 mma for complex128), a program per frequency, no grid barrier."""
+    rows = [row for row in compiled if row["case"].startswith("cayley_frequency_product")
+            and "_inverse" not in row["case"]]
+    # (the forward with and without its own inverse, the backward) x dtypes x orientations x archs
+    assert len(rows) == 3 * 2 * 2 * 2
     for row in rows:
         where = f"{row['case']} on sm_{row['capability']}"
         assert row["mma"] + row["wgmma"] > 0, where
         assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where
+
+
+def test_cayley_conv2d_inverts_over_the_sms_on_tensor_cores(compiled):
+    """The forward's inverse at 512@4x4 (12 frequencies): one persistent launch of a program per
+    SM over the 384 row blocks, grid barriers between its Gauss-Jordan phases, the eliminations
+    on tensor cores (tf32x3 for complex64)."""
+    rows = [row for row in compiled if row["case"].startswith("cayley_frequency_product_inverse")]
+    assert len(rows) == 2 * 2  # dtypes x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] == 132, where
+        assert row["release_increments"] > 0 and row["acquire_reads"] > 0, where
+        assert row["mma"] + row["wgmma"] > 0, where

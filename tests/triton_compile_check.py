@@ -108,8 +108,9 @@ def _soc_exp_cases():
 
 def _cayley_cases():
     """cayley at n = 512 (m = 1024) for the real and complex single-precision kernels and
-    complex128; the cayley_frequency_product core at C = 512 / 256 (tall and wide), B = 128. Complex
-    tensors reach the kernels as their real views."""
+    complex128; the cayley_frequency_product core at C = 512 / 256 (tall and wide), B = 128, and
+    its inverse over the grid at 512@4x4. Complex tensors reach the kernels as their real
+    views."""
     for dtype, complex_ in ((torch.float32, False), (torch.float32, True), (torch.float64, True)):
         w = torch.empty(0, dtype=dtype, device="meta")
         name = {torch.float32: "complex64" if complex_ else "float32",
@@ -120,15 +121,25 @@ def _cayley_cases():
                constants)
         yield (f"cayley_backward-{name}-n512", cayley._cayley_backward_kernel,
                (w, w, w, w, w, 1024, 512, *strides), constants)
+    counter = torch.empty(0, dtype=torch.int32, device="meta")
     for dtype, name in ((torch.float32, "complex64"), (torch.float64, "complex128")):
         w = torch.empty(0, dtype=dtype, device="meta")
+        # cayley_conv2d's inverse at 512@4x4: 12 frequencies of 512 x 512, 32 row blocks each.
+        blocks = 512 // cayley.BLOCK
+        yield (f"cayley_frequency_product_inverse-{name}-C512-F12",
+               cayley._split_inverse_kernel,
+               (w, w, counter, 0, blocks + 2, 12, 512, 512, 1024, 2, 2 * 512 * 512),
+               dict(COMPLEX=True, PRECISION=_common.float32_accurate_precision(dtype),
+                    BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS),
+               {"programs": min(12 * blocks, _common.PROGRAMS_WITHOUT_GPU)})
         for tall, orientation in ((True, "C512x256"), (False, "C256x512")):
             constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS,
                              PRECISION=_common.float32_accurate_precision(dtype))
             t_strides = (512, 2) if tall else (2, 1024)
-            yield (f"cayley_frequency_product-{name}-{orientation}",
-                   cayley_conv2d._cayley_frequency_product_kernel,
-                   (w,) * 5 + (512, 256, 128, *t_strides), constants)
+            for invert, route in ((False, ""), (True, "-inverting")):
+                yield (f"cayley_frequency_product{route}-{name}-{orientation}",
+                       cayley_conv2d._cayley_frequency_product_kernel,
+                       (w,) * 5 + (512, 256, 128, *t_strides), dict(constants, INVERT=invert))
             yield (f"cayley_frequency_product_backward-{name}-{orientation}",
                    cayley_conv2d._cayley_frequency_product_backward_kernel,
                    (w,) * 9 + (512, 256, 128, *t_strides), constants)

@@ -13,15 +13,22 @@ The inverse. M's Hermitian part is I + V^H V >= I, and so is that of every Schur
 M, so Gauss-Jordan elimination without pivoting never meets a pivot block of small singular
 values: it is stable here, and has no data-dependent control flow. It runs in place in the
 output X (n x n): block step K inverts the BLOCK x BLOCK diagonal block D = M_KK in registers
-(scalar Gauss-Jordan on a register tile), then
-    M_Kj <- D M_Kj,   M_ij <- M_ij - M_iK M_Kj,   M_iK <- -M_iK D,   M_KK <- D   (i, j != K),
-rank-BLOCK updates by tl.dot; after the last step the buffer holds M^{-1}. Why global memory and
+(scalar Gauss-Jordan on a register tile), then, with c_i = M_iK D,
+    M_ij <- M_ij - c_i M_Kj,   M_iK <- -c_i   (i, j != K),   then   M_Kj <- D M_Kj,   M_KK <- D,
+rank-BLOCK updates by tl.dot (the pivot rows scaled after the others have read them); after the
+last step the buffer holds M^{-1}. Why global memory and
 not registers: one program owns a whole matrix (a Gauss-Jordan step couples every entry, and
 programs cannot wait for each other), n reaches 512 (2 MB of complex64), and the register file
 holds a few BLOCK x BLOCK tiles; each pivot step sweeps the matrix through L2. Small n
 (<= BLOCK) needs no special path: it is one diagonal block, inverted in registers. Between
 phases, tl.debug_barrier (a CTA barrier, which also orders the program's global memory) makes
 one phase's stores visible to the next phase's loads.
+
+`invert_over_grid` runs the same elimination with the row blocks of a stack of matrices spread
+over a persistent launch of a program per SM (grid barriers between the steps, each pivot row
+scaled by its program one step late, so that no phase writes what another reads), for few
+large matrices, where a program per matrix would leave most SMs idle (cayley_conv2d's forward
+takes it where `inverse_over_grid_pays`).
 
 Complex tensors travel as torch.view_as_real views (interleaved re/im; Triton has no complex
 dtype): every tile is a (re, im) pair and a complex product four real tl.dot. Strides are in
@@ -37,7 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import launchable
+from ._common import (H100_GRID_BARRIER_S, H100_SIMT_FP32_FLOPS, H100_SM_L2_BYTES_PER_S,
+                      H100_SMS, H100_TF32_FLOPS, SPLIT_TF32_PASSES, launchable,
+                      persistent_programs, phase_spans)
+from ._grid_barrier import grid_barrier
 
 # Tile edge and warps. tl.dot needs tiles of 16 or more. 16 x 16 tiles over 4 warps fit the
 # register file for every dtype of both ops, where 32 x 32 tiles spill in the complex kernels at
@@ -109,22 +119,30 @@ def identity_tile(rows, cols):
 
 
 @triton.jit
+def form_m_rows(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, i0, m, n, COMPLEX: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Rows i0 .. i0 + BLOCK of X <- M = I + U - U^H + V^H V for the tall W (m x n) given by its
+    strides."""
+    v_ptr = w_ptr + n * w_rs
+    rows = i0 + tl.arange(0, BLOCK)
+    for j0 in range(0, n, BLOCK):
+        cols = j0 + tl.arange(0, BLOCK)
+        re, im = load_tile(w_ptr, rows, cols, w_rs, w_cs, n, n, False, COMPLEX)
+        # U^H[r, c] = conj(U[c, r]): U read with swapped strides.
+        h_re, h_im = load_tile(w_ptr, rows, cols, w_cs, w_rs, n, n, True, COMPLEX)
+        re = re - h_re + identity_tile(rows, cols)
+        im = im - h_im
+        re, im = matmul_tile(re, im, v_ptr, w_cs, w_rs, True, v_ptr, w_rs, w_cs, False,
+                             rows, cols, n, n, m - n, COMPLEX, BLOCK)
+        store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+
+
+@triton.jit
 def form_m(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, m, n, COMPLEX: tl.constexpr,
            BLOCK: tl.constexpr):
     """X <- M = I + U - U^H + V^H V for the tall W (m x n) given by its strides."""
-    v_ptr = w_ptr + n * w_rs
     for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, n, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = load_tile(w_ptr, rows, cols, w_rs, w_cs, n, n, False, COMPLEX)
-            # U^H[r, c] = conj(U[c, r]): U read with swapped strides.
-            h_re, h_im = load_tile(w_ptr, rows, cols, w_cs, w_rs, n, n, True, COMPLEX)
-            re = re - h_re + identity_tile(rows, cols)
-            im = im - h_im
-            re, im = matmul_tile(re, im, v_ptr, w_cs, w_rs, True, v_ptr, w_rs, w_cs, False,
-                                 rows, cols, n, n, m - n, COMPLEX, BLOCK)
-            store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+        form_m_rows(w_ptr, w_rs, w_cs, x_ptr, x_rs, x_cs, i0, m, n, COMPLEX, BLOCK)
 
 
 @triton.jit
@@ -173,41 +191,101 @@ def _invert_block(re, im, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _pivot_inverse(x_ptr, x_rs, x_cs, k0, n, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """(re, im) of the inverse of the diagonal block at (k0, k0) of the n x n X. A partial last
+    block is completed by the identity: its inverse is then the inverse of the in-range part,
+    padded by the identity, and the padding is never stored."""
+    pivot = k0 + tl.arange(0, BLOCK)
+    d_re, d_im = load_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, False, COMPLEX)
+    padding = (pivot[:, None] == pivot[None, :]) & (pivot[:, None] >= n)
+    return _invert_block(tl.where(padding, 1.0, d_re), d_im, COMPLEX, BLOCK)
+
+
+@triton.jit
+def _scale_pivot_rows(x_ptr, x_rs, x_cs, k0, n, d_re, d_im, COMPLEX: tl.constexpr,
+                      BLOCK: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
+    """The pivot rows of Gauss-Jordan step K, after every other row's elimination:
+    M_Kj <- D M_Kj (j != K) and M_KK <- D, for D = M_KK^{-1} (re, im)."""
+    pivot = k0 + tl.arange(0, BLOCK)
+    for j0 in range(0, n, BLOCK):
+        if j0 != k0:
+            cols = j0 + tl.arange(0, BLOCK)
+            r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
+            r_re, r_im = _dot(d_re, d_im, r_re, r_im, tl.zeros_like(r_re), tl.zeros_like(r_im),
+                              COMPLEX, PRECISION)
+            store_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, r_re, r_im, COMPLEX)
+    store_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, d_re, d_im, COMPLEX)
+
+
+@triton.jit
+def _eliminate_rows(x_ptr, x_rs, x_cs, i0, k0, n, d_re, d_im, COMPLEX: tl.constexpr,
+                    BLOCK: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
+    """Rows I (i0 .. i0 + BLOCK) of Gauss-Jordan step K from the pivot rows before their
+    scaling: c = M_IK D, M_Ij <- M_Ij - c M_Kj (j != K), M_IK <- -c, for D = M_KK^{-1}."""
+    rows = i0 + tl.arange(0, BLOCK)
+    pivot = k0 + tl.arange(0, BLOCK)
+    a_re, a_im = load_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, False, COMPLEX)
+    c_re, c_im = _dot(a_re, a_im, d_re, d_im, tl.zeros_like(a_re), tl.zeros_like(a_im), COMPLEX,
+                      PRECISION)
+    for j0 in range(0, n, BLOCK):
+        if j0 != k0:
+            cols = j0 + tl.arange(0, BLOCK)
+            t_re, t_im = load_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, False, COMPLEX)
+            r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
+            t_re, t_im = _dot(-c_re, -c_im, r_re, r_im, t_re, t_im, COMPLEX, PRECISION)
+            store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, t_re, t_im, COMPLEX)
+    store_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, -c_re, -c_im, COMPLEX)
+
+
+@triton.jit
+def _split_inverse_kernel(w_ptr, x_ptr, counter_ptr, first_phase, last_phase, matrices, m, n,
+                          w_rs, w_cs, w_size, COMPLEX: tl.constexpr, PRECISION: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """X <- M^{-1} for a stack of tall W (w_size real elements apart, strides w_rs, w_cs), X
+    contiguous (matrices, n, n), its row blocks over the grid (`invert_over_grid`). Phase 0
+    forms M; phase 1 + k runs Gauss-Jordan step k on every row block but the pivot's and scales
+    the previous step's pivot rows; the last phase scales the last pivot rows."""
+    blocks = tl.cdiv(n, BLOCK)
+    x_rs = (2 if COMPLEX else 1) * n
+    x_cs = 2 if COMPLEX else 1
+    for phase in range(first_phase, last_phase):
+        if phase > first_phase:
+            grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        for item in range(tl.program_id(0), matrices * blocks, tl.num_programs(0)):
+            matrix = (item // blocks).to(tl.int64)
+            i0 = (item % blocks) * BLOCK
+            x = x_ptr + matrix * n * x_rs
+            if phase == 0:
+                form_m_rows(w_ptr + matrix * w_size, w_rs, w_cs, x, x_rs, x_cs, i0, m, n,
+                            COMPLEX, BLOCK)
+            else:
+                step = phase - 1
+                if i0 == (step - 1) * BLOCK:
+                    d_re, d_im = _pivot_inverse(x, x_rs, x_cs, i0, n, COMPLEX, BLOCK)
+                    _scale_pivot_rows(x, x_rs, x_cs, i0, n, d_re, d_im, COMPLEX, BLOCK,
+                                      PRECISION)
+                    tl.debug_barrier()
+                if step < blocks:
+                    if i0 != step * BLOCK:
+                        d_re, d_im = _pivot_inverse(x, x_rs, x_cs, step * BLOCK, n, COMPLEX,
+                                                    BLOCK)
+                        _eliminate_rows(x, x_rs, x_cs, i0, step * BLOCK, n, d_re, d_im, COMPLEX,
+                                        BLOCK, PRECISION)
+
+
+@triton.jit
 def invert_in_place(x_ptr, x_rs, x_cs, n, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
     """X <- X^{-1} for the n x n matrix X by blocked Gauss-Jordan without pivoting (module
     docstring). Starts and ends with a barrier: the caller's stores and loads around it touch
     the whole matrix."""
     tl.debug_barrier()
     for k0 in range(0, n, BLOCK):
-        pivot = k0 + tl.arange(0, BLOCK)
-        d_re, d_im = load_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, False, COMPLEX)
-        # A partial last block is completed by the identity: its inverse is then the inverse of
-        # the in-range part, padded by the identity, and the padding is never stored.
-        padding = (pivot[:, None] == pivot[None, :]) & (pivot[:, None] >= n)
-        d_re, d_im = _invert_block(tl.where(padding, 1.0, d_re), d_im, COMPLEX, BLOCK)
-        for j0 in range(0, n, BLOCK):
-            if j0 != k0:
-                cols = j0 + tl.arange(0, BLOCK)
-                r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
-                r_re, r_im = _dot(d_re, d_im, r_re, r_im, tl.zeros_like(r_re),
-                                  tl.zeros_like(r_im), COMPLEX)
-                store_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, r_re, r_im, COMPLEX)
-        tl.debug_barrier()
+        d_re, d_im = _pivot_inverse(x_ptr, x_rs, x_cs, k0, n, COMPLEX, BLOCK)
         for i0 in range(0, n, BLOCK):
             if i0 != k0:
-                rows = i0 + tl.arange(0, BLOCK)
-                c_re, c_im = load_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, False, COMPLEX)
-                for j0 in range(0, n, BLOCK):
-                    if j0 != k0:
-                        cols = j0 + tl.arange(0, BLOCK)
-                        t_re, t_im = load_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, False, COMPLEX)
-                        r_re, r_im = load_tile(x_ptr, pivot, cols, x_rs, x_cs, n, n, False, COMPLEX)
-                        t_re, t_im = _dot(-c_re, -c_im, r_re, r_im, t_re, t_im, COMPLEX)
-                        store_tile(x_ptr, rows, cols, x_rs, x_cs, n, n, t_re, t_im, COMPLEX)
-                c_re, c_im = _dot(-c_re, -c_im, d_re, d_im, tl.zeros_like(c_re),
-                                  tl.zeros_like(c_im), COMPLEX)
-                store_tile(x_ptr, rows, pivot, x_rs, x_cs, n, n, c_re, c_im, COMPLEX)
-        store_tile(x_ptr, pivot, pivot, x_rs, x_cs, n, n, d_re, d_im, COMPLEX)
+                _eliminate_rows(x_ptr, x_rs, x_cs, i0, k0, n, d_re, d_im, COMPLEX, BLOCK)
+        tl.debug_barrier()
+        _scale_pivot_rows(x_ptr, x_rs, x_cs, k0, n, d_re, d_im, COMPLEX, BLOCK)
         tl.debug_barrier()
 
 
@@ -331,6 +409,60 @@ def matrix_strides(t: torch.Tensor) -> tuple[int, int]:
     """(row, column) strides of the last two dims of a contiguous t, in real elements."""
     width = 2 if t.is_complex() else 1
     return t.shape[-1] * width, width
+
+
+# Programs of the per-matrix Cayley kernels resident on one SM: 128 threads of at most 207
+# registers (tests/triton_compile_check.py) fit twice in its 65536 registers.
+PROGRAMS_PER_SM = 2
+# Real FLOPs of a complex multiply-add.
+COMPLEX_MAC_FLOPS = 8
+
+
+def inverse_seconds(matrices: int, n: int, over_grid: bool) -> float:
+    """Modelled H100 time of inverting `matrices` complex64 n x n M by blocked Gauss-Jordan:
+    over_grid, by `invert_over_grid` (n / BLOCK + 2 phases and their grid barriers, each row
+    block's tile products in tf32x3 on its SM's tensor cores or bound by reading two tiles and
+    writing one per product, from L2 at one SM's rate); else a program per matrix
+    (`invert_in_place`, in waves of PROGRAMS_PER_SM x 132, n^3 IEEE multiply-adds on one SM's
+    CUDA cores or its pivot steps' L2 traffic). The repeated 16 x 16 pivot inverses are not
+    counted. docs/performance.md ("cayley_conv2d") tabulates it."""
+    blocks = triton.cdiv(n, BLOCK)
+    sweep_bytes = 3 * 8 * BLOCK ** 2  # two tiles read, one written, complex64
+    if over_grid:
+        tensor_per_sm = H100_TF32_FLOPS / (SPLIT_TF32_PASSES * H100_SMS)
+        tile = max(COMPLEX_MAC_FLOPS * BLOCK ** 3 / tensor_per_sm,
+                   sweep_bytes / H100_SM_L2_BYTES_PER_S)
+        row_blocks = triton.cdiv(matrices * blocks, H100_SMS)
+        return (blocks + 2) * (row_blocks * blocks * tile + H100_GRID_BARRIER_S)
+    waves = triton.cdiv(matrices, PROGRAMS_PER_SM * H100_SMS)
+    return waves * max(COMPLEX_MAC_FLOPS * n ** 3 / (H100_SIMT_FP32_FLOPS / H100_SMS),
+                       blocks * blocks ** 2 * sweep_bytes / H100_SM_L2_BYTES_PER_S)
+
+
+def inverse_over_grid_pays(matrices: int, n: int) -> bool:
+    """Whether `invert_over_grid` beats a program per matrix by `inverse_seconds` (the route
+    of cayley_frequency_product's forward; no GPU measurement chooses yet)."""
+    return inverse_seconds(matrices, n, True) < inverse_seconds(matrices, n, False)
+
+
+def invert_over_grid(W: torch.Tensor, precision: str, programs: int | None = None) -> torch.Tensor:
+    """X = (I + A)^{-1} (..., n, n) of a contiguous stack of tall W (..., m, n), complex: M
+    formed and inverted by the row blocks of every matrix spread over one persistent launch of
+    a program per SM, a grid barrier after each of the n / BLOCK + 1 Gauss-Jordan phases (the
+    blocked Gauss-Jordan of `invert_in_place`, its pivot rows scaled one step late so that a
+    phase never writes what another program reads in it). `precision` is tl.dot's for the
+    eliminations; `programs` caps the grid (tests steer it below the work items)."""
+    m, n = W.shape[-2:]
+    matrices = W.numel() // (m * n)
+    X = W.new_empty((*W.shape[:-2], n, n))
+    blocks = triton.cdiv(n, BLOCK)
+    programs = min(programs or persistent_programs(W.device), matrices * blocks)
+    counter = torch.zeros(1, dtype=torch.int32, device=W.device)
+    for first, last in phase_spans(blocks + 2, W.device):
+        launchable(_split_inverse_kernel)[(programs,)](
+            as_real(W), as_real(X), counter, first, last, matrices, m, n, *matrix_strides(W),
+            2 * m * n, COMPLEX=True, PRECISION=precision, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return X
 
 
 def cayley(W: torch.Tensor):

@@ -35,13 +35,14 @@ import triton
 import triton.language as tl
 
 from ._common import float32_accurate_precision, launchable
-from .cayley import (BLOCK, NUM_WARPS, as_real, form_m, invert_in_place, load_tile, matmul_tile,
-                     store_tile)
+from .cayley import (BLOCK, NUM_WARPS, as_real, form_m, inverse_over_grid_pays, invert_in_place,
+                     invert_over_grid, load_tile, matmul_tile, store_tile)
 
 
 @triton.jit
 def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr,
+                     PRECISION: tl.constexpr):
     """out (m x B) = [2Y - S ; -2 V' Y] and y (n x B, contiguous) = Y = X' S for S (n x B);
     X' (n x n), V' ((m - n) x n) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
@@ -68,7 +69,8 @@ def _apply_tall_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
 
 @triton.jit
 def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s_ptr, s_rs,
-                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                     s_cs, out_ptr, o_rs, o_cs, y_ptr, m, n, B, BLOCK: tl.constexpr,
+                     PRECISION: tl.constexpr):
     """out (n x B) = 2Y - S_top and y (n x B, contiguous) = Y = X' (S_top - V' S_bot) for S
     (m x B); X' (n x n), V' (n x (m - n)) given by strides, both conjugated with CONJ."""
     zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
@@ -161,19 +163,21 @@ def _frequency(m, n, B, TALL: tl.constexpr):
 
 @triton.jit
 def _cayley_frequency_product_kernel(r_ptr, s_ptr, out_ptr, x_ptr, y_ptr, m, n, B, t_rs, t_cs,
-                                     TALL: tl.constexpr, BLOCK: tl.constexpr,
-                                     PRECISION: tl.constexpr):
-    """output_f = Q_f S_f, inverse_f = X_f and solved_f = W_f (into y) for frequency f = program
-    id. T (the tall orientation of the response) is read through its strides t_rs, t_cs; every
-    other operand is contiguous, complex as interleaved (re, im)."""
+                                     TALL: tl.constexpr, INVERT: tl.constexpr,
+                                     BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """output_f = Q_f S_f and solved_f = W_f (into y) for frequency f = program id; with INVERT
+    the program first forms and inverts X_f itself, else X_f is given (`invert_over_grid`). T
+    (the tall orientation of the response) is read through its strides t_rs, t_cs; every other
+    operand is contiguous, complex as interleaved (re, im)."""
     f, c_out, c_in, x_rs, x_size, s_size, out_size, y_size = _frequency(m, n, B, TALL)
     r_ptr += f * 2 * m * n
     s_ptr += f * s_size
     out_ptr += f * out_size
     x_ptr += f * x_size
     y_ptr += f * y_size
-    form_m(r_ptr, t_rs, t_cs, x_ptr, x_rs, 2, m, n, True, BLOCK)
-    invert_in_place(x_ptr, x_rs, 2, n, True, BLOCK)
+    if INVERT:
+        form_m(r_ptr, t_rs, t_cs, x_ptr, x_rs, 2, m, n, True, BLOCK)
+        invert_in_place(x_ptr, x_rs, 2, n, True, BLOCK)
     v_ptr = r_ptr + n * t_rs
     if TALL:
         _apply_tall_form(x_ptr, x_rs, 2, v_ptr, t_rs, t_cs, False, s_ptr, 2 * B, 2, out_ptr,
@@ -246,12 +250,14 @@ def _orientation(response: torch.Tensor):
     return False, c_in, c_out, 2, 2 * c_in
 
 
-def _launch(kernel, response: torch.Tensor, batch: int, *tensors):
-    """One program per frequency of `response`; `tensors` are the kernel's pointer arguments."""
+def _launch(kernel, response: torch.Tensor, batch: int, *tensors, **constants):
+    """One program per frequency of `response`; `tensors` are the kernel's pointer arguments,
+    `constants` its constexprs beyond the orientation, tile and precision."""
     tall, m, n, t_rs, t_cs = _orientation(response)
     launchable(kernel)[(response.shape[0],)](
         *(as_real(t) for t in tensors), m, n, batch, t_rs, t_cs, TALL=tall, BLOCK=BLOCK,
-        PRECISION=float32_accurate_precision(response.real.dtype), num_warps=NUM_WARPS)
+        PRECISION=float32_accurate_precision(response.real.dtype), num_warps=NUM_WARPS,
+        **constants)
 
 
 def cayley_frequency_product(response: torch.Tensor, spectrum: torch.Tensor):
@@ -261,10 +267,16 @@ def cayley_frequency_product(response: torch.Tensor, spectrum: torch.Tensor):
     batch = spectrum.shape[-1]
     n = min(c_in, c_out)
     output = spectrum.new_empty((frequencies, c_out, batch))
-    inverse = spectrum.new_empty((frequencies, n, n))
     solved = spectrum.new_empty((frequencies, n, batch))
+    # Few frequencies of many channels: the inverse over the whole grid, not a program each.
+    over_grid = inverse_over_grid_pays(frequencies, n)
+    if over_grid:
+        inverse = invert_over_grid(response if c_out >= c_in else response.mT.contiguous(),
+                                   float32_accurate_precision(response.real.dtype))
+    else:
+        inverse = spectrum.new_empty((frequencies, n, n))
     _launch(_cayley_frequency_product_kernel, response, batch, response, spectrum, output, inverse,
-            solved)
+            solved, INVERT=not over_grid)
     return output, inverse, solved
 
 
