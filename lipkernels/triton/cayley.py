@@ -114,6 +114,22 @@ def matmul_tile(acc_re, acc_im, a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, 
 
 
 @triton.jit
+def store_product(a_ptr, a_rs, a_cs, CONJ_A: tl.constexpr, b_ptr, b_rs, b_cs,
+                  CONJ_B: tl.constexpr, out_ptr, o_rs, o_cs, R, C, K, scale,
+                  COMPLEX: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
+    """out (R x C) = scale A B for A (R x K) and B (K x C), every operand given by strides (and
+    conjugation); out must not alias A or B."""
+    zero = tl.zeros((BLOCK, BLOCK), out_ptr.dtype.element_ty)
+    for i0 in range(0, R, BLOCK):
+        rows = i0 + tl.arange(0, BLOCK)
+        for j0 in range(0, C, BLOCK):
+            cols = j0 + tl.arange(0, BLOCK)
+            re, im = matmul_tile(zero, zero, a_ptr, a_rs, a_cs, CONJ_A, b_ptr, b_rs, b_cs, CONJ_B,
+                                 rows, cols, R, C, K, COMPLEX, BLOCK, PRECISION)
+            store_tile(out_ptr, rows, cols, o_rs, o_cs, R, C, scale * re, scale * im, COMPLEX)
+
+
+@triton.jit
 def identity_tile(rows, cols):
     return (rows[:, None] == cols[None, :]).to(tl.float32)
 
@@ -351,21 +367,11 @@ def cayley_backward_matrix(g_ptr, g_rs, g_cs, x_ptr, x_rs, x_cs, w_ptr, w_rs, w_
                                  rows, cols, n, n, m - n, COMPLEX, BLOCK)
             store_tile(first, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
     tl.debug_barrier()
-    for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, n, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, x_ptr, x_cs, x_rs, True, first, x_rs, x_cs, False,
-                                 rows, cols, n, n, n, COMPLEX, BLOCK)
-            store_tile(second, rows, cols, x_rs, x_cs, n, n, re, im, COMPLEX)
+    store_product(x_ptr, x_cs, x_rs, True, first, x_rs, x_cs, False, second, x_rs, x_cs, n, n, n,
+                  1.0, COMPLEX, BLOCK)
     tl.debug_barrier()
-    for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, n, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, second, x_rs, x_cs, False, x_ptr, x_cs, x_rs, True,
-                                 rows, cols, n, n, n, COMPLEX, BLOCK)
-            store_tile(first, rows, cols, x_rs, x_cs, n, n, 2.0 * re, 2.0 * im, COMPLEX)
+    store_product(second, x_rs, x_cs, False, x_ptr, x_cs, x_rs, True, first, x_rs, x_cs, n, n, n,
+                  2.0, COMPLEX, BLOCK)
     tl.debug_barrier()
     for i0 in range(0, n, BLOCK):
         rows = i0 + tl.arange(0, BLOCK)

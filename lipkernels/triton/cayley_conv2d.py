@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._common import float32_accurate_precision, launchable
 from .cayley import (BLOCK, NUM_WARPS, as_real, form_m, inverse_over_grid_pays, invert_in_place,
-                     invert_over_grid, load_tile, matmul_tile, store_tile)
+                     invert_over_grid, load_tile, matmul_tile, store_product, store_tile)
 
 
 @triton.jit
@@ -83,13 +83,8 @@ def _apply_wide_form(x_ptr, x_rs, x_cs, v_ptr, v_rs, v_cs, CONJ: tl.constexpr, s
             s_re, s_im = load_tile(s_ptr, rows, cols, s_rs, s_cs, n, B, False, True)
             store_tile(out_ptr, rows, cols, o_rs, o_cs, n, B, s_re - re, s_im - im, True)
     tl.debug_barrier()
-    for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, B, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, x_ptr, x_rs, x_cs, CONJ, out_ptr, o_rs, o_cs, False,
-                                 rows, cols, n, B, n, True, BLOCK, PRECISION)
-            store_tile(y_ptr, rows, cols, 2 * B, 2, n, B, re, im, True)
+    store_product(x_ptr, x_rs, x_cs, CONJ, out_ptr, o_rs, o_cs, False, y_ptr, 2 * B, 2, n, B, n,
+                  1.0, True, BLOCK, PRECISION)
     tl.debug_barrier()
     for i0 in range(0, n, BLOCK):
         rows = i0 + tl.arange(0, BLOCK)
@@ -218,14 +213,8 @@ def _cayley_frequency_product_backward_kernel(g_ptr, r_ptr, s_ptr, x_ptr, w_ptr,
     # K = p W^H into e, then D = 2 (K^H - K) into grad_R's n x n block (rows of a tall, columns
     # of a wide response: at its origin with the response's strides either way) and
     # E = -2 (K + K^H) over K in place.
-    zero = tl.zeros((BLOCK, BLOCK), grad_r_ptr.dtype.element_ty)
-    for i0 in range(0, n, BLOCK):
-        rows = i0 + tl.arange(0, BLOCK)
-        for j0 in range(0, n, BLOCK):
-            cols = j0 + tl.arange(0, BLOCK)
-            re, im = matmul_tile(zero, zero, p_ptr, 2 * B, 2, False, w_ptr, 2, 2 * B, True, rows,
-                                 cols, n, n, B, True, BLOCK, PRECISION)
-            store_tile(e_ptr, rows, cols, x_rs, 2, n, n, re, im, True)
+    store_product(p_ptr, 2 * B, 2, False, w_ptr, 2, 2 * B, True, e_ptr, x_rs, 2, n, n, B, 1.0,
+                  True, BLOCK, PRECISION)
     tl.debug_barrier()
     _skew_and_hermitian_parts(e_ptr, x_rs, grad_r_ptr, 2 * c_in, n, BLOCK)
     tl.debug_barrier()
