@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lipkernels.triton import cayley
+from lipkernels.triton import cayley, cayley_conv2d
 from lipkernels.triton.cayley import COMPLEX_MAC_FLOPS
 from lipkernels.triton._common import (H100_BF16_FLOPS, H100_GRID_BARRIER_S,
-                                       H100_HBM_BYTES_PER_S, H100_L2_BYTES_PER_S,
-                                       H100_SIMT_FP32_FLOPS, H100_SM_L2_BYTES_PER_S, H100_SMS,
+                                       H100_HBM_BYTES_PER_S, H100_L2_BYTES_PER_S, H100_LAUNCH_S,
+                                       H100_SIMT_FP32_FLOPS, H100_SMS,
                                        H100_TF32_FLOPS, SPLIT_TF32_PASSES)
 
 # H100 SXM: HBM bandwidth, dense tensor-core throughput, SIMT fp32 throughput, L2 size and its
@@ -28,7 +28,7 @@ TENSOR_FLOPS = {"fp32/TF32": H100_TF32_FLOPS, "bf16": H100_BF16_FLOPS}
 SIMT_FP32_FLOPS = H100_SIMT_FP32_FLOPS
 L2_BYTES = 50e6
 L2_BYTES_PER_S = H100_L2_BYTES_PER_S
-LAUNCH_S = 5e-6
+LAUNCH_S = H100_LAUNCH_S
 GRID_BARRIER_S = H100_GRID_BARRIER_S
 # A block-wide reduction (warp shuffles, a shared-memory exchange and a CTA barrier), taken as
 # 0.25 us (a few hundred cycles; an assumption like the two above).
@@ -466,35 +466,36 @@ def cayley_conv2d_table(target: float = 3.0) -> str:
 
 
 def cayley_conv2d_implemented_table() -> str:
-    """The implemented Triton design of cayley_conv2d (lipkernels/triton/cayley_conv2d.py). The
-    forward's inverse by the route its launcher takes (`cayley.inverse_over_grid_pays`), at
-    `cayley.inverse_seconds`: a program per frequency, or one persistent launch over the grid
-    for few frequencies of many channels. The products then run a program per frequency, in
-    waves of cayley.PROGRAMS_PER_SM x 132: three of n^2 B complex multiply-adds (W, p, K) in
-    tf32x3 on the SM's tensor cores, or bound by the 16 x 16 tiles reading their operand panels
-    from L2 at one SM's rate (n^2 B bytes a product). The FFTs with the permutes around them
-    as the reference's (16 A), the launches as the design's."""
-    lines = ["| layer | F | inverse route | inverse us | a program's products us | "
-             "product waves | design us (the model above) | implemented us | "
-             "implemented bound by | ratio to the reference |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
-    tensor_per_sm = TENSOR_FLOPS["fp32/TF32"] / (SPLIT_TF32_PASSES * H100_SMS)
+    """The implemented Triton design of cayley_conv2d (lipkernels/triton/cayley_conv2d.py) by
+    the route its launchers take (`cayley_conv2d.over_grid_pays`): a program per frequency (the
+    inverse and the products in it, `cayley.inverse_seconds` and
+    `cayley_conv2d.program_products_seconds`), or over the grid for few frequencies of many
+    channels (the inverse as one persistent launch, each product a launch of a program per
+    output tile, `cayley_conv2d.split_products_seconds`, their launches included). The FFTs
+    with the permutes around them as the reference's (16 A); the other launches as the
+    design's, the route over the grid trading its two fused launches for the inverse's."""
+    lines = ["| layer | F | route | inverse us | products us | design us (the model above) | "
+             "implemented us | implemented bound by | ratio to the reference |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for channels, side in CAYLEY_LAYERS:
         frequencies, A, reference = _cayley_reference(channels, side)
         n = channels
-        over_grid = cayley.inverse_over_grid_pays(frequencies, n)
-        inverse = cayley.inverse_seconds(frequencies, n, over_grid)
-        waves = math.ceil(frequencies / (cayley.PROGRAMS_PER_SM * H100_SMS))
-        products = 3 * max(COMPLEX_MAC_FLOPS * n ** 2 * SOC_BATCH / tensor_per_sm,
-                           n ** 2 * SOC_BATCH / H100_SM_L2_BYTES_PER_S)
-        phases = {"inverse": inverse, "products": waves * products,
-                  "FFTs": 16 * A / HBM_BYTES_PER_S, "launches": CAYLEY_DESIGN_LAUNCHES * LAUNCH_S}
+        over_grid = cayley_conv2d.over_grid_pays(frequencies, n, SOC_BATCH)
+        if over_grid:
+            products = cayley_conv2d.split_products_seconds(frequencies, n, SOC_BATCH)
+            launches = (CAYLEY_DESIGN_LAUNCHES - 1) * LAUNCH_S
+        else:
+            products = cayley_conv2d.program_products_seconds(frequencies, n, SOC_BATCH)
+            launches = CAYLEY_DESIGN_LAUNCHES * LAUNCH_S
+        phases = {"inverse": cayley.inverse_seconds(frequencies, n, over_grid),
+                  "products": products, "FFTs": 16 * A / HBM_BYTES_PER_S, "launches": launches}
         implemented = sum(phases.values())
         design = sum(_cayley_design_phases(channels, side).values())
         lines.append(f"| {channels}@{side}x{side} | {frequencies} | "
-                     f"{'over the grid' if over_grid else 'a program each'} | {_us(inverse)} | "
-                     f"{_us(products)} | {waves} | {_us(design)} | {_us(implemented)} | "
-                     f"{max(phases, key=phases.get)} | {_ratio(reference / implemented)} |")
+                     f"{'over the grid' if over_grid else 'a program each'} | "
+                     f"{_us(phases['inverse'])} | {_us(products)} | {_us(design)} | "
+                     f"{_us(implemented)} | {max(phases, key=phases.get)} | "
+                     f"{_ratio(reference / implemented)} |")
     return "\n".join(lines)
 
 
@@ -804,7 +805,7 @@ TABLES = {
     "fantastic_four, 50 iterations": fantastic_four_table,
     "power_iteration, 50 iterations, resident or split over the grid": power_iteration_table,
     "cayley_conv2d forward and backward": cayley_conv2d_table,
-    "cayley_conv2d forward and backward, a program per frequency (implemented)":
+    "cayley_conv2d forward and backward, by the implemented routes":
         cayley_conv2d_implemented_table,
     "conv_spectral_norm, 50 iterations": conv_spectral_norm_table,
     "conv_spectral_norm, 50 iterations, from the filter's taps (implemented)":

@@ -109,18 +109,56 @@ def test_inverse_over_the_grid_matches_linalg_inv(kernels, device, programs):
             assert (X - expected).abs().max().item() <= 10 * tolerance, (m, n, dtype)
 
 
-@pytest.mark.parametrize("shape", [(3, 18, 17, 5), (2, 17, 20, 4), (2, 20, 20, 3)])
+def _assert_complex64_within_reference_error(kernels, problem):
+    """The launchers in complex64 within twice the error of the reference run in complex64
+    (against the complex128 reference), or float32's tolerance."""
+    exact = _reference(*problem)
+    same_precision = _reference(*(t.to(torch.complex64) for t in problem))
+    actual, _ = _kernels(kernels, *(t.to(torch.complex64) for t in problem))
+    for name, a, e, s in zip(("output", "grad_response", "grad_spectrum"), actual, exact,
+                             same_precision):
+        allowed = max(2 * (s - e).abs().max().item(),
+                      RELATIVE_TOLERANCE[torch.float32] * e.abs().max().item())
+        assert (a - e).abs().max().item() <= allowed, name
+
+
+# (F, C_out, C_in, B) for the route over the grid: tall, wide and square, several of its tiles
+# (32 for complex128, 64 for complex64) along every axis, partial tiles and pivot blocks.
+OVER_GRID_SHAPES = [(2, 40, 35, 37), (2, 35, 70, 33), (3, 36, 36, 5)]
+
+
+@pytest.mark.parametrize("shape", OVER_GRID_SHAPES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_inverse_over_the_grid_inside_the_forward(kernels, device, shape, monkeypatch):
-    """The forward's route for few frequencies of many channels (the inverse over the grid,
-    then a program per frequency for the products), taken here on small shapes: output,
-    gradients and X as the in-program route gives them."""
+def test_route_over_the_grid_matches_a_program_per_frequency(kernels, device, shape,
+                                                             monkeypatch):
+    """The route for few frequencies of many channels (the inverse over the grid, a launch of a
+    program per output tile for each product, K's parts from tile pairs), taken here on small
+    shapes: output, gradients and X as a program per frequency gives them, in complex128."""
     problem = _problem(*shape, torch.complex128, device)
     in_program, in_program_inverse = _kernels(kernels, *problem)
-    monkeypatch.setattr(kernels, "inverse_over_grid_pays", lambda matrices, n: True)
+    monkeypatch.setattr(kernels, "over_grid_pays", lambda frequencies, n, batch: True)
     over_grid, over_grid_inverse = _kernels(kernels, *problem)
     for a, e in zip((*over_grid, over_grid_inverse), (*in_program, in_program_inverse)):
         torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 70, 66, 65), (1, 66, 130, 9)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_route_over_the_grid_matches_reference_in_complex64(kernels, device, shape, monkeypatch):
+    """The route over the grid in complex64 (tf32x3 products on 64 x 64 tiles, partial ones
+    included) within twice the error of the reference run in complex64."""
+    monkeypatch.setattr(kernels, "over_grid_pays", lambda frequencies, n, batch: True)
+    problem = _problem(*shape, torch.complex128, device)
+    _assert_complex64_within_reference_error(kernels, problem)
+
+
+def test_route_model_splits_few_frequencies_of_many_channels():
+    """The time model sends the Cayley paper's 512@4x4 and 256@8x8 layers over the grid, and
+    its 32@32x32 to 128@16x16 layers to a program per frequency (batch 128)."""
+    kernels = pytest.importorskip("lipkernels.triton.cayley_conv2d")
+    assert kernels.over_grid_pays(12, 512, 128) and kernels.over_grid_pays(40, 256, 128)
+    for frequencies, n in ((544, 32), (144, 64), (544, 64), (144, 128)):
+        assert not kernels.over_grid_pays(frequencies, n, 128), (frequencies, n)
 
 
 @pytest.mark.parametrize("channels", [(256, 256), (512, 256), (128, 512)])
@@ -130,14 +168,7 @@ def test_lipconvnet_sizes_match_reference(kernels, device, channels):
     if interpreted(device, "triton"):
         pytest.skip("hundreds of channels take minutes under the Triton interpreter")
     problem = _problem(4, *channels, 128, torch.complex128, device)
-    exact = _reference(*problem)
-    same_precision = _reference(*(t.to(torch.complex64) for t in problem))
-    actual, _ = _kernels(kernels, *(t.to(torch.complex64) for t in problem))
-    for name, a, e, s in zip(("output", "grad_response", "grad_spectrum"), actual, exact,
-                             same_precision):
-        allowed = max(2 * (s - e).abs().max().item(),
-                      RELATIVE_TOLERANCE[torch.float32] * e.abs().max().item())
-        assert (a - e).abs().max().item() <= allowed, name
+    _assert_complex64_within_reference_error(kernels, problem)
 
 
 @pytest.mark.parametrize("device", DEVICES)

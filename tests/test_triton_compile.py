@@ -271,17 +271,32 @@ def test_bcop_filter_is_one_persistent_launch_of_tensor_core_steps(compiled):
 
 
 def test_cayley_conv2d_multiplies_the_spectra_on_tensor_cores(compiled):
-    """cayley_frequency_product (both routes of its inverse) and its backward, tall and wide,
+    """cayley_frequency_product and its backward in a program per frequency, tall and wide,
     complex64 and complex128: the products with the spectra run on tensor cores (tf32x3 mma.sync
-    for complex64, float64 mma for complex128), a program per frequency, no grid barrier."""
+    for complex64, float64 mma for complex128), no grid barrier."""
     rows = [row for row in compiled if row["case"].startswith("cayley_frequency_product")
-            and "_inverse" not in row["case"]]
-    # (the forward with and without its own inverse, the backward) x dtypes x orientations x archs
-    assert len(rows) == 3 * 2 * 2 * 2
+            and row["case"].endswith(("-C512x256", "-C256x512"))]
+    assert len(rows) == 2 * 2 * 2 * 2  # (forward, backward) x dtypes x orientations x archs
     for row in rows:
         where = f"{row['case']} on sm_{row['capability']}"
         assert row["mma"] + row["wgmma"] > 0, where
         assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where
+
+
+def test_cayley_conv2d_splits_the_products_over_the_sms(compiled):
+    """The route over the grid at 512@4x4 (12 frequencies of 512 x 512, B = 128): every product a
+    launch of more programs than SMs, on tensor cores; the forward's and backward's complex64
+    products on 64 x 64 tiles use Hopper's wgmma on sm_90; no grid barrier."""
+    rows = [row for row in compiled if row["case"].startswith(
+        ("cayley_frequency_product_split", "cayley_frequency_product_pairs"))]
+    assert len(rows) == 3 * 2 * 2  # (solved, conjugated, pairs) x dtypes x archs
+    for row in rows:
+        where = f"{row['case']} on sm_{row['capability']}"
+        assert row["programs"] >= 132, where
+        assert row["mma"] + row["wgmma"] > 0, where
+        assert row["release_increments"] == 0 and row["acquire_reads"] == 0, where
+        if "_split_" in row["case"] and "complex64" in row["case"] and row["capability"] == 90:
+            assert row["wgmma"] > 0, where
 
 
 def test_cayley_conv2d_inverts_over_the_sms_on_tensor_cores(compiled):

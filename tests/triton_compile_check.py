@@ -136,13 +136,40 @@ def _cayley_cases():
             constants = dict(TALL=tall, BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS,
                              PRECISION=_common.float32_accurate_precision(dtype))
             t_strides = (512, 2) if tall else (2, 1024)
-            for invert, route in ((False, ""), (True, "-inverting")):
-                yield (f"cayley_frequency_product{route}-{name}-{orientation}",
-                       cayley_conv2d._cayley_frequency_product_kernel,
-                       (w,) * 5 + (512, 256, 128, *t_strides), dict(constants, INVERT=invert))
+            yield (f"cayley_frequency_product-{name}-{orientation}",
+                   cayley_conv2d._cayley_frequency_product_kernel,
+                   (w,) * 5 + (512, 256, 128, *t_strides), constants)
             yield (f"cayley_frequency_product_backward-{name}-{orientation}",
                    cayley_conv2d._cayley_frequency_product_backward_kernel,
                    (w,) * 9 + (512, 256, 128, *t_strides), constants)
+        yield from _cayley_over_grid_cases(w, name)
+
+
+def _cayley_over_grid_cases(w, name):
+    """cayley_conv2d's products over the grid at 512@4x4 (12 frequencies, B = 128): the
+    forward's W = X S with its epilogue (2W - S, W kept), the backward's V^H G_bot with
+    conjugation, and K's parts from tile pairs; each with its launch's program count."""
+    dtype = torch.complex64 if w.dtype == torch.float32 else torch.complex128
+    tile = cayley_conv2d.SPLIT_TILES[dtype]
+    constants = dict(TILE=tile, DEPTH=cayley_conv2d.SPLIT_DEPTH,
+                     num_warps=cayley_conv2d.SPLIT_WARPS, PRECISION=_common.float32_accurate_precision(w.dtype))
+    block = (w, 0, 2 * 512 * 128, 256, 2)
+    inverse = (w, 0, 2 * 512 * 512, 1024, 2)
+    tiles = (512 // tile) * (128 // tile)
+    for case, operands, flags in (
+            ("solved", (inverse, block, block, block, block), dict(HAS_E=True, HAS_Y=True)),
+            ("conjugated", (inverse, block, block, block, block),
+             dict(CONJ_A=True, HAS_E=True, HAS_Y=False))):
+        flags = {"CONJ_A": False, "CONJ_B": False, **flags}
+        yield (f"cayley_frequency_product_split_{case}-{name}-C512-F12",
+               cayley_conv2d._product_kernel,
+               tuple(arg for operand in operands for arg in operand) + (512, 128, 512, 2.0, -1.0),
+               dict(constants, **flags), {"programs": 12 * tiles})
+    yield (f"cayley_frequency_product_pairs-{name}-C512-F12",
+           cayley_conv2d._skew_and_hermitian_pairs_kernel,
+           (w, w, w, 2 * 512 * 512, 1024, w, 512, 128),
+           dict(constants, HAS_E=True, TILE=cayley_conv2d.PAIR_TILE),
+           {"programs": 12 * (512 // cayley_conv2d.PAIR_TILE) ** 2})
 
 
 # power_iteration's matrices (count, m, n): those the launcher gives the resident kernel (the

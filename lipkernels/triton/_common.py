@@ -70,6 +70,9 @@ H100_SMS = 132
 # What one SM reads from L2 a second when few SMs compete for it: 64 bytes a cycle at 1.98 GHz
 # (an assumption the first GPU run checks; H100_L2_BYTES_PER_S bounds many SMs together).
 H100_SM_L2_BYTES_PER_S = 64 * 1.98e9
+# An eager launch of a small kernel: its dispatch and launch (an assumption; a CUDA-graph replay
+# would be about 1 to 2 us).
+H100_LAUNCH_S = 5e-6
 # A grid-wide barrier of a persistent launch (an assumption: about 2 us for the release
 # increment, the spinning acquire reads and the slowest program's arrival).
 H100_GRID_BARRIER_S = 2e-6

@@ -28,7 +28,7 @@ one phase's stores visible to the next phase's loads.
 over a persistent launch of a program per SM (grid barriers between the steps, each pivot row
 scaled by its program one step late, so that no phase writes what another reads), for few
 large matrices, where a program per matrix would leave most SMs idle (cayley_conv2d's forward
-takes it where `inverse_over_grid_pays`).
+takes it on its route over the grid, `cayley_conv2d.over_grid_pays`).
 
 Complex tensors travel as torch.view_as_real views (interleaved re/im; Triton has no complex
 dtype): every tile is a (re, im) pair and a complex product four real tl.dot. Strides are in
@@ -443,12 +443,6 @@ def inverse_seconds(matrices: int, n: int, over_grid: bool) -> float:
     waves = triton.cdiv(matrices, PROGRAMS_PER_SM * H100_SMS)
     return waves * max(COMPLEX_MAC_FLOPS * n ** 3 / (H100_SIMT_FP32_FLOPS / H100_SMS),
                        blocks * blocks ** 2 * sweep_bytes / H100_SM_L2_BYTES_PER_S)
-
-
-def inverse_over_grid_pays(matrices: int, n: int) -> bool:
-    """Whether `invert_over_grid` beats a program per matrix by `inverse_seconds` (the route
-    of cayley_frequency_product's forward; no GPU measurement chooses yet)."""
-    return inverse_seconds(matrices, n, True) < inverse_seconds(matrices, n, False)
 
 
 def invert_over_grid(W: torch.Tensor, precision: str, programs: int | None = None) -> torch.Tensor:
