@@ -128,7 +128,7 @@ def _cayley_cases():
         blocks = 512 // cayley.BLOCK
         yield (f"cayley_frequency_product_inverse-{name}-C512-F12",
                cayley._split_inverse_kernel,
-               (w, w, counter, 0, blocks + 2, 12, 512, 512, 1024, 2, 2 * 512 * 512),
+               (w, w, w, counter, 0, blocks + 2, 12, 512, 512, 1024, 2, 2 * 512 * 512),
                dict(COMPLEX=True, PRECISION=_common.float32_accurate_precision(dtype),
                     BLOCK=cayley.BLOCK, num_warps=cayley.NUM_WARPS),
                {"programs": min(12 * blocks, _common.PROGRAMS_WITHOUT_GPU)})

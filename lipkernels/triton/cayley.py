@@ -254,19 +254,31 @@ def _eliminate_rows(x_ptr, x_rs, x_cs, i0, k0, n, d_re, d_im, COMPLEX: tl.conste
 
 
 @triton.jit
-def _split_inverse_kernel(w_ptr, x_ptr, counter_ptr, first_phase, last_phase, matrices, m, n,
-                          w_rs, w_cs, w_size, COMPLEX: tl.constexpr, PRECISION: tl.constexpr,
-                          BLOCK: tl.constexpr):
+def _pivot_slot(pivots_ptr, matrix, k, blocks, COMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """The slot of pivot inverse D_k of `matrix` in the (matrices, blocks, BLOCK, BLOCK) buffer."""
+    return pivots_ptr + (matrix * blocks + k) * (2 if COMPLEX else 1) * BLOCK * BLOCK
+
+
+@triton.jit
+def _split_inverse_kernel(w_ptr, x_ptr, pivots_ptr, counter_ptr, first_phase, last_phase,
+                          matrices, m, n, w_rs, w_cs, w_size, COMPLEX: tl.constexpr,
+                          PRECISION: tl.constexpr, BLOCK: tl.constexpr):
     """X <- M^{-1} for a stack of tall W (w_size real elements apart, strides w_rs, w_cs), X
     contiguous (matrices, n, n), its row blocks over the grid (`invert_over_grid`). Phase 0
     forms M; phase 1 + k runs Gauss-Jordan step k on every row block but the pivot's and scales
-    the previous step's pivot rows; the last phase scales the last pivot rows."""
+    the previous step's pivot rows; the last phase scales the last pivot rows. Each pivot block
+    is inverted once, by the program of its row block as soon as it is final (after forming M
+    for D_0, after step k - 1 for D_k), into the pivots buffer the next phases read: every
+    program inverting D_k itself would cost each a 16 x 16 inverse on CUDA cores per row block
+    and phase."""
     blocks = tl.cdiv(n, BLOCK)
     x_rs = (2 if COMPLEX else 1) * n
     x_cs = 2 if COMPLEX else 1
+    index = tl.arange(0, BLOCK)
     for phase in range(first_phase, last_phase):
         if phase > first_phase:
             grid_barrier(counter_ptr, (phase - first_phase) * tl.num_programs(0))
+        step = phase - 1
         for item in range(tl.program_id(0), matrices * blocks, tl.num_programs(0)):
             matrix = (item // blocks).to(tl.int64)
             i0 = (item % blocks) * BLOCK
@@ -275,18 +287,25 @@ def _split_inverse_kernel(w_ptr, x_ptr, counter_ptr, first_phase, last_phase, ma
                 form_m_rows(w_ptr + matrix * w_size, w_rs, w_cs, x, x_rs, x_cs, i0, m, n,
                             COMPLEX, BLOCK)
             else:
-                step = phase - 1
                 if i0 == (step - 1) * BLOCK:
-                    d_re, d_im = _pivot_inverse(x, x_rs, x_cs, i0, n, COMPLEX, BLOCK)
+                    d_re, d_im = load_tile(_pivot_slot(pivots_ptr, matrix, step - 1, blocks,
+                                                       COMPLEX, BLOCK), index, index,
+                                           BLOCK * x_cs, x_cs, BLOCK, BLOCK, False, COMPLEX)
                     _scale_pivot_rows(x, x_rs, x_cs, i0, n, d_re, d_im, COMPLEX, BLOCK,
                                       PRECISION)
-                    tl.debug_barrier()
                 if step < blocks:
                     if i0 != step * BLOCK:
-                        d_re, d_im = _pivot_inverse(x, x_rs, x_cs, step * BLOCK, n, COMPLEX,
-                                                    BLOCK)
+                        d_re, d_im = load_tile(_pivot_slot(pivots_ptr, matrix, step, blocks,
+                                                           COMPLEX, BLOCK), index, index,
+                                               BLOCK * x_cs, x_cs, BLOCK, BLOCK, False, COMPLEX)
                         _eliminate_rows(x, x_rs, x_cs, i0, step * BLOCK, n, d_re, d_im, COMPLEX,
                                         BLOCK, PRECISION)
+            if i0 == (step + 1) * BLOCK:
+                # Other threads of the program stored the diagonal block it now inverts.
+                tl.debug_barrier()
+                d_re, d_im = _pivot_inverse(x, x_rs, x_cs, i0, n, COMPLEX, BLOCK)
+                store_tile(_pivot_slot(pivots_ptr, matrix, step + 1, blocks, COMPLEX, BLOCK),
+                           index, index, BLOCK * x_cs, x_cs, BLOCK, BLOCK, d_re, d_im, COMPLEX)
 
 
 @triton.jit
@@ -424,14 +443,21 @@ PROGRAMS_PER_SM = 2
 COMPLEX_MAC_FLOPS = 8
 
 
+def pivot_inverse_seconds() -> float:
+    """Modelled H100 time of one BLOCK x BLOCK complex pivot inverse (`_invert_block`): BLOCK
+    steps of six real BLOCK^3 one-hot products, IEEE, on one SM's CUDA cores."""
+    return BLOCK * 6 * 2 * BLOCK ** 3 / (H100_SIMT_FP32_FLOPS / H100_SMS)
+
+
 def inverse_seconds(matrices: int, n: int, over_grid: bool) -> float:
     """Modelled H100 time of inverting `matrices` complex64 n x n M by blocked Gauss-Jordan:
     over_grid, by `invert_over_grid` (n / BLOCK + 2 phases and their grid barriers, each row
     block's tile products in tf32x3 on its SM's tensor cores or bound by reading two tiles and
-    writing one per product, from L2 at one SM's rate); else a program per matrix
-    (`invert_in_place`, in waves of PROGRAMS_PER_SM x 132, n^3 IEEE multiply-adds on one SM's
-    CUDA cores or its pivot steps' L2 traffic). The repeated 16 x 16 pivot inverses are not
-    counted. docs/performance.md ("cayley_conv2d") tabulates it."""
+    writing one per product, from L2 at one SM's rate, and in each phase the pivot inverse one
+    program computes for the next); else a program per matrix (`invert_in_place`, in waves of
+    PROGRAMS_PER_SM x 132, n^3 IEEE multiply-adds on one SM's CUDA cores or its pivot steps'
+    L2 traffic, and its n / BLOCK pivot inverses). docs/performance.md ("cayley_conv2d")
+    tabulates it."""
     blocks = triton.cdiv(n, BLOCK)
     sweep_bytes = 3 * 8 * BLOCK ** 2  # two tiles read, one written, complex64
     if over_grid:
@@ -439,10 +465,12 @@ def inverse_seconds(matrices: int, n: int, over_grid: bool) -> float:
         tile = max(COMPLEX_MAC_FLOPS * BLOCK ** 3 / tensor_per_sm,
                    sweep_bytes / H100_SM_L2_BYTES_PER_S)
         row_blocks = triton.cdiv(matrices * blocks, H100_SMS)
-        return (blocks + 2) * (row_blocks * blocks * tile + H100_GRID_BARRIER_S)
+        return (blocks + 2) * (row_blocks * blocks * tile + pivot_inverse_seconds()
+                               + H100_GRID_BARRIER_S)
     waves = triton.cdiv(matrices, PROGRAMS_PER_SM * H100_SMS)
-    return waves * max(COMPLEX_MAC_FLOPS * n ** 3 / (H100_SIMT_FP32_FLOPS / H100_SMS),
-                       blocks * blocks ** 2 * sweep_bytes / H100_SM_L2_BYTES_PER_S)
+    return waves * (max(COMPLEX_MAC_FLOPS * n ** 3 / (H100_SIMT_FP32_FLOPS / H100_SMS),
+                        blocks * blocks ** 2 * sweep_bytes / H100_SM_L2_BYTES_PER_S)
+                    + blocks * pivot_inverse_seconds())
 
 
 def invert_over_grid(W: torch.Tensor, precision: str, programs: int | None = None) -> torch.Tensor:
@@ -450,18 +478,20 @@ def invert_over_grid(W: torch.Tensor, precision: str, programs: int | None = Non
     formed and inverted by the row blocks of every matrix spread over one persistent launch of
     a program per SM, a grid barrier after each of the n / BLOCK + 1 Gauss-Jordan phases (the
     blocked Gauss-Jordan of `invert_in_place`, its pivot rows scaled one step late so that a
-    phase never writes what another program reads in it). `precision` is tl.dot's for the
-    eliminations; `programs` caps the grid (tests steer it below the work items)."""
+    phase never writes what another program reads in it; each pivot block inverted once, into
+    a buffer of pivot inverses). `precision` is tl.dot's for the eliminations; `programs` caps
+    the grid (tests steer it below the work items)."""
     m, n = W.shape[-2:]
     matrices = W.numel() // (m * n)
     X = W.new_empty((*W.shape[:-2], n, n))
     blocks = triton.cdiv(n, BLOCK)
+    pivots = W.new_empty((matrices, blocks, BLOCK, BLOCK))
     programs = min(programs or persistent_programs(W.device), matrices * blocks)
     counter = torch.zeros(1, dtype=torch.int32, device=W.device)
     for first, last in phase_spans(blocks + 2, W.device):
         launchable(_split_inverse_kernel)[(programs,)](
-            as_real(W), as_real(X), counter, first, last, matrices, m, n, *matrix_strides(W),
-            2 * m * n, COMPLEX=True, PRECISION=precision, BLOCK=BLOCK, num_warps=NUM_WARPS)
+            as_real(W), as_real(X), as_real(pivots), counter, first, last, matrices, m, n,
+            *matrix_strides(W), 2 * m * n, COMPLEX=True, PRECISION=precision, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return X
 
 
